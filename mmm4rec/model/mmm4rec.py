@@ -1,0 +1,144 @@
+"""MMM4Rec (arXiv 2506.02916), as specified in MODEL_SPEC.md.
+
+    items ──adapters (+ID bias)──▶ X_t, X_v        timestamps ──gaps, LayerNorm_L──▶ D_t, D_v
+    per layer:  P_t = FFN(LN(TiSSD(X_t, D_t) + X_t))          (text)
+                h_v = LN(TiSSD(X_v, D_v) + X_v)              (image; the SAME TiSSD when shared)
+                D_co = Fourier filter(D_v', D_t')
+                X_v = FFN(LN(CrossSSD(h_v ← P_t, D_co) + h_v + P_t))
+    user = X_v[length-1];  score(u, i) = ⟨u, ê_t(i) + ê_v(i)⟩ / τ,  ê = normalise(adapted item)
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+from .layers import CrossSSD, FeedForward, FourierFusion, TiSSD
+from .recommender import Batch, ItemFeatures, ItemTables, SequentialRecommender
+
+
+class MMM4RecLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        eps = cfg.norm_eps
+        self.tissd = TiSSD(cfg)
+        self.tissd_image = None if cfg.shared else TiSSD(cfg)  # "w/o Shared" ablation
+        self.norm_text, self.norm_image, self.norm_fused = (nn.LayerNorm(cfg.d_model, eps=eps) for _ in range(3))
+        self.ffn_text = FeedForward(cfg.d_model, cfg.dropout, eps)
+        self.ffn_fused = FeedForward(cfg.d_model, cfg.dropout, eps)
+        self.fourier = FourierFusion(cfg) if cfg.time else None
+        self.cross = CrossSSD(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    @property
+    def image_tissd(self) -> TiSSD:
+        return self.tissd if self.tissd_image is None else self.tissd_image
+
+    def forward(self, x_t, x_v, d_t, d_v):
+        if self.tissd_image is None:  # shared weights: one pass over both streams, stacked on the batch axis
+            h, d = self.tissd(torch.cat([x_t, x_v]), None if d_t is None else torch.cat([d_t, d_v]))
+            h_t, h_v = h.chunk(2)
+            if d is not None:
+                d_t, d_v = d.chunk(2)
+        else:
+            (h_t, d_t), (h_v, d_v) = self.tissd(x_t, d_t), self.tissd_image(x_v, d_v)
+        p_t = self.ffn_text(self.norm_text(self.dropout(h_t) + x_t))
+        h_v = self.norm_image(self.dropout(h_v) + x_v)
+        d_co = None if self.fourier is None else self.fourier(d_v, d_t)
+        out = self.cross(h_v, p_t, d_co)
+        x_v = self.ffn_fused(self.norm_fused(self.dropout(out) + h_v + p_t))
+        return p_t, x_v, d_t, d_v
+
+
+class MMM4Rec(SequentialRecommender):
+    arch = "mmm4rec"
+
+    def __init__(self, cfg: ModelConfig, features: ItemFeatures):
+        super().__init__(cfg, features)
+        N, I = cfg.d_model, features.num_items
+        self.has_images = features.image is not None
+        # Text-only data: the image stream reads the text features through its own adapter; scores use text only.
+        self.register_buffer("text_features", features.text.float(), persistent=False)
+        self.register_buffer("image_features", (features.image if self.has_images else features.text).float(),
+                             persistent=False)
+        self.text_adapter = nn.Linear(self.text_features.shape[1], N)
+        self.image_adapter = nn.Linear(self.image_features.shape[1], N)
+        if cfg.id_bias:
+            self.text_id_bias = nn.Parameter(torch.zeros(I + 1, N))
+            self.image_id_bias = nn.Parameter(torch.zeros(I + 1, N))
+        self.missing_image = None
+        if self.has_images and cfg.missing_image == "learned":
+            self.register_buffer("image_missing", features.image_missing.bool(), persistent=False)
+            self.missing_image = nn.Parameter(torch.zeros(N))
+        self.norm_text = nn.LayerNorm(N, eps=cfg.norm_eps)
+        self.norm_image = nn.LayerNorm(N, eps=cfg.norm_eps)
+        self.time_norm = nn.LayerNorm(cfg.max_len, eps=cfg.norm_eps) if cfg.time else None
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(MMM4RecLayer(cfg) for _ in range(cfg.n_layers))
+        self.apply(_init_weights)
+
+    def extra_config(self) -> dict:
+        return {"num_items": self.num_items, "text_dim": self.text_features.shape[1],
+                "image_dim": self.image_features.shape[1] if self.has_images else None}
+
+    # ------------------------------------------------------------------ items
+    def item_tables(self, ids: Optional[torch.Tensor] = None) -> ItemTables:
+        t = self._adapt(self.text_features, self.text_adapter, getattr(self, "text_id_bias", None), ids)
+        v = self._adapt(self.image_features, self.image_adapter, getattr(self, "image_id_bias", None), ids)
+        if self.missing_image is not None:
+            missing = self.image_missing if ids is None else self.image_missing[ids]
+            v = torch.where(missing[:, None], self.missing_image.to(v.dtype), v)
+        scores = F.normalize(t, dim=-1)
+        if self.has_images:
+            scores = scores + F.normalize(v, dim=-1)
+        return ItemTables(rows=ids, inputs=(t, v), scores=scores / self.cfg.temperature)
+
+    @staticmethod
+    def _adapt(features, adapter, id_bias, ids):
+        x = adapter(features if ids is None else features[ids])
+        if id_bias is not None:
+            x = x + (id_bias if ids is None else id_bias[ids])
+        return x
+
+    # ------------------------------------------------------------------ sequences
+    def encode(self, batch: Batch, tables: ItemTables) -> torch.Tensor:
+        pos = tables.lookup(batch.items)
+        x_t = self.norm_text(self.dropout(tables.inputs[0][pos]))
+        x_v = self.norm_image(self.dropout(tables.inputs[1][pos]))
+        d_t = d_v = None
+        if self.time_norm is not None:
+            gaps = self.time_gaps(batch)
+            d_t, d_v = (self.time_norm(self.dropout(gaps))[:, None, :].expand(-1, self.cfg.n_heads, -1)
+                        for _ in range(2))  # two dropout masks, one per stream
+        for layer in self.layers:
+            x_t, x_v, d_t, d_v = layer(x_t, x_v, d_t, d_v)
+        return x_v[torch.arange(len(x_v), device=x_v.device), batch.lengths - 1]
+
+    def time_gaps(self, batch: Batch) -> torch.Tensor:
+        """Gaps to the previous item (0 at position 0), in float seconds; computed in int64 so 10⁹-second
+        timestamps lose no precision. Past `length` the gaps are 0 (padding repeats the last timestamp), so
+        nothing about the target leaks. compat.target_timestamp reproduces the reference loader instead: the
+        target's timestamp at index `length`, zeros after it."""
+        ts, lengths = batch.timestamps, batch.lengths
+        pos = torch.arange(ts.shape[1], device=ts.device)[None, :]
+        last = ts.gather(1, (lengths - 1)[:, None])
+        if self.cfg.compat.target_timestamp:
+            ts = torch.where(pos == lengths[:, None], batch.target_ts[:, None], ts.masked_fill(pos >= lengths[:, None], 0))
+        else:
+            ts = torch.where(pos < lengths[:, None], ts, last)
+        return torch.diff(ts, dim=1, prepend=ts[:, :1]).float()
+
+
+def _init_weights(module: nn.Module) -> None:
+    """N(0, 0.02) for Linear/Embedding weights, zero biases, LayerNorm (1, 0); SSD parameters and convolutions
+    keep their own initialisation (MODEL_SPEC §4)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,42 @@
+"""SASRec-style ID-only baseline (Kang & McAuley, 2018) on the same tables, losses and evaluation as MMM4Rec."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from ..config import ModelConfig
+from .mmm4rec import _init_weights
+from .recommender import Batch, ItemFeatures, ItemTables, SequentialRecommender
+
+
+class SASRec(SequentialRecommender):
+    """Learned item + position embeddings, pre-norm causal self-attention blocks, read-out at length-1."""
+
+    arch = "sasrec"
+
+    def __init__(self, cfg: ModelConfig, features: ItemFeatures):
+        super().__init__(cfg, features)
+        N = cfg.d_model
+        self.item_emb = nn.Embedding(self.num_items + 1, N, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len, N)
+        block = nn.TransformerEncoderLayer(N, cfg.n_heads_sasrec, dim_feedforward=N, dropout=cfg.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, cfg.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(N, eps=cfg.norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(cfg.max_len), persistent=False)
+        self.apply(_init_weights)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def item_tables(self, ids: Optional[torch.Tensor] = None) -> ItemTables:
+        emb = self.item_emb.weight if ids is None else self.item_emb(ids)
+        return ItemTables(rows=ids, inputs=(emb,), scores=emb / self.cfg.temperature)
+
+    def encode(self, batch: Batch, tables: ItemTables) -> torch.Tensor:
+        x = tables.inputs[0][tables.lookup(batch.items)] + self.pos_emb.weight[None]
+        # right padding: the causal mask alone keeps padding out of every real position
+        h = self.norm(self.blocks(self.dropout(x), mask=self.causal, is_causal=True))
+        return h[torch.arange(len(h), device=h.device), batch.lengths - 1]
