@@ -71,18 +71,6 @@ def test_weight_sharing(shared):
         assert same == shared
 
 
-def test_shared_stacked_pass_equals_two_separate_passes():
-    model = model_for(tiny())
-    layer = model.layers[0]
-    x_t, x_v = torch.randn(2, 3, 8, 32).unbind(0)
-    d_t, d_v = torch.randn(2, 3, 4, 8).unbind(0)  # 4 heads
-    stacked = layer(x_t, x_v, d_t, d_v)
-    layer.tissd_image = layer.tissd  # force the two-pass branch on the very same module
-    separate = layer(x_t, x_v, d_t, d_v)
-    for a, b in zip(stacked, separate):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-
-
 def with_strong_time_paths(model):
     """At the paper's init the time path is nearly silent (Tanhshrink of N(0, 0.02) mixes ≈ 0); widen it so
     that anything reaching the time signal visibly reaches the user vector."""
