@@ -1,0 +1,383 @@
+"""Stage 2: sequence shards -> int batches, split over ranks and DataLoader workers, resumable.
+
+How an epoch is laid out (all of it a function of the seed and the epoch, never of the world size):
+
+    shards in a seeded order, users in shard order, samples in (user, position) order  = the epoch's sequence
+    rotated by a seeded offset, cut into P contiguous partitions of equal size (±1)
+    each partition: decoded once per user, block-shuffled (seeded), cut into chunks of s = G / P samples
+    global step k = chunk k of every partition                      (G = micro-batch × accumulation × world)
+
+Rank r owns the partitions p ≡ r (mod W) and its DataLoader workers share them out, so every rank reads only its
+shards' users, every sample of the epoch is used exactly once (the few samples that fill the last step are
+repeats, counted and reported), every rank yields the same number of micro-batches, and the set of samples in
+global step k is the same on 1 or N processes: same global batch ⇒ same training curve up to reduction order.
+The stream's position is (epoch, step); restoring it replays the partitions up to that step without the model.
+
+Evaluation splits use one partition per rank, no shuffle and padded final batches with a ``valid`` mask, so
+ranks run the same number of batches (ZeRO-3 gathers parameters collectively in every forward).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .dataset import load_manifest
+from .samples import Histories, Samples, expand, samples_per_user, seen_items
+from .schema import BadRecords, DataError, Manifest, ShardInfo, map_items
+from .shards import iter_seq_records
+
+log = logging.getLogger(__name__)
+
+USERS_PER_BLOCK = 64  # users decoded before one vectorised expansion
+
+
+# --------------------------------------------------------------------------------------------- the stage-2 index
+@dataclass
+class SeqIndex:
+    """Per sequence shard: valid users and sample counts per split, after validation and item mapping.
+
+    Built by one pass over the shards (cached next to the feature store); the bad records that pass finds are the
+    ones reported in the run summary. Streaming later skips the very same records.
+    """
+
+    shards: list[ShardInfo]
+    users: list[int]
+    samples: dict[str, list[int]]
+    bad: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def user_offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.users)]).astype(np.int64)
+
+    def total(self, split: str) -> int:
+        return int(sum(self.samples[split]))
+
+    @staticmethod
+    def key(manifest: Manifest, item_index_digest: str) -> str:
+        h = hashlib.sha256(item_index_digest.encode())
+        for s in manifest.seqs:
+            h.update(f"{s.name} {s.sha256}\n".encode())
+        return h.hexdigest()[:24]
+
+    @classmethod
+    def build(cls, manifest: Manifest, item_index: dict[str, int], strict: bool) -> "SeqIndex":
+        bad = BadRecords(strict=strict)
+        users, counts = [], {s: [] for s in ("pretrain", "train", "valid", "test")}
+        for shard in manifest.seqs:
+            lengths = [len(ids) for ids, _ in _mapped(shard, item_index, bad)]
+            n = np.asarray(lengths, np.int64)
+            users.append(len(n))
+            for split in counts:
+                counts[split].append(int(samples_per_user(n, split).sum()))
+        return cls(manifest.seqs, users, counts, bad.as_dict())
+
+    @classmethod
+    def load_or_build(cls, dataset_dir: str | os.PathLike, item_index: dict[str, int], cache_dir: str | os.PathLike,
+                      strict: bool = False) -> "SeqIndex":
+        manifest = load_manifest(dataset_dir)
+        digest = hashlib.sha256("\n".join(item_index).encode()).hexdigest()
+        path = Path(cache_dir) / f"stage2-index-{cls.key(manifest, digest)}{'-strict' if strict else ''}.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            return cls(manifest.seqs, data["users"], data["samples"], data["bad"])
+        index = cls.build(manifest, item_index, strict)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        try:  # every rank may build it; the rename makes whichever finishes first the cache, atomically
+            tmp.write_text(json.dumps({"users": index.users, "samples": index.samples, "bad": index.bad}))
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warning("could not cache the stage-2 index at %s: %s", path, e)
+        return index
+
+
+def _mapped(shard: ShardInfo, item_index: dict[str, int], bad: BadRecords) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Valid histories of one shard as (ids, timestamps); the one definition of "valid" for index and stream."""
+    for path, rec in iter_seq_records([shard], bad):
+        ids = map_items(rec, item_index, bad, path)
+        if ids is not None:
+            yield ids, rec.timestamps
+
+
+# ------------------------------------------------------------------------------------------------ the epoch plan
+@dataclass
+class EpochPlan:
+    """Where each partition's samples lie in epoch ``epoch`` and how they are chunked."""
+
+    index: SeqIndex
+    item_index: dict[str, int]
+    split: str
+    max_len: int
+    partitions: int
+    chunk: int  # samples per partition per step
+    seed: int
+    epoch: int
+    shuffle: bool
+    buffer: int
+
+    def __post_init__(self):
+        self.total = self.index.total(self.split)
+        if self.total == 0:
+            raise DataError(f"split {self.split!r} has no samples (every user filtered out?)")
+        rng = self._rng(0)
+        self.shard_order = rng.permutation(len(self.index.shards)) if self.shuffle else np.arange(len(self.index.shards))
+        self.rotation = int(rng.integers(self.total)) if self.shuffle else 0
+        counts = np.asarray(self.index.samples[self.split], np.int64)[self.shard_order]
+        self.shard_starts = np.concatenate([[0], np.cumsum(counts)])
+        self.steps = math.ceil(math.ceil(self.total / self.partitions) / self.chunk)
+
+    def _rng(self, stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, stream])
+
+    def partition_size(self, p: int) -> int:
+        return (p + 1) * self.total // self.partitions - p * self.total // self.partitions
+
+    def segments(self, p: int) -> list[tuple[int, int]]:
+        """Partition p's range of the (rotated, cyclic) epoch sequence as non-wrapping [a, b) pieces."""
+        a = (p * self.total // self.partitions + self.rotation) % self.total
+        b = a + self.partition_size(p)
+        return [(a, b)] if b <= self.total else [(a, self.total), (0, b - self.total)]
+
+    def read(self, p: int) -> Iterator[tuple[Samples, Histories]]:
+        """Partition p's samples in epoch order, decoded user by user, in blocks."""
+        offsets = self.index.user_offsets
+        bad = BadRecords(strict=False)  # the index pass already reported these records
+        for a, b in self.segments(p):
+            first = int(np.searchsorted(self.shard_starts, a, side="right")) - 1
+            for pos in range(first, len(self.shard_order)):
+                lo, end = int(self.shard_starts[pos]), int(self.shard_starts[pos + 1])
+                if lo >= b:
+                    break
+                if end > lo:
+                    s = int(self.shard_order[pos])
+                    yield from self._read_shard(s, int(offsets[s]), max(a - lo, 0), min(b, end) - lo, bad)
+
+    def _read_shard(self, s: int, first_user: int, lo: int, hi: int, bad: BadRecords):
+        """Samples lo … hi-1 (numbered within shard s for this split)."""
+        block: list[tuple] = []  # (ids, timestamps, user, skip, limit) per user in range
+        cursor = 0
+        for n, (item_ids, ts) in enumerate(_mapped(self.index.shards[s], self.item_index, bad)):
+            c = int(samples_per_user(len(item_ids), self.split))
+            if cursor + c > lo and c > 0:
+                skip = max(0, lo - cursor)
+                block.append((item_ids, ts, first_user + n, skip, min(c, hi - cursor) - skip))
+            cursor += c
+            if block and (cursor >= hi or len(block) == USERS_PER_BLOCK):
+                yield self._expand(block)
+                block = []
+            if cursor >= hi:
+                return
+        if block:
+            yield self._expand(block)
+        raise DataError(f"{self.index.shards[s].path}: yields {cursor} {self.split} samples but the stage-2 index "
+                        f"expects at least {hi}; the shard changed since the index was built")
+
+    def _expand(self, block: list[tuple]) -> tuple[Samples, Histories]:
+        ids, tss, users, skips, limits = zip(*block)
+        h = Histories.build(list(ids), list(tss), list(users))
+        return expand(h, self.split, self.max_len, np.asarray(skips), np.asarray(limits)), h
+
+    def chunks(self, p: int, start_step: int = 0) -> Iterator[tuple[Samples, int]]:
+        """Exactly ``steps`` chunks of ``chunk`` samples: (samples, how many of them are new this epoch).
+
+        Training: block-shuffled; the final chunk(s) are topped up with repeats of the partition's first samples.
+        """
+        rng = self._rng(1 + p)
+        pending: list[Samples] = []
+        first: Optional[Samples] = None
+        stream = (s for s, _ in self.read(p))
+        if self.shuffle:
+            stream = _block_shuffle(stream, self.buffer, rng)
+        for step in range(self.steps):
+            have = sum(len(x) for x in pending)
+            while have < self.chunk:
+                block = next(stream, None)
+                if block is None:
+                    break
+                pending.append(block)
+                have += len(block)
+            real = min(have, self.chunk)
+            take = Samples.concat(pending) if pending else Samples.empty(self.max_len)
+            out, rest = take.take(slice(0, real)), take.take(slice(real, None))
+            pending = [rest] if len(rest) else []
+            if first is None:
+                first = out
+            if real < self.chunk:  # top up with repeats so every rank and step has a full chunk
+                reps = np.arange(self.chunk - real) % max(len(first), 1)
+                out = Samples.concat([out, first.take(reps)])
+            if step >= start_step:
+                yield out, real
+
+
+def _block_shuffle(blocks: Iterator[Samples], size: int, rng: np.random.Generator) -> Iterator[Samples]:
+    """Shuffle buffer in blocks: fill to 2·size, emit a random half, keep the other half. Each sample costs
+    O(1) row copies, where a per-sample buffer costs O(size) array work per emitted chunk."""
+    buf: list[Samples] = []
+    n = 0
+    for block in blocks:
+        buf.append(block)
+        n += len(block)
+        if n >= 2 * size:
+            merged = Samples.concat(buf)
+            perm = rng.permutation(n)
+            keep = n % size + size  # emit whole multiples of `size`, keep between size and 2·size
+            yield merged.take(perm[: n - keep])
+            buf, n = [merged.take(perm[n - keep :])], keep
+    if n:
+        merged = Samples.concat(buf)
+        yield merged.take(rng.permutation(n))
+
+
+# ------------------------------------------------------------------------------------------------ the loaders
+def _to_torch(s: Samples, valid: Optional[np.ndarray] = None) -> dict[str, torch.Tensor]:
+    out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in vars(s).items()}
+    if valid is not None:
+        out["valid"] = torch.from_numpy(valid)
+    return out
+
+
+class _PartitionChunks(IterableDataset):
+    """What one rank's DataLoader workers produce: (partition, step, chunk), step-major, partitions shared
+    round-robin among workers."""
+
+    def __init__(self, plan: EpochPlan, partitions: list[int], start_step: int):
+        self.plan, self.partitions, self.start_step = plan, partitions, start_step
+
+    def __iter__(self):
+        info = get_worker_info()
+        mine = self.partitions if info is None else self.partitions[info.id :: info.num_workers]
+        streams = [self.plan.chunks(p, self.start_step) for p in mine]
+        for step in range(self.start_step, self.plan.steps):
+            for p, chunks in zip(mine, streams):
+                samples, real = next(chunks)
+                yield p, step, _to_torch(samples), real
+
+
+class TrainStream:
+    """A rank's training micro-batches for one epoch at a time; ``state_dict`` is its position.
+
+    ``global_batch`` must be divisible by ``partitions`` and ``partitions`` by the world size. ``partitions=0``
+    picks world × max(1, workers): fine for a fixed world size; set it explicitly (e.g. 8) to keep the sample
+    order identical when the world size changes.
+    """
+
+    def __init__(self, index: SeqIndex, item_index: dict[str, int], *, split: str, max_len: int, micro_batch: int,
+                 grad_accum: int, rank: int, world: int, seed: int, partitions: int = 0, num_workers: int = 0,
+                 shuffle_buffer: int = 4096):
+        partitions = partitions or world * max(1, num_workers)
+        self.global_batch = micro_batch * grad_accum * world
+        if partitions % world:
+            raise DataError(f"data.partitions={partitions} must be a multiple of the world size {world}")
+        if self.global_batch % partitions:
+            raise DataError(f"the global batch {self.global_batch} (micro-batch {micro_batch} × accumulation "
+                            f"{grad_accum} × world {world}) must be divisible by data.partitions={partitions}")
+        self.index, self.item_index, self.split = index, item_index, split
+        self.max_len, self.micro_batch, self.seed = max_len, micro_batch, seed
+        self.partitions, self.num_workers, self.buffer = partitions, num_workers, shuffle_buffer
+        self.owned = list(range(rank, partitions, world))
+        self.epoch, self.step = 0, 0  # position: the next step to yield
+
+    def plan(self, epoch: Optional[int] = None) -> EpochPlan:
+        return EpochPlan(self.index, self.item_index, self.split, self.max_len, self.partitions,
+                         self.global_batch // self.partitions, self.seed, self.epoch if epoch is None else epoch,
+                         shuffle=True, buffer=self.buffer)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.plan().steps
+
+    def describe(self) -> str:
+        plan = self.plan()
+        return (f"{plan.total:,} {self.split} samples per epoch in {plan.steps} steps of {self.global_batch} "
+                f"(global batch), {self.partitions} partitions of {plan.chunk} per step, "
+                f"{plan.steps * self.global_batch - plan.total} repeats fill the last step")
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.step = epoch, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "partitions": self.partitions,
+                "global_batch": self.global_batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("seed", "partitions", "global_batch"):
+            if state[key] != getattr(self, key):
+                raise DataError(f"cannot resume the data stream: checkpoint has {key}={state[key]}, "
+                                f"this run {getattr(self, key)}")
+        self.epoch, self.step = state["epoch"], state["step"]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Micro-batches of the current epoch from the saved step on; the position advances as steps complete."""
+        plan = self.plan()
+        data = _PartitionChunks(plan, self.owned, self.step)
+        workers = min(self.num_workers, len(self.owned))
+        loader = DataLoader(data, batch_size=None, num_workers=workers, persistent_workers=False,
+                            prefetch_factor=4 if workers else None)
+        pending: dict[int, dict[int, dict]] = {}
+        per_step = len(self.owned)
+        for p, step, chunk, _ in loader:
+            got = pending.setdefault(step, {})
+            got[p] = chunk
+            if len(got) < per_step:
+                continue
+            del pending[step]
+            merged = {k: torch.cat([got[q][k] for q in self.owned]) for k in chunk}
+            starts = range(0, len(merged["targets"]), self.micro_batch)
+            for i in starts:
+                if i == starts[-1]:  # the position moves on as the step's last micro-batch goes out, so a
+                    self.step = step + 1  # checkpoint taken after that optimizer step resumes with the next
+                    if self.step == plan.steps:
+                        self.epoch, self.step = self.epoch + 1, 0
+                yield {k: v[i : i + self.micro_batch] for k, v in merged.items()}
+
+
+class EvalStream:
+    """One sample per user of ``split`` ("valid"/"test"), users split over ranks; every rank yields the same
+    number of batches; padding rows have ``valid`` False. With ``mask_history`` a batch also carries the
+    (row, item) pairs of items its users saw before the target."""
+
+    def __init__(self, index: SeqIndex, item_index: dict[str, int], *, split: str, max_len: int, batch_size: int,
+                 rank: int, world: int, mask_history: bool = False):
+        self.plan = EpochPlan(index, item_index, split, max_len, world, batch_size, seed=0, epoch=0,
+                              shuffle=False, buffer=0)
+        self.rank, self.mask_history = rank, mask_history
+
+    @property
+    def users(self) -> int:
+        return self.plan.total
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        B, L = self.plan.chunk, self.plan.max_len
+        blocks = self.plan.read(self.rank)
+        pending, seen = Samples.empty(L), []
+        for _ in range(self.plan.steps):
+            while len(pending) < B and (nxt := next(blocks, None)) is not None:
+                pending = Samples.concat([pending, nxt[0]])
+                if self.mask_history:
+                    seen += seen_items(nxt[1], nxt[0])
+            out, pending = pending.take(slice(0, B)), pending.take(slice(B, None))
+            real = len(out)
+            if real < B:  # padding rows repeat a valid sample (ids stay in range) and are masked out
+                out = Samples.concat([out, (out if real else _dummy(L)).take(np.zeros(B - real, np.int64))])
+            batch = _to_torch(out, np.arange(B) < real)
+            if self.mask_history:
+                rows = np.repeat(np.arange(real), [len(x) for x in seen[:real]])
+                batch["seen_rows"] = torch.from_numpy(rows)
+                batch["seen_items"] = torch.from_numpy(np.concatenate(seen[:real] or [np.zeros(0, np.int64)]))
+                seen = seen[real:]
+            yield batch
+
+
+def _dummy(L: int) -> Samples:
+    one, z = np.ones(1, np.int64), np.zeros(1, np.int64)
+    return Samples(np.zeros((1, L), np.int64), np.zeros((1, L), np.int64), one, one, z, z, z)
