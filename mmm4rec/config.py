@@ -107,6 +107,9 @@ class DataConfig:
     features: str = ""  # feature store folder; default: <dataset>/features
     batch_size: int = 256  # micro-batch per process
     num_workers: int = 0
+    # The epoch is cut into this many partitions (0: world size × max(1, workers)). A fixed value keeps the
+    # samples of every global step the same when the world size changes; it must divide the global batch.
+    partitions: int = 0
     shuffle_buffer: int = 4096
     seed: int = 0
     strict: bool = False  # bad records: error (True) or counted skip reported in the summary (False)

@@ -125,12 +125,13 @@ class SequentialRecommender(nn.Module):
         return self.encode(batch, tables if tables is not None else self.item_tables())
 
     # ------------------------------------------------------------------ save / load (no pickle)
-    def save_pretrained(self, path: str | Path) -> None:
+    def save_pretrained(self, path: str | Path, extra: Optional[dict] = None) -> None:
+        """fp32 safetensors + config.json; ``extra`` adds provenance (e.g. the feature encoder) to the config."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, path / "model.safetensors", metadata={"arch": self.arch})
-        meta = {"arch": self.arch, "model": dataclasses.asdict(self.cfg), **self.extra_config()}
+        meta = {"arch": self.arch, "model": dataclasses.asdict(self.cfg), **self.extra_config(), **(extra or {})}
         (path / "config.json").write_text(json.dumps(meta, indent=2))
 
     @staticmethod
