@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 import subprocess
 from dataclasses import dataclass
 
@@ -66,7 +67,9 @@ class DistEnv:
                 master_port=int(env.get("MASTER_PORT") or 10000 + int(env.get("SLURM_JOB_ID", 0)) % 10000),
                 launcher="slurm",
             )
-        return cls()
+        # a single plain process still gets a process group (DeepSpeed makes one): use a free port so that
+        # concurrent single-process runs on one machine do not collide on the default 29500
+        return cls(master_port=int(env.get("MASTER_PORT") or _free_port()))
 
     def export(self) -> None:
         """Write the torch.distributed variables so DeepSpeed/accelerate/torch read the same values."""
@@ -78,6 +81,12 @@ class DistEnv:
             MASTER_ADDR=self.master_addr,
             MASTER_PORT=str(self.master_port),
         )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _launcher_name(env) -> str:

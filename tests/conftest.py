@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny real datasets with MiniLM features, and a helper that runs a launcher under a real
+launcher (python, torchrun, deepspeed, accelerate) in a subprocess."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(script: str, args: list[str], nproc: int = 1, launcher: str = "python") -> list[str]:
+    script = str(REPO / "launchers" / script)
+    port = str(free_port())
+    if launcher == "python":
+        assert nproc == 1
+        return [sys.executable, script, *args]
+    if launcher == "torchrun":
+        return [str(BIN / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", port, script, *args]
+    if launcher == "deepspeed":
+        return [str(BIN / "deepspeed"), "--num_nodes", "1", "--num_gpus", str(nproc), "--master_port", port, script,
+                *args]
+    if launcher == "accelerate":
+        return [str(BIN / "accelerate"), "launch", "--use_deepspeed", "--num_processes", str(nproc),
+                "--main_process_port", port, script, *args]
+    raise ValueError(launcher)
+
+
+def subprocess_env() -> dict:
+    # one thread per process: two processes share the machine's two cores
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run(script: str, args: list[str], nproc: int = 1, launcher: str = "python", timeout: int = 300,
+        check: bool = True) -> subprocess.CompletedProcess:
+    cmd = launch_command(script, args, nproc, launcher)
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stderr ---\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def make_dataset(root: Path, users: int, items: int, seed: int) -> Path:
+    """A synthetic text-only dataset (labelled synthetic: clusters visible in the item text) plus its
+    MiniLM feature store, built once."""
+    from mmm4rec.config import EncoderConfig
+    from mmm4rec.data.features import ensure_features
+    from mmm4rec.data.synthetic import generate
+
+    generate(root, users, items, images="none", seed=seed, shard_size=max(users // 3, 1))
+    ensure_features(root, EncoderConfig())
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("tiny-a"), users=120, items=60, seed=1)
+
+
+@pytest.fixture(scope="session")
+def other_dataset(tmp_path_factory) -> Path:
+    """Another domain for transfer: different users and a different number of items."""
+    return make_dataset(tmp_path_factory.mktemp("tiny-b"), users=90, items=45, seed=2)
