@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
@@ -262,6 +263,12 @@ class _PartitionChunks(IterableDataset):
                 yield p, step, _to_torch(samples), real
 
 
+def _ignore_preemption_signals(_worker_id: int) -> None:
+    """SLURM signals every process of a task; the main process checkpoints and stops, workers just carry on."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class TrainStream:
     """A rank's training micro-batches for one epoch at a time; ``state_dict`` is its position.
 
@@ -321,8 +328,11 @@ class TrainStream:
         plan = self.plan()
         data = _PartitionChunks(plan, self.owned, self.step)
         workers = min(self.num_workers, len(self.owned))
+        # Its own generator: creating the iterator must not draw from the global torch RNG, or a resumed run's
+        # dropout masks would be shifted by one draw against the uninterrupted run's.
         loader = DataLoader(data, batch_size=None, num_workers=workers, persistent_workers=False,
-                            prefetch_factor=4 if workers else None)
+                            prefetch_factor=4 if workers else None, generator=torch.Generator(),
+                            worker_init_fn=_ignore_preemption_signals)
         pending: dict[int, dict[int, dict]] = {}
         per_step = len(self.owned)
         for p, step, chunk, _ in loader:

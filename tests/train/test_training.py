@@ -76,8 +76,8 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 240):
         time.sleep(0.05)
 
 
-# Two epochs, a checkpoint every 10 steps and at each epoch end.
-RESUMABLE = ["--set", "train.epochs=2", "--set", "train.checkpoint_every=10"]
+# Two epochs, a checkpoint every 10 steps and at each epoch end; dropout on, so the RNG has to resume too.
+RESUMABLE = ["--set", "train.epochs=2", "--set", "train.checkpoint_every=10", "--set", "model.dropout=0.1"]
 
 
 @pytest.fixture(scope="module")
