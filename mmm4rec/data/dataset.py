@@ -1,0 +1,139 @@
+"""A dataset folder: item shards, sequence shards and ``dataset.json``.
+
+Converters write one with ``write_dataset`` (streaming: only the item keys are held in memory); everything else
+opens it with ``load_manifest``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .atomic import replace_folder
+from .schema import MIN_INTERACTIONS, DataError, InvalidRecord, ItemRecord, Manifest, SeqRecord, check_seq, domain_of
+from .shards import sha256_file, write_items, write_seqs
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "dataset.json"
+DEFAULT_SHARD_SIZE = 1000
+
+
+def load_manifest(dataset_dir: str | os.PathLike, verify: bool = False) -> Manifest:
+    """Read ``dataset.json``; check every shard exists with the recorded size, and with ``verify`` its sha256.
+
+    Raises DataError naming the file at fault. The size check is a stat per shard (cheap enough for every
+    launch); hashing reads every byte, so it is opt-in.
+    """
+    path = Path(dataset_dir) / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no dataset manifest (write one with a tools/prepare_*.py converter)") from None
+    except ValueError as e:
+        raise DataError(f"{path}: not valid JSON: {e}") from None
+    try:
+        manifest = Manifest.from_json(data, path.parent.resolve())
+    except (KeyError, TypeError) as e:
+        raise DataError(f"{path}: not a dataset manifest, bad or missing {e}") from None
+    for shard in manifest.items + manifest.seqs:
+        if not shard.path.is_file():
+            raise DataError(f"{shard.path}: shard listed in {path} is missing")
+        size = shard.path.stat().st_size
+        if size != shard.bytes:
+            raise DataError(f"{shard.path}: {size} bytes but {path} lists {shard.bytes} (truncated or replaced)")
+        if verify and sha256_file(shard.path) != shard.sha256:
+            raise DataError(f"{shard.path}: sha256 does not match {path} (corrupted or replaced)")
+    return manifest
+
+
+class _Counts:
+    """Per-domain users / items / interactions and the leave-one-out sample counts, accumulated while streaming."""
+
+    def __init__(self) -> None:
+        self.per_domain: dict[str, dict[str, int]] = defaultdict(lambda: {"users": 0, "items": 0, "interactions": 0})
+        self.train_samples = 0
+        self.pretrain_samples = 0
+
+    def item(self, rec: ItemRecord) -> None:
+        self.per_domain[domain_of(rec.key)]["items"] += 1
+
+    def seq(self, rec: SeqRecord) -> None:
+        n = len(rec.items)
+        d = self.per_domain[rec.domain]
+        d["users"] += 1
+        d["interactions"] += n
+        self.train_samples += n - 3  # targets at positions 1 .. n-3; n-2 is validation, n-1 test
+        self.pretrain_samples += n - 1  # every prefix with at least one history item
+
+    def counts(self) -> dict[str, Any]:
+        total = {k: sum(d[k] for d in self.per_domain.values()) for k in ("users", "items", "interactions")}
+        return {**total, "per_domain": {k: self.per_domain[k] for k in sorted(self.per_domain)}}
+
+    def split(self) -> dict[str, Any]:
+        users = sum(d["users"] for d in self.per_domain.values())
+        return {
+            "protocol": "leave-one-out",
+            "order": "timestamp, ties by item key",
+            "min_interactions": MIN_INTERACTIONS,
+            "test": "last item of each user",
+            "valid": "second-to-last item of each user",
+            "train": "every earlier position from the second on, history = the items before it",
+            "test_users": users,
+            "valid_users": users,
+            "train_samples": self.train_samples,
+            "pretrain_samples": self.pretrain_samples,
+        }
+
+
+def write_dataset(out_dir: str | os.PathLike, *, name: str, items: Iterable[ItemRecord], seqs: Iterable[SeqRecord],
+                  provenance: dict[str, Any], licence: str, shard_size: int = DEFAULT_SHARD_SIZE) -> Manifest:
+    """Write item shards, sequence shards and dataset.json, replacing ``out_dir`` atomically (its feature stores
+    are kept: they are re-validated by content hash when next used).
+
+    Converters must produce valid data, so any problem here is a DataError, never a skip. ``items`` is consumed
+    before ``seqs``, which may therefore be a generator that depends on the items having been written.
+    """
+    counts = _Counts()
+    keys: set[str] = set()
+
+    def checked_items() -> Iterator[ItemRecord]:
+        for rec in items:
+            if rec.key in keys:
+                raise DataError(f"{name}: duplicate item key {rec.key!r}")
+            if not rec.text.strip():
+                raise DataError(f"{name}: item {rec.key!r} has empty text")
+            keys.add(rec.key)
+            counts.item(rec)
+            yield rec
+
+    def checked_seqs() -> Iterator[SeqRecord]:
+        for rec in seqs:
+            rec.timestamps = np.asarray(rec.timestamps)
+            try:
+                check_seq(rec)
+            except InvalidRecord as e:
+                raise DataError(f"{name}: user {rec.user!r}: {e.problem}") from None
+            unknown = next((k for k in rec.items if k not in keys), None)
+            if unknown is not None:
+                raise DataError(f"{name}: user {rec.user!r}: item {unknown!r} has no item record")
+            counts.seq(rec)
+            yield rec
+
+    with replace_folder(out_dir, keep=("features",)) as tmp:
+        item_shards = write_items(tmp, checked_items(), shard_size)
+        seq_shards = write_seqs(tmp, checked_seqs(), shard_size)
+        if not keys or not counts.counts()["users"]:
+            raise DataError(f"{name}: no items or no users left to write")
+        manifest = Manifest(name=name, domains=sorted(counts.per_domain), counts=counts.counts(), split=counts.split(),
+                            items=item_shards, seqs=seq_shards, provenance=provenance, licence=licence)
+        (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1, ensure_ascii=False) + "\n")
+    c = manifest.counts
+    log.info("%s: %d users, %d items, %d interactions in %d + %d shards -> %s", name, c["users"], c["items"],
+             c["interactions"], len(item_shards), len(seq_shards), out_dir)
+    return load_manifest(out_dir)

@@ -1,0 +1,371 @@
+"""The feature store: frozen text / image features of every item of a dataset, memory-mapped, plus the item index.
+
+A store folder (docs/data_format.md has the details):
+  text.npy           float32 [I+1, Dt]   row 0 = zeros (padding id)
+  image.npy          float32 [I+1, Dv]   only with an image encoder
+  image_missing.npy  bool    [I+1]       True where an item had no usable image (it got the blank-image features)
+  items.json         ["<pad>", key_1, ..., key_I]: item id = position; keys sorted, so ids never depend on the
+                     shard layout or the number of processes
+  hashes.npy         uint8   [I+1, 2, 16] content hashes of each item's text and image bytes (zeros: none)
+  manifest.json      encoder identity and dims, dataset name and item digest, bad-record counts, last build
+
+``ensure_features`` builds it or brings it up to date, in one process or on every rank of a torch.distributed
+job: ranks take whole item shards round-robin and write per-shard parts; rank 0 merges them into a new folder
+that replaces the old one atomically. Each shard is encoded in the same fixed batches whoever encodes it, so one
+or N processes give byte-identical stores. An update re-encodes only items whose content hash changed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import transformers
+
+from mmm4rec.config import EncoderConfig
+from mmm4rec.encoders import Encoders, build_encoders, encoder_identity, encoder_slug
+
+from .atomic import replace_folder
+from .dataset import load_manifest
+from .schema import PAD_KEY, BadRecords, DataError, ItemRecord, Manifest, ShardInfo, content_hash
+from .shards import iter_item_records
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = "mmm4rec-features/1"
+TEXT, IMAGE, MISSING, ITEMS, HASHES, MANIFEST = (
+    "text.npy", "image.npy", "image_missing.npy", "items.json", "hashes.npy", "manifest.json")
+NO_HASH = bytes(16)
+T = TypeVar("T")
+
+
+@dataclass
+class FeatureStore:
+    path: Path
+    text: np.ndarray  # memory-mapped, read-only
+    image: Optional[np.ndarray]
+    image_missing: Optional[np.ndarray]
+    keys: list[str]
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "FeatureStore":
+        path = Path(path)
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+            if manifest.get("format") != STORE_FORMAT:
+                raise ValueError(f"format {manifest.get('format')!r} is not {STORE_FORMAT!r}")
+            keys = json.loads((path / ITEMS).read_text())
+            text = np.load(path / TEXT, mmap_mode="r")
+            with_image = manifest["encoder"]["image"] is not None
+            image = np.load(path / IMAGE, mmap_mode="r") if with_image else None
+            missing = np.load(path / MISSING, mmap_mode="r") if with_image else None
+            expected = [(text.shape, (len(keys), manifest["dims"]["text"]))]
+            if with_image:
+                expected += [(image.shape, (len(keys), manifest["dims"]["image"])), (missing.shape, (len(keys),))]
+            if keys[:1] != [PAD_KEY] or any(got != want for got, want in expected):
+                raise ValueError("array shapes do not match items.json and the manifest")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{path}: not a complete feature store: {e}") from None
+        return cls(path, text, image, missing, keys, manifest)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.keys) - 1
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        """Item key -> id (1..I)."""
+        return {k: i for i, k in enumerate(self.keys) if i}
+
+    @cached_property
+    def hashes(self) -> np.ndarray:
+        return np.load(self.path / HASHES, mmap_mode="r")
+
+    def check_compatible(self, encoder_cfg: EncoderConfig) -> None:
+        """DataError unless this store was built by the encoders ``encoder_cfg`` names."""
+        want, have = encoder_identity(encoder_cfg), self.manifest["encoder"]
+        if want != have:
+            raise DataError(f"{self.path}: built with {_describe(have)}, but the config asks for {_describe(want)}; "
+                            "rebuild it (launchers/extract_features.py, or ensure_features)")
+
+    def verify(self, chunk: int = 1 << 16) -> None:
+        """Scan every feature row (reads the whole store); DataError naming the first non-finite item."""
+        for name, array in ((TEXT, self.text), (IMAGE, self.image)):
+            for start in range(0, 0 if array is None else len(array), chunk):
+                bad = ~np.isfinite(array[start:start + chunk]).all(axis=1)
+                if bad.any():
+                    i = start + int(np.argmax(bad))
+                    raise DataError(f"{self.path / name}: item {self.keys[i]!r} (id {i}) has NaN/inf features")
+
+
+def _describe(identity: dict[str, Any]) -> str:
+    parts = [f"text={identity['text']['source']} ({identity['text']['revision']})"]
+    if identity["image"]:
+        parts.append(f"image={identity['image']['source']} ({identity['image']['revision']})")
+    return ", ".join(parts + [f"max_text_tokens={identity['max_text_tokens']}", f"procedure={identity['procedure']}"])
+
+
+def default_features_dir(dataset_dir: str | os.PathLike, encoder_cfg: EncoderConfig) -> Path:
+    return Path(dataset_dir) / "features" / encoder_slug(encoder_cfg)
+
+
+# ---------------------------------------------------------------------------------------------------- distribution
+class _Group:
+    """This process's place in a torch.distributed job (or a group of one). Every step runs through ``run``:
+    a failure on any rank is raised on all of them, so no rank waits forever in a collective."""
+
+    def __init__(self) -> None:
+        self.active = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.active else 0
+        self.world = dist.get_world_size() if self.active else 1
+
+    def run(self, step: Callable[[], T], rank0_only: bool = False) -> Optional[T]:
+        """Run ``step`` on every rank (or rank 0 only) and return rank 0's result on every rank."""
+        result, error = None, None
+        try:
+            if self.rank == 0 or not rank0_only:
+                result = step()
+        except Exception as e:  # re-raised below, after every rank has heard of it
+            error = e
+        if not self.active:
+            if error:
+                raise error
+            return result
+        shared: list[Any] = [None] * self.world
+        dist.all_gather_object(shared, (type(error).__name__, str(error)) if error else None)
+        if error:
+            raise error
+        for rank, failure in enumerate(shared):
+            if failure:
+                kind, message = failure
+                raise (DataError if kind == "DataError" else RuntimeError)(f"rank {rank}: {kind}: {message}")
+        box = [result]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+# ------------------------------------------------------------------------------------------------------- building
+@dataclass
+class _Plan:
+    mode: str  # "fresh" (nothing to do), "update" (encode changed items only) or "build" (from scratch)
+    reason: str
+    token: str = ""
+
+
+def _plan(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, strict: bool) -> _Plan:
+    token = uuid.uuid4().hex[:8]
+    if not store_dir.exists():
+        return _Plan("build", "no feature store yet, building it", token)
+    try:
+        old = FeatureStore.open(store_dir)
+    except DataError as e:
+        return _Plan("build", f"{e}; rebuilding it", token)
+    identity = encoder_identity(cfg)
+    if old.manifest["encoder"] != identity:
+        return _Plan("build", f"built with {_describe(old.manifest['encoder'])} but {_describe(identity)} "
+                              "is requested; rebuilding from scratch", token)
+    if old.manifest["dataset"]["items_digest"] != dataset.items_digest:
+        return _Plan("update", "the item shards changed; encoding new and changed items", token)
+    if strict and old.manifest["bad_records"]:
+        raise DataError(f"{store_dir}: built leniently and skipped bad input {old.manifest['bad_records']}; "
+                        "strict mode refuses it (fix the data or run without strict)")
+    return _Plan("fresh", "up to date")
+
+
+class _ShardEncoder:
+    """Encodes one item shard into a part file: keys in shard order, features, flags, content hashes."""
+
+    def __init__(self, cfg: EncoderConfig, old: Optional[FeatureStore], strict: bool):
+        self.cfg, self.old, self.strict = cfg, old, strict
+
+    @cached_property
+    def encoders(self) -> Encoders:  # loaded on first need: a rank that only reuses rows never loads a model
+        return build_encoders(self.cfg, _device())
+
+    def _reusable(self, key: str, hashes: np.ndarray) -> Optional[int]:
+        old_id = self.old.index.get(key) if self.old is not None else None
+        if old_id is None:
+            return None
+        same = self.old.hashes[old_id] == hashes
+        return old_id if same[0].all() and (self.cfg.image is None or same[1].all()) else None
+
+    def _encode(self, shard: ShardInfo, batch: list[ItemRecord]) -> dict[str, np.ndarray]:
+        out = {"text": self.encoders.text([r.text for r in batch])}
+        if self.cfg.image:
+            image = self.encoders.image
+            with_image = [i for i, r in enumerate(batch) if r.decoded is not None]
+            out["image"] = np.tile(image.blank, (len(batch), 1))
+            if with_image:
+                out["image"][with_image] = image([batch[i].decoded for i in with_image])
+        for name, rows in out.items():
+            finite = np.isfinite(rows).all(axis=1)
+            if not finite.all():
+                key = batch[int(np.argmin(finite))].key
+                raise DataError(f"{shard.path}: item {key!r}: the {name} encoder produced NaN/inf features")
+        return out
+
+    def __call__(self, shard: ShardInfo, part: Path) -> None:
+        bad = BadRecords(self.strict)
+        keys: list[str] = []
+        hashes: list[np.ndarray] = []
+        missing: list[bool] = []
+        reused: list[tuple[int, int]] = []  # (row in this part, id in the old store)
+        encoded_rows: list[int] = []
+        encoded: dict[str, list[np.ndarray]] = {"text": [], "image": []}
+        batch: list[ItemRecord] = []
+
+        def flush() -> None:
+            for name, rows in self._encode(shard, batch).items():
+                encoded[name].append(rows)
+            batch.clear()
+
+        for _, rec in iter_item_records([shard], bad, check_images=self.cfg.image is not None):
+            h = np.frombuffer(content_hash(rec.text.encode()) + (content_hash(rec.image) if rec.image else NO_HASH),
+                              dtype=np.uint8).reshape(2, 16)
+            old_id = self._reusable(rec.key, h)
+            if old_id is not None:
+                reused.append((len(keys), old_id))
+            else:
+                encoded_rows.append(len(keys))
+                batch.append(rec)
+                if len(batch) == self.cfg.batch_size:
+                    flush()
+            keys.append(rec.key)
+            hashes.append(h)
+            missing.append(rec.image is None)
+        if batch:
+            flush()
+
+        arrays = {"hashes": np.asarray(hashes, dtype=np.uint8).reshape(-1, 2, 16),
+                  "missing": np.asarray(missing, dtype=bool)}
+        for name in ("text", "image") if self.cfg.image else ("text",):
+            old = None if self.old is None else getattr(self.old, name)
+            dim = encoded[name][0].shape[1] if encoded[name] else (old.shape[1] if old is not None else 0)
+            rows = np.zeros((len(keys), dim), dtype=np.float32)
+            if encoded[name]:
+                rows[encoded_rows] = np.concatenate(encoded[name])
+            if reused:
+                at, old_ids = zip(*reused)
+                rows[list(at)] = old[list(old_ids)]
+            arrays[name] = rows
+        np.savez(part.with_suffix(".npz"), **arrays)
+        info = {"keys": keys, "encoded": len(encoded_rows), "reused": len(reused), "bad": bad.as_dict()}
+        part.with_suffix(".json").write_text(json.dumps(info))
+
+
+def _merge(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, parts: Path, plan: _Plan, strict: bool,
+           world: int, started: float) -> dict[str, Any]:
+    """Rank 0: one store from the per-shard parts. A key in several shards keeps its first shard's row."""
+    bad = BadRecords(strict)
+    infos = [json.loads((parts / f"{i:06d}.json").read_text()) for i in range(len(dataset.items))]
+    first: dict[str, int] = {}
+    for idx, info in enumerate(infos):
+        bad.update(info["bad"])
+        for key in info["keys"]:
+            if key in first:
+                bad.report("duplicate_item", f"{dataset.items[idx].path}: item {key!r} was already read from "
+                                             f"{dataset.items[first[key]].path}")
+            else:
+                first[key] = idx
+    if not first:
+        raise DataError(f"{dataset.root}: no usable items to encode")
+    keys = [PAD_KEY, *sorted(first)]
+    ids = {k: i for i, k in enumerate(keys)}
+    names = ("text", "image") if cfg.image else ("text",)
+    dims: dict[str, int] = {}
+    with replace_folder(store_dir) as tmp:
+        out: dict[str, np.ndarray] = {}
+        for idx, info in enumerate(infos):
+            with np.load(parts / f"{idx:06d}.npz") as part:
+                if not out and info["keys"]:
+                    dims = {n: part[n].shape[1] for n in names}
+                    out = {n: np.lib.format.open_memmap(tmp / f"{n}.npy", "w+", np.float32, (len(keys), dims[n]))
+                           for n in names}
+                    out["hashes"] = np.lib.format.open_memmap(tmp / HASHES, "w+", np.uint8, (len(keys), 2, 16))
+                    if cfg.image:
+                        out["missing"] = np.lib.format.open_memmap(tmp / MISSING, "w+", bool, (len(keys),))
+                rows = [r for r, k in enumerate(info["keys"]) if first[k] == idx]
+                if rows:
+                    dest = [ids[info["keys"][r]] for r in rows]
+                    for name, array in out.items():
+                        array[dest] = part[name][rows]
+        for array in out.values():
+            array.flush()
+        del out
+        (tmp / ITEMS).write_text(json.dumps(keys, ensure_ascii=False))
+        missing_images = int(np.load(tmp / MISSING)[1:].sum()) if cfg.image else None
+        manifest = {
+            "format": STORE_FORMAT,
+            "dataset": {"name": dataset.name, "items_digest": dataset.items_digest},
+            "encoder": encoder_identity(cfg),  # after loading: a hub name now resolves to its cached commit
+            "dims": {"text": dims["text"], "image": dims.get("image")},
+            "num_items": len(keys) - 1,
+            "missing_images": missing_images,
+            "content_hashes": {"file": HASHES, "how": "sha256[:16] of the text (UTF-8) and of the image bytes"},
+            "bad_records": bad.as_dict(),
+            "last_build": {"mode": plan.mode, "reason": plan.reason, "encoded": sum(i["encoded"] for i in infos),
+                           "reused": sum(i["reused"] for i in infos)},
+            "created": {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
+                        "world_size": world, "seconds": round(time.time() - started, 3),
+                        "torch": torch.__version__, "transformers": transformers.__version__},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def ensure_features(dataset_dir: str | os.PathLike, encoder_cfg: EncoderConfig,
+                    features_dir: str | os.PathLike | None = None, strict: bool = False) -> Path:
+    """Return the path of an up-to-date feature store for the dataset, building or updating it if needed.
+
+    Call it on every rank once torch.distributed is initialised (or in a plain process). The store is fresh when
+    its encoder identity and the dataset's item-shard digest match; a different encoder means a full rebuild
+    (logged); changed item shards mean an update that encodes only new or changed items. Bad items follow
+    ``strict`` and are counted in the store manifest's ``bad_records``.
+    """
+    started = time.time()
+    dataset = load_manifest(dataset_dir)
+    store_dir = Path(features_dir) if features_dir else default_features_dir(dataset_dir, encoder_cfg)
+    group = _Group()
+    plan = group.run(lambda: _plan(store_dir, dataset, encoder_cfg, strict), rank0_only=True)
+    if group.rank == 0:
+        log.info("%s: %s", store_dir, plan.reason)
+    if plan.mode == "fresh":
+        return store_dir
+    parts = store_dir.parent / f".{store_dir.name}.parts-{plan.token}"
+    try:
+        def encode_my_shards() -> None:
+            parts.mkdir(parents=True, exist_ok=True)
+            old = FeatureStore.open(store_dir) if plan.mode == "update" else None
+            encode = _ShardEncoder(encoder_cfg, old, strict)
+            for idx in range(group.rank, len(dataset.items), group.world):
+                encode(dataset.items[idx], parts / f"{idx:06d}")
+                log.info("rank %d: item shard %d/%d encoded", group.rank, idx + 1, len(dataset.items))
+
+        group.run(encode_my_shards)
+        manifest = group.run(lambda: _merge(store_dir, dataset, encoder_cfg, parts, plan, strict, group.world,
+                                            started), rank0_only=True)
+    finally:
+        if group.rank == 0:
+            shutil.rmtree(parts, ignore_errors=True)
+    if group.rank == 0:
+        build = manifest["last_build"]
+        log.info("%s: %d items (%d encoded, %d reused) in %.1f s; bad records: %s", store_dir, manifest["num_items"],
+                 build["encoded"], build["reused"], manifest["created"]["seconds"], manifest["bad_records"] or "none")
+    return store_dir

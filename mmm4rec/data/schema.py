@@ -1,0 +1,224 @@
+"""Records, the dataset manifest and the bad-input policy shared by converters, readers and the feature store.
+
+Bad input never passes silently: a ``BadRecords`` either raises ``DataError`` (strict) or skips the record and
+counts it by reason (lenient); the counts go into the run summary. Lenient mode never repairs a record: it drops
+it whole (two documented exceptions: an undecodable image counts and becomes a missing image, and ``map_items``
+drops unknown item occurrences from a sequence). The reasons are listed in docs/data_format.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DATASET_FORMAT = "mmm4rec-dataset/1"
+MIN_INTERACTIONS = 3  # leave-one-out needs a training, a validation and a test target (MODEL_SPEC §11)
+PAD_KEY = "<pad>"  # item id 0
+
+
+class DataError(ValueError):
+    """Input that cannot be used. The message names the file and the record key."""
+
+
+class InvalidRecord(Exception):
+    """A record failed validation; readers turn it into a DataError or a counted skip, adding file and key."""
+
+    def __init__(self, reason: str, problem: str):
+        super().__init__(problem)
+        self.reason = reason
+        self.problem = problem
+
+
+class BadRecords:
+    """The strictness policy: ``report`` raises in strict mode, otherwise counts the skip by reason.
+
+    The first few messages per reason are logged so that a lenient run still shows what it skipped.
+    """
+
+    def __init__(self, strict: bool = False, examples: int = 3):
+        self.strict = strict
+        self.examples = examples
+        self.counts: Counter[str] = Counter()
+
+    def report(self, reason: str, message: str) -> None:
+        if self.strict:
+            raise DataError(message)
+        self.counts[reason] += 1
+        if self.counts[reason] <= self.examples:
+            log.warning("skipped (%s): %s", reason, message)
+
+    def update(self, counts: Mapping[str, int]) -> None:
+        """Add counts gathered elsewhere (another shard, worker or rank)."""
+        self.counts.update(counts)
+
+    def as_dict(self) -> dict[str, int]:
+        return {reason: n for reason, n in sorted(self.counts.items()) if n}
+
+    def __bool__(self) -> bool:
+        return any(self.counts.values())
+
+
+def domain_of(key: str) -> str:
+    """Item and user keys are domain-qualified: ``"ml-1m:1193"`` belongs to domain ``"ml-1m"``."""
+    return key.split(":", 1)[0]
+
+
+def content_hash(data: bytes) -> bytes:
+    """16-byte content hash of an item's text or image; the feature store re-encodes an item when it changes."""
+    return hashlib.sha256(data).digest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------------- records
+@dataclass
+class ItemRecord:
+    key: str  # domain-qualified
+    text: str
+    image: Optional[bytes] = None  # JPEG/PNG/WebP bytes as stored
+    meta: dict[str, Any] = field(default_factory=dict)  # the rest of the item's .json (title, source id, ...)
+    # The decoded RGB image, set by readers that verified ``image`` (so stage 1 decodes each image once).
+    decoded: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class SeqRecord:
+    user: str
+    domain: str
+    items: list[str]  # item keys, chronological
+    timestamps: np.ndarray  # int64 seconds, non-decreasing
+
+
+def check_seq(rec: SeqRecord) -> None:
+    """Validate a sequence in place (timestamps become int64); raise InvalidRecord with the first problem."""
+    n = len(rec.items)
+    if len(rec.timestamps) != n:
+        raise InvalidRecord("bad_record", f"{n} items but {len(rec.timestamps)} timestamps")
+    if n < MIN_INTERACTIONS:
+        raise InvalidRecord("too_short", f"{n} interactions, leave-one-out needs at least {MIN_INTERACTIONS}")
+    ts = rec.timestamps
+    if ts.dtype.kind != "i":  # JSON floats, strings, booleans or ints beyond int64
+        raise InvalidRecord("bad_timestamps", f"timestamps must be integer seconds, got dtype {ts.dtype}")
+    ts = rec.timestamps = ts.astype(np.int64, copy=False)
+    if ts.min() < 0:
+        raise InvalidRecord("bad_timestamps", f"negative timestamp {int(ts.min())}")
+    steps = np.diff(ts)
+    if (steps < 0).any():
+        i = int(np.argmax(steps < 0))
+        raise InvalidRecord("unsorted_timestamps", f"timestamp {ts[i + 1]} follows {ts[i]} (position {i + 1})")
+    # The same item twice at the same second is a duplicated event; only equal timestamps can produce one.
+    if (steps == 0).any() and len(set(zip(ts.tolist(), rec.items))) < n:
+        raise InvalidRecord("duplicate_event", "the same item appears twice with the same timestamp")
+
+
+def seq_record(obj: Any) -> SeqRecord:
+    """Build and validate a SeqRecord from a decoded ``.json`` sample; raise InvalidRecord."""
+    try:
+        user, domain, items, ts = obj["user"], obj["domain"], obj["items"], obj["timestamps"]
+    except (KeyError, TypeError):
+        raise InvalidRecord("bad_record", "needs the fields user, domain, items, timestamps") from None
+    if not (type(user) is str and type(domain) is str and type(items) is list and type(ts) is list):
+        raise InvalidRecord("bad_record", "user/domain must be strings, items/timestamps lists")
+    if set(map(type, items)) - {str}:  # all(isinstance(...)) in C: this runs for every user of every epoch
+        raise InvalidRecord("bad_record", "item keys must be strings")
+    rec = SeqRecord(user, domain, items, np.asarray(ts))
+    check_seq(rec)
+    return rec
+
+
+def map_items(record: SeqRecord, index: Mapping[str, int], bad: BadRecords, shard: str = "") -> Optional[np.ndarray]:
+    """Item keys -> int64 ids of a feature store index.
+
+    An unknown key is bad input: strict raises; lenient drops those occurrences from the record (items and
+    timestamps, so the record is modified), counts them as ``unknown_item`` and returns None (``too_short``) if
+    fewer than MIN_INTERACTIONS remain. Dropping, not skipping the user, keeps one bad item from erasing every
+    history that touched it.
+    """
+    try:
+        return np.fromiter(map(index.__getitem__, record.items), np.int64, len(record.items))
+    except KeyError:
+        pass
+    known = [k in index for k in record.items]
+    unknown = [k for k, ok in zip(record.items, known) if not ok]
+    where = f"{shard}: " if shard else ""
+    for key in unknown:
+        bad.report("unknown_item", f"{where}user {record.user!r}: item {key!r} is not in the feature store")
+    record.items = [k for k, ok in zip(record.items, known) if ok]
+    record.timestamps = record.timestamps[np.asarray(known)]
+    if len(record.items) < MIN_INTERACTIONS:
+        bad.report("too_short", f"{where}user {record.user!r}: {len(record.items)} known items left")
+        return None
+    return np.fromiter(map(index.__getitem__, record.items), np.int64, len(record.items))
+
+
+# -------------------------------------------------------------------------------------------------------- manifest
+@dataclass
+class ShardInfo:
+    name: str  # file name inside the dataset folder
+    count: int  # samples
+    bytes: int
+    sha256: str
+    path: Optional[Path] = field(default=None, compare=False, repr=False)  # where it is on this machine
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "count": self.count, "bytes": self.bytes, "sha256": self.sha256}
+
+
+@dataclass
+class Manifest:
+    """``dataset.json``: what a dataset folder holds and where it came from."""
+
+    name: str
+    domains: list[str]
+    counts: dict[str, Any]  # users, items, interactions, per_domain: {domain: {users, items, interactions}}
+    split: dict[str, Any]  # leave-one-out protocol and its sample counts
+    items: list[ShardInfo]
+    seqs: list[ShardInfo]
+    provenance: dict[str, Any]  # converter, args, source files with sha256, filtering statistics
+    licence: str
+    root: Optional[Path] = field(default=None, compare=False, repr=False)
+
+    @property
+    def items_digest(self) -> str:
+        """Identity of the item content: equal digests mean the feature store needs no item re-read."""
+        h = hashlib.sha256()
+        for s in self.items:
+            h.update(f"{s.name} {s.sha256}\n".encode())
+        return h.hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": DATASET_FORMAT,
+            "name": self.name,
+            "domains": self.domains,
+            "counts": self.counts,
+            "split": self.split,
+            "shards": {"items": [s.to_json() for s in self.items], "seqs": [s.to_json() for s in self.seqs]},
+            "provenance": self.provenance,
+            "licence": self.licence,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], root: Path) -> "Manifest":
+        if data.get("format") != DATASET_FORMAT:
+            raise KeyError(f"format (expected {DATASET_FORMAT!r}, got {data.get('format')!r})")
+
+        def shards(kind: str) -> list[ShardInfo]:
+            return [ShardInfo(path=root / s["name"], **s) for s in data["shards"][kind]]
+
+        return cls(
+            name=data["name"],
+            domains=data["domains"],
+            counts=data["counts"],
+            split=data["split"],
+            items=shards("items"),
+            seqs=shards("seqs"),
+            provenance=data["provenance"],
+            licence=data["licence"],
+            root=root,
+        )

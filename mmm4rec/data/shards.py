@@ -1,0 +1,183 @@
+"""WebDataset shards: writing item and sequence shards with the checksums the manifest records, reading them
+back with validation.
+
+A sample's ``__key__`` is its running index in the dataset (``000000042``): true keys may hold dots and slashes,
+which webdataset reads as extension and folder separators, so the real key lives in the ``.json`` member.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Union
+
+import webdataset as wds
+from PIL import Image
+
+from .schema import BadRecords, DataError, InvalidRecord, ItemRecord, SeqRecord, ShardInfo, seq_record
+
+ITEM_SHARDS = "items-%06d.tar"
+SEQ_SHARDS = "seqs-%06d.tar"
+IMAGE_EXTS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # PIL format -> tar member extension
+MAX_SHARD_BYTES = 1 << 30
+
+ShardLike = Union[str, os.PathLike, ShardInfo]
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def image_ext(data: bytes) -> str:
+    """Tar member extension for encoded image bytes; DataError when they are not a JPEG, PNG or WebP."""
+    try:
+        fmt = Image.open(io.BytesIO(data)).format
+    except Exception as e:  # PIL raises several types for non-images
+        raise DataError(f"not an image: {e}") from None
+    if fmt not in IMAGE_EXTS:
+        raise DataError(f"image format {fmt} is not one of {sorted(IMAGE_EXTS)}")
+    return IMAGE_EXTS[fmt]
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Fully decode (truncated files fail here, not later in the encoder) and convert to RGB."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+# ----------------------------------------------------------------------------------------------------------- write
+class _ShardSink:
+    """webdataset's ShardWriter plus the ShardInfo (count, size, sha256) of every shard it finishes."""
+
+    def __init__(self, folder: Path, pattern: str, shard_size: int):
+        self.shards: list[ShardInfo] = []
+        # mtime fixed: the same records give byte-identical shards (and checksums).
+        self.writer = wds.ShardWriter(str(folder / pattern), maxcount=shard_size, maxsize=MAX_SHARD_BYTES,
+                                      post=self._finished, verbose=0, encoder=False, mtime=0)
+
+    def _finished(self, fname: str) -> None:
+        p = Path(fname)
+        self.shards.append(ShardInfo(p.name, self.writer.count, p.stat().st_size, sha256_file(p), path=p))
+
+    def write_all(self, samples: Iterable[dict[str, Any]]) -> list[ShardInfo]:
+        with self.writer:
+            for sample in samples:
+                self.writer.write(sample)
+        return self.shards
+
+
+def write_items(folder: Path, records: Iterable[ItemRecord], shard_size: int) -> list[ShardInfo]:
+    def samples() -> Iterator[dict[str, Any]]:
+        for n, rec in enumerate(records):
+            meta = json.dumps({"key": rec.key, **rec.meta}).encode()
+            sample = {"__key__": f"{n:09d}", "txt": rec.text.encode(), "json": meta}
+            if rec.image is not None:
+                try:
+                    sample[image_ext(rec.image)] = rec.image
+                except DataError as e:
+                    raise DataError(f"item {rec.key!r}: {e}") from None
+            yield sample
+
+    return _ShardSink(folder, ITEM_SHARDS, shard_size).write_all(samples())
+
+
+def write_seqs(folder: Path, records: Iterable[SeqRecord], shard_size: int) -> list[ShardInfo]:
+    samples = (
+        {"__key__": f"{n:09d}", "json": json.dumps({"user": r.user, "domain": r.domain, "items": r.items,
+                                                   "timestamps": r.timestamps.tolist()}).encode()}
+        for n, r in enumerate(records)
+    )
+    return _ShardSink(folder, SEQ_SHARDS, shard_size).write_all(samples)
+
+
+# ------------------------------------------------------------------------------------------------------------ read
+def _samples(shards: Iterable[ShardLike], bad: BadRecords) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(shard path, raw sample) for every sample; a corrupt or truncated shard is one ``corrupt_shard``.
+
+    Python's tarfile ends a stream quietly at a damaged header, so a ShardInfo's sample count is checked too.
+    """
+    for shard in shards:
+        path, expected = (str(shard.path), shard.count) if isinstance(shard, ShardInfo) else (str(shard), None)
+        n = 0
+        try:
+            for sample in wds.tarfile_samples([{"url": path}]):
+                n += 1
+                yield path, sample
+        except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+            cause = e.args[0] if e.args else e  # webdataset appends the stream and url to the arguments
+            bad.report("corrupt_shard", f"{path}: corrupt or truncated tar after {n} samples: {cause}")
+            continue
+        if expected is not None and n != expected:
+            bad.report("corrupt_shard",
+                       f"{path}: corrupt or truncated tar: read {n} samples, the manifest lists {expected}")
+
+
+def iter_seq_records(shard_paths: Iterable[ShardLike], bad: BadRecords) -> Iterator[tuple[str, SeqRecord]]:
+    """Validated user sequences of the given shards (paths or the manifest's ShardInfo, which adds a count check).
+
+    Per record: one json.loads and a few numpy checks (see ``check_seq``); bad records raise or are counted.
+    """
+    for path, sample in _samples(shard_paths, bad):
+        try:
+            obj = json.loads(sample["json"])
+        except (KeyError, ValueError):
+            bad.report("bad_record", f"{path}: sample {sample['__key__']}: no valid .json member")
+            continue
+        try:
+            yield path, seq_record(obj)
+        except InvalidRecord as e:
+            who = obj.get("user") if isinstance(obj, dict) else None
+            bad.report(e.reason, f"{path}: user {who or sample['__key__']!r}: {e.problem}")
+
+
+def _item_record(path: str, sample: dict[str, Any], bad: BadRecords, check_images: bool) -> ItemRecord:
+    try:
+        meta = json.loads(sample["json"])
+        key = meta.pop("key")
+        if type(key) is not str:
+            raise TypeError
+    except (KeyError, ValueError, TypeError, AttributeError):
+        raise InvalidRecord("bad_record", "no .json member with a string 'key'") from None
+    try:
+        text = sample["txt"].decode("utf-8")
+    except KeyError:
+        raise InvalidRecord("bad_text", f"item {key!r} has no .txt member") from None
+    except UnicodeDecodeError as e:
+        raise InvalidRecord("bad_text", f"item {key!r}: text is not UTF-8 ({e})") from None
+    if not text.strip():
+        raise InvalidRecord("bad_text", f"item {key!r}: empty text")
+    image = next((sample[ext] for ext in ("jpg", "jpeg", "png", "webp") if ext in sample), None)
+    rec = ItemRecord(key, text, image, meta)
+    if image is not None and check_images:
+        try:
+            rec.decoded = decode_image(image)
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for damaged images
+            rec.image = None  # lenient: a bad image is a missing image
+            bad.report("bad_image", f"{path}: item {key!r}: unreadable image ({type(e).__name__}: {e})")
+    return rec
+
+
+def iter_item_records(shard_paths: Iterable[ShardLike], bad: BadRecords,
+                      check_images: bool = True) -> Iterator[tuple[str, ItemRecord]]:
+    """Validated items: UTF-8 non-empty text, unique keys (the first occurrence wins) and, when
+    ``check_images``, fully decodable images (``ItemRecord.decoded`` then holds the RGB image)."""
+    seen: dict[str, str] = {}
+    for path, sample in _samples(shard_paths, bad):
+        try:
+            rec = _item_record(path, sample, bad, check_images)
+        except InvalidRecord as e:
+            bad.report(e.reason, f"{path}: sample {sample['__key__']}: {e.problem}")
+            continue
+        if rec.key in seen:
+            bad.report("duplicate_item", f"{path}: item {rec.key!r} was already read from {seen[rec.key]}")
+            continue
+        seen[rec.key] = path
+        yield path, rec
