@@ -104,7 +104,7 @@ class EncoderConfig:
 @dataclass
 class DataConfig:
     dataset: str = ""  # folder holding dataset.json and the shards
-    features: str = ""  # feature store folder; default: <dataset>/features
+    features: str = ""  # the feature store folder itself; default: <dataset>/features/<encoder slug>
     batch_size: int = 256  # micro-batch per process
     num_workers: int = 0
     # The epoch is cut into this many partitions (0: world size × max(1, workers)). A fixed value keeps the

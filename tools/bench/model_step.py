@@ -1,0 +1,87 @@
+"""Training-step throughput of the model alone: forward + full-item CE + backward + optimizer step.
+
+Paper configuration (N=256, E=512, H=8, G=8, S=64, L=20, 1 layer, ID bias on, 768-d text and image features,
+25,986 items as in Amazon Office), batch 256 and 1024, for every SSD form, the auto choice and the SASRec
+baseline, side by side in one process; ratios are against the quadratic form in fp32.
+
+    .venv/bin/python tools/bench/model_step.py [--batches 256 1024] [--steps 5] [--bf16] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from mmm4rec.config import ModelConfig, from_dict
+from mmm4rec.model import Batch, ItemFeatures, build_model
+
+ITEMS = 25_986
+
+
+def make_batch(b: int, L: int, items: int, gen: torch.Generator) -> Batch:
+    lengths = torch.randint(1, L + 1, (b,), generator=gen)
+    pos = torch.arange(L)[None]
+    seq = torch.randint(1, items + 1, (b, L), generator=gen).masked_fill(pos >= lengths[:, None], 0)
+    ts = (1_500_000_000 + torch.randint(0, 10**6, (b, L), generator=gen).cumsum(1)).masked_fill(pos >= lengths[:, None], 0)
+    return Batch(seq, ts, lengths, torch.randint(1, items + 1, (b,), generator=gen), ts.max(1).values + 60)
+
+
+def measure(cfg: ModelConfig, features: ItemFeatures, batch: Batch, steps: int, bf16: bool) -> float:
+    torch.manual_seed(0)
+    model = build_model(cfg, features).train()
+    opt = torch.optim.NAdam(model.parameters(), lr=1e-4, weight_decay=0.005)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(batch, "full")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up: allocator, kernels
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return len(batch.targets) * steps / (time.perf_counter() - start)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batches", type=int, nargs="+", default=[256, 1024])
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--bf16", action="store_true", help="also measure each variant under bf16 autocast")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args()
+    gen = torch.Generator().manual_seed(0)
+    features = ItemFeatures(torch.nn.functional.normalize(torch.randn(ITEMS + 1, 768, generator=gen), dim=-1),
+                            torch.nn.functional.normalize(torch.randn(ITEMS + 1, 768, generator=gen), dim=-1))
+    variants = [("mmm4rec", {"ssd": {"form": f}}) for f in ("quadratic", "chunked", "auto")]
+    variants.append(("sasrec", {"arch": "sasrec", "temperature": 1.0}))
+    precisions = [False, True] if args.bf16 else [False]
+    rows = []
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(f"{'batch':>6} {'variant':<22} {'precision':<9} {'samples/s':>10} {'vs quadratic fp32':>18}")
+    for b in args.batches:
+        batch = make_batch(b, 20, ITEMS, gen)
+        base = None
+        for name, overrides in variants:
+            for bf16 in precisions:
+                cfg = from_dict(ModelConfig, overrides)
+                sps = measure(cfg, features, batch, args.steps, bf16)
+                label = name if name == "sasrec" else f"mmm4rec/{overrides['ssd']['form']}"
+                base = base or sps
+                rows.append({"batch": b, "variant": label, "precision": "bf16" if bf16 else "fp32",
+                             "samples_per_s": round(sps, 1), "ratio": round(sps / base, 3)})
+                print(f"{b:>6} {label:<22} {rows[-1]['precision']:<9} {sps:>10.1f} {sps / base:>17.2f}x", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"command": " ".join(["tools/bench/model_step.py"] + [a for a in __import__("sys").argv[1:]]),
+                       "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
