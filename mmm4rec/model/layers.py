@@ -14,25 +14,66 @@ from ..config import ModelConfig
 from .ssd import ssd_scan
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout whose mask comes from torch.rand_like: on CPU that is ~2.5× faster (forward + backward) than the
+    bernoulli_ kernel F.dropout uses, and the model calls dropout ~20 times per step."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return x * ((torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))).to(x.dtype)
+
+
 class CausalConv1d(nn.Conv1d):
     """Depthwise causal convolution over the L axis of (b, L, c) inputs.
 
-    Keeps nn.Conv1d's parameters and default init; runs as K shifted multiply-adds, which avoids two transposes
-    and is faster than a grouped convolution for K = 4 on CPU.
+    Keeps nn.Conv1d's parameters and default init; runs as K shifted multiply-adds accumulated in place (see
+    _CausalConv), about 2× faster forward + backward on CPU than a grouped convolution or an autograd-recorded
+    pad/shift/sum, which allocate several activation-sized temporaries.
     """
 
     def __init__(self, channels: int, kernel_size: int):
         super().__init__(channels, channels, kernel_size, groups=channels, padding=kernel_size - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = self.kernel_size[0]
-        w = self.weight[:, 0, :].t().to(x.dtype)  # (K, c); tap K-1 multiplies the current step
-        xp = F.pad(x, (0, 0, k - 1, 0))
-        L = x.shape[1]
-        y = xp[:, k - 1 :] * w[k - 1]
-        for j in range(k - 1):
-            y = y + xp[:, j : j + L] * w[j]
-        return y + self.bias.to(x.dtype)
+        return _CausalConv.apply(x, self.weight[:, 0, :], self.bias)
+
+
+class _CausalConv(torch.autograd.Function):
+    """y[t] = b + Σ_j w[K-1-j] · x[t-j]  (x: (b, L, c); w: (c, K); tap K-1 multiplies the current step)."""
+
+    @staticmethod
+    def forward(ctx, x, w, bias):
+        K, L = w.shape[1], x.shape[1]
+        wx = w.to(x.dtype)
+        y = torch.addcmul(bias.to(x.dtype), x, wx[:, K - 1])
+        for j in range(1, min(K, L)):
+            y[:, j:].addcmul_(x[:, :-j], wx[:, K - 1 - j])
+        ctx.save_for_backward(x, w)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        K, L = w.shape[1], x.shape[1]
+        wx = w.to(grad.dtype)
+        grad_x = grad * wx[:, K - 1]
+        acc = torch.promote_types(grad.dtype, torch.float32)
+        grad_w = torch.zeros(w.shape, dtype=acc, device=w.device)
+        grad_w[:, K - 1] = _channel_dot(grad, x)
+        for j in range(1, min(K, L)):
+            grad_x[:, :-j].addcmul_(grad[:, j:], wx[:, K - 1 - j])
+            grad_w[:, K - 1 - j] = _channel_dot(grad[:, j:], x[:, :-j])
+        return grad_x, grad_w.to(w.dtype), grad.sum((0, 1), dtype=acc).to(w.dtype)
+
+
+def _channel_dot(a: torch.Tensor, b: torch.Tensor, rows: int = 32) -> torch.Tensor:
+    """Σ over (batch, L) of a·b per channel, in ≥ fp32, a few rows at a time: no activation-sized temporary."""
+    acc = torch.promote_types(a.dtype, torch.float32)
+    total = torch.zeros(a.shape[-1], dtype=acc, device=a.device)
+    for i in range(0, a.shape[0], rows):
+        total += (a[i : i + rows] * b[i : i + rows]).sum((0, 1), dtype=acc)
+    return total
 
 
 class GatedRMSNorm(nn.Module):
@@ -54,7 +95,7 @@ class FeedForward(nn.Module):
     def __init__(self, d: int, dropout: float, eps: float):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(d, d), nn.Linear(d, d)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(d, eps=eps)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -73,7 +114,7 @@ class TimePath(nn.Module):
         super().__init__()
         L, H = cfg.max_len, cfg.n_heads
         self.mix = nn.Sequential(
-            nn.Dropout(cfg.dropout), nn.Linear(L, L), nn.SiLU(), nn.Linear(L, L), nn.Tanhshrink()
+            Dropout(cfg.dropout), nn.Linear(L, L), nn.SiLU(), nn.Linear(L, L), nn.Tanhshrink()
         )
         self.conv1 = CausalConv1d(H, cfg.d_conv)
         self.conv2 = CausalConv1d(H, cfg.d_conv)
@@ -131,7 +172,7 @@ class TiSSD(SSDMixer):
         self.in_proj = nn.Linear(cfg.d_model, sum(self.split))
         self.conv = CausalConv1d(E + 2 * GS, cfg.d_conv)
         if cfg.time:
-            self.gate = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(L, 1), nn.Sigmoid())
+            self.gate = nn.Sequential(Dropout(cfg.dropout), nn.Linear(L, 1), nn.Sigmoid())
             self.time_norm = nn.LayerNorm(L, eps=cfg.norm_eps)
 
     def forward(self, u: torch.Tensor, time: torch.Tensor | None):

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
-from .layers import CrossSSD, FeedForward, FourierFusion, TiSSD
+from .layers import CrossSSD, Dropout, FeedForward, FourierFusion, TiSSD
 from .recommender import Batch, ItemFeatures, ItemTables, SequentialRecommender
 
 
@@ -31,7 +31,7 @@ class MMM4RecLayer(nn.Module):
         self.ffn_fused = FeedForward(cfg.d_model, cfg.dropout, eps)
         self.fourier = FourierFusion(cfg) if cfg.time else None
         self.cross = CrossSSD(cfg)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     @property
     def image_tissd(self) -> TiSSD:
@@ -72,7 +72,7 @@ class MMM4Rec(SequentialRecommender):
         self.norm_text = nn.LayerNorm(N, eps=cfg.norm_eps)
         self.norm_image = nn.LayerNorm(N, eps=cfg.norm_eps)
         self.time_norm = nn.LayerNorm(cfg.max_len, eps=cfg.norm_eps) if cfg.time else None
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(MMM4RecLayer(cfg) for _ in range(cfg.n_layers))
         self.apply(_init_weights)
 

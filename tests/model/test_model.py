@@ -240,11 +240,20 @@ def test_bad_model_configs(kw, msg):
         build_model(tiny(**kw), features())
 
 
-def test_causal_conv_equals_torch_conv():
-    conv = CausalConv1d(5, 4)
-    x = torch.randn(2, 9, 5)
-    want = F.conv1d(x.transpose(1, 2), conv.weight, conv.bias, padding=3, groups=5)[..., :9].transpose(1, 2)
-    torch.testing.assert_close(conv(x), want)
+@pytest.mark.parametrize("L", [9, 2])
+def test_causal_conv_equals_torch_conv_in_values_and_gradients(L):
+    conv = CausalConv1d(5, 4).double()
+    x = torch.randn(40, L, 5, dtype=torch.float64, requires_grad=True)  # 40 rows: several _channel_dot blocks
+
+    def reference(x, w, b):
+        return F.conv1d(x.transpose(1, 2), w, b, padding=3, groups=5)[..., :L].transpose(1, 2)
+
+    torch.testing.assert_close(conv(x), reference(x, conv.weight, conv.bias))
+    g = torch.randn(40, L, 5, dtype=torch.float64)
+    mine = torch.autograd.grad((conv(x) * g).sum(), (x, conv.weight, conv.bias))
+    want = torch.autograd.grad((reference(x, conv.weight, conv.bias) * g).sum(), (x, conv.weight, conv.bias))
+    for a, b in zip(mine, want):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("L", [20, 7])
