@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator, Union
 import webdataset as wds
 from PIL import Image
 
+from . import tar_reader
 from .schema import BadRecords, DataError, InvalidRecord, ItemRecord, SeqRecord, ShardInfo, seq_record
 
 ITEM_SHARDS = "items-%06d.tar"
@@ -99,16 +100,17 @@ def write_seqs(folder: Path, records: Iterable[SeqRecord], shard_size: int) -> l
 
 
 # ------------------------------------------------------------------------------------------------------------ read
-def _samples(shards: Iterable[ShardLike], bad: BadRecords) -> Iterator[tuple[str, dict[str, Any]]]:
+def _samples(shards: Iterable[ShardLike], bad: BadRecords, fast: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
     """(shard path, raw sample) for every sample; a corrupt or truncated shard is one ``corrupt_shard``.
 
-    Python's tarfile ends a stream quietly at a damaged header, so a ShardInfo's sample count is checked too.
+    ``fast`` reads with tar_reader (the stage-2 hot path) instead of webdataset. Python's tarfile ends a stream
+    quietly at a damaged header, so a ShardInfo's sample count is checked too.
     """
     for shard in shards:
         path, expected = (str(shard.path), shard.count) if isinstance(shard, ShardInfo) else (str(shard), None)
         n = 0
         try:
-            for sample in wds.tarfile_samples([{"url": path}]):
+            for sample in (tar_reader.samples(path) if fast else wds.tarfile_samples([{"url": path}])):
                 n += 1
                 yield path, sample
         except (tarfile.TarError, OSError, EOFError, ValueError) as e:
@@ -125,9 +127,9 @@ def iter_seq_records(shard_paths: Iterable[ShardLike], bad: BadRecords) -> Itera
 
     Per record: one json.loads and a few numpy checks (see ``check_seq``); bad records raise or are counted.
     """
-    for path, sample in _samples(shard_paths, bad):
+    for path, sample in _samples(shard_paths, bad, fast=True):
         try:
-            obj = json.loads(sample["json"])
+            obj = json.loads(sample["json"].decode())  # str: skips json's encoding sniffing
         except (KeyError, ValueError):
             bad.report("bad_record", f"{path}: sample {sample['__key__']}: no valid .json member")
             continue

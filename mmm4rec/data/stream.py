@@ -193,23 +193,14 @@ class EpochPlan:
         Training: block-shuffled; the final chunk(s) are topped up with repeats of the partition's first samples.
         """
         rng = self._rng(1 + p)
-        pending: list[Samples] = []
-        first: Optional[Samples] = None
         stream = (s for s, _ in self.read(p))
         if self.shuffle:
             stream = _block_shuffle(stream, self.buffer, rng)
+        pieces = _rechunk(stream, self.chunk)
+        first: Optional[Samples] = None
         for step in range(self.steps):
-            have = sum(len(x) for x in pending)
-            while have < self.chunk:
-                block = next(stream, None)
-                if block is None:
-                    break
-                pending.append(block)
-                have += len(block)
-            real = min(have, self.chunk)
-            take = Samples.concat(pending) if pending else Samples.empty(self.max_len)
-            out, rest = take.take(slice(0, real)), take.take(slice(real, None))
-            pending = [rest] if len(rest) else []
+            out = next(pieces, None) or Samples.empty(self.max_len)
+            real = len(out)
             if first is None:
                 first = out
             if real < self.chunk:  # top up with repeats so every rank and step has a full chunk
@@ -217,6 +208,23 @@ class EpochPlan:
                 out = Samples.concat([out, first.take(reps)])
             if step >= start_step:
                 yield out, real
+
+
+def _rechunk(blocks: Iterator[Samples], size: int) -> Iterator[Samples]:
+    """Pieces of exactly ``size`` samples (the last may be shorter): slices of a block are views, only a piece
+    spanning two blocks is copied."""
+    parts, have = [], 0
+    for block in blocks:
+        start = 0
+        while start < len(block):
+            n = min(size - have, len(block) - start)
+            parts.append(block.take(slice(start, start + n)))
+            have, start = have + n, start + n
+            if have == size:
+                yield parts[0] if len(parts) == 1 else Samples.concat(parts)
+                parts, have = [], 0
+    if parts:
+        yield Samples.concat(parts)
 
 
 def _block_shuffle(blocks: Iterator[Samples], size: int, rng: np.random.Generator) -> Iterator[Samples]:

@@ -9,6 +9,7 @@ import pytest
 import webdataset as wds
 from data_helpers import T0, image_bytes, toy_items, write_toy
 
+from mmm4rec.data import tar_reader
 from mmm4rec.data.dataset import load_manifest, write_dataset
 from mmm4rec.data.schema import BadRecords, DataError, SeqRecord
 from mmm4rec.data.shards import iter_item_records, iter_seq_records
@@ -96,12 +97,30 @@ def test_truncated_tar(tmp_path):
         load_manifest(tmp_path / "ds")
 
 
-def test_tar_cut_at_a_member_boundary_is_caught_by_the_manifest_count(tmp_path):
+def test_tar_cut_at_a_member_boundary_is_caught(tmp_path):
     m = write_toy(tmp_path / "ds", n_users=8)
     shard = m.seqs[0].path
     shard.write_bytes(shard.read_bytes()[:2048])  # two whole members: tarfile alone would end quietly
-    with pytest.raises(DataError, match="read 2 samples, the manifest lists 4"):
+    with pytest.raises(DataError, match="truncated tar after 1 samples: truncated: no end-of-archive marker"):
         list(iter_seq_records(m.seqs[:1], BadRecords(strict=True)))
+    # webdataset's reader (item shards) ends quietly there: the manifest's count catches it
+    items = m.items[0].path
+    first_two = list(tar_reader.samples(str(items)))[:2]
+    members = sum(len(sample) - 1 for sample in first_two)
+    data, pos = items.read_bytes(), 0
+    for _ in range(members):
+        pos += 512 + (int(data[pos + 124 : pos + 136].rstrip(b"\0 ") or b"0", 8) + 511) // 512 * 512
+    items.write_bytes(data[:pos])
+    with pytest.raises(DataError, match="read 2 samples, the manifest lists 4"):
+        list(iter_item_records(m.items[:1], BadRecords(strict=True)))
+
+
+def test_fast_reader_equals_webdataset(tmp_path):
+    m = write_toy(tmp_path / "ds", n_users=9)
+    for shard in m.seqs + m.items:
+        reference = [{k: v for k, v in sample.items() if k != "__url__"}
+                     for sample in wds.tarfile_samples([{"url": str(shard.path)}])]
+        assert list(tar_reader.samples(str(shard.path))) == reference
 
 
 def test_garbage_instead_of_tar(tmp_path):
