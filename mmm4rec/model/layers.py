@@ -67,10 +67,12 @@ class _CausalConv(torch.autograd.Function):
         return grad_x, grad_w.to(w.dtype), grad.sum((0, 1), dtype=acc).to(w.dtype)
 
 
-def _channel_dot(a: torch.Tensor, b: torch.Tensor, rows: int = 32) -> torch.Tensor:
-    """Σ over (batch, L) of a·b per channel, in ≥ fp32, a few rows at a time: no activation-sized temporary."""
+def _channel_dot(a: torch.Tensor, b: torch.Tensor, block: int = 1 << 20) -> torch.Tensor:
+    """Σ over (batch, L) of a·b per channel, in ≥ fp32, ~``block`` elements at a time: no activation-sized
+    temporary for wide layers, a single pass for narrow ones."""
     acc = torch.promote_types(a.dtype, torch.float32)
     total = torch.zeros(a.shape[-1], dtype=acc, device=a.device)
+    rows = max(1, block // max(1, a[0].numel()))
     for i in range(0, a.shape[0], rows):
         total += (a[i : i + rows] * b[i : i + rows]).sum((0, 1), dtype=acc)
     return total

@@ -24,7 +24,7 @@ def setup_logging(env: DistEnv, run_dir: Optional[Path] = None) -> None:
         handlers.append(logging.FileHandler(run_dir / "train.log"))
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING, format=fmt, handlers=handlers,
                         force=True)
-    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "compilers"):  # compilers: DeepSpeed's aio probe
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -243,7 +243,7 @@ def test_bad_model_configs(kw, msg):
 @pytest.mark.parametrize("L", [9, 2])
 def test_causal_conv_equals_torch_conv_in_values_and_gradients(L):
     conv = CausalConv1d(5, 4).double()
-    x = torch.randn(40, L, 5, dtype=torch.float64, requires_grad=True)  # 40 rows: several _channel_dot blocks
+    x = torch.randn(40, L, 5, dtype=torch.float64, requires_grad=True)
 
     def reference(x, w, b):
         return F.conv1d(x.transpose(1, 2), w, b, padding=3, groups=5)[..., :L].transpose(1, 2)
@@ -254,6 +254,9 @@ def test_causal_conv_equals_torch_conv_in_values_and_gradients(L):
     want = torch.autograd.grad((reference(x, conv.weight, conv.bias) * g).sum(), (x, conv.weight, conv.bias))
     for a, b in zip(mine, want):
         torch.testing.assert_close(a, b)
+    from mmm4rec.model.layers import _channel_dot
+
+    torch.testing.assert_close(_channel_dot(x, g, block=3 * L * 5), (x * g).sum((0, 1)))  # several blocks
 
 
 @pytest.mark.parametrize("L", [20, 7])

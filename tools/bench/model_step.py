@@ -2,7 +2,8 @@
 
 Paper configuration (N=256, E=512, H=8, G=8, S=64, L=20, 1 layer, ID bias on, 768-d text and image features,
 25,986 items as in Amazon Office), batch 256 and 1024, for every SSD form, the auto choice and the SASRec
-baseline, side by side in one process; ratios are against the quadratic form in fp32.
+baseline, side by side in one process; ratios are against the reference-style baseline
+(tools/bench/reference_style.py: the same math computed the way the public reference computes it, fp32).
 
     .venv/bin/python tools/bench/model_step.py [--batches 256 1024] [--steps 5] [--bf16] [--json out.json]
 """
@@ -17,6 +18,7 @@ import torch
 
 from mmm4rec.config import ModelConfig, from_dict
 from mmm4rec.model import Batch, ItemFeatures, build_model
+from reference_style import ReferenceStyleMMM4Rec
 
 ITEMS = 25_986
 
@@ -29,14 +31,20 @@ def make_batch(b: int, L: int, items: int, gen: torch.Generator) -> Batch:
     return Batch(seq, ts, lengths, torch.randint(1, items + 1, (b,), generator=gen), ts.max(1).values + 60)
 
 
-def measure(cfg: ModelConfig, features: ItemFeatures, batch: Batch, steps: int, bf16: bool) -> float:
+def measure(cfg: ModelConfig, features: ItemFeatures, batch: Batch, steps: int, bf16: bool,
+            reference_style: bool = False) -> float:
     torch.manual_seed(0)
-    model = build_model(cfg, features).train()
+    if reference_style:
+        model = ReferenceStyleMMM4Rec(cfg, features.text, features.image).train()
+        forward = lambda: model(batch.items, batch.timestamps, batch.lengths, batch.targets)  # noqa: E731
+    else:
+        model = build_model(cfg, features).train()
+        forward = lambda: model(batch, "full")  # noqa: E731
     opt = torch.optim.NAdam(model.parameters(), lr=1e-4, weight_decay=0.005)
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(batch, "full")
+            loss = forward()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -59,20 +67,20 @@ def main():
     gen = torch.Generator().manual_seed(0)
     features = ItemFeatures(torch.nn.functional.normalize(torch.randn(ITEMS + 1, 768, generator=gen), dim=-1),
                             torch.nn.functional.normalize(torch.randn(ITEMS + 1, 768, generator=gen), dim=-1))
-    variants = [("mmm4rec", {"ssd": {"form": f}}) for f in ("quadratic", "chunked", "auto")]
-    variants.append(("sasrec", {"arch": "sasrec", "temperature": 1.0}))
-    precisions = [False, True] if args.bf16 else [False]
+    variants = [("reference-style", {}, [False])]
+    variants += [(f"mmm4rec/{f}", {"ssd": {"form": f}}, [False, True] if args.bf16 else [False])
+                 for f in ("quadratic", "chunked", "auto")]
+    variants.append(("sasrec", {"arch": "sasrec", "temperature": 1.0}, [False]))
     rows = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print(f"{'batch':>6} {'variant':<22} {'precision':<9} {'samples/s':>10} {'vs quadratic fp32':>18}")
+    print(f"{'batch':>6} {'variant':<22} {'precision':<9} {'samples/s':>10} {'vs reference-style':>19}")
     for b in args.batches:
         batch = make_batch(b, 20, ITEMS, gen)
         base = None
-        for name, overrides in variants:
+        for label, overrides, precisions in variants:
             for bf16 in precisions:
                 cfg = from_dict(ModelConfig, overrides)
-                sps = measure(cfg, features, batch, args.steps, bf16)
-                label = name if name == "sasrec" else f"mmm4rec/{overrides['ssd']['form']}"
+                sps = measure(cfg, features, batch, args.steps, bf16, reference_style=label == "reference-style")
                 base = base or sps
                 rows.append({"batch": b, "variant": label, "precision": "bf16" if bf16 else "fp32",
                              "samples_per_s": round(sps, 1), "ratio": round(sps / base, 3)})
