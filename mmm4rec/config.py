@@ -145,7 +145,7 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [10, 20, 50])
     metric: str = "ndcg@10"  # early stopping / best checkpoint
     mask_history: bool = False
-    batch_size: int = 1024
+    batch_size: int = 256  # on CPU, larger batches are slower per user (activation-sized allocations)
     item_chunk: int = 65536
 
 

@@ -6,9 +6,9 @@ per user, the items that score at least as high as the target:
 Hit@K = [rank < K], NDCG@K = [rank < K] / log2(rank + 2), MRR = 1 / (rank + 1). Only sums cross the network
 (one all-reduce), never a users × items matrix, and no sort is needed. Seen items can be masked out.
 
-The target's own score comes from a dot product, the others' from a matrix product, and the two kernels may round
-differently in the last bit; scores within TIE_TOLERANCE (relative) of the target's therefore count as ties, so
-an exact tie is never missed (a model that scores everything equal still gets nothing).
+The target's own score is read from a matrix product too (the diagonal of user @ targetsᵀ): an elementwise dot
+product rounds differently in the last bit, which would make exact ties (e.g. a model that scores everything
+equal) count wrongly. The target column itself is excluded by index, not by value.
 """
 from __future__ import annotations
 
@@ -20,8 +20,6 @@ import torch
 
 from ..distributed import all_reduce_sum
 from ..model import Batch, SequentialRecommender
-
-TIE_TOLERANCE = 1e-6
 
 
 def metric_names(ks: Iterable[int]) -> list[str]:
@@ -41,8 +39,7 @@ def ranking_sums(ranks: torch.Tensor, ks: list[int]) -> torch.Tensor:
 def target_ranks(user: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, item_chunk: int,
                  seen: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """0-based rank of each target among items 1..I scored by ``user @ items.T`` (items row 0 = padding)."""
-    target_score = (user * items[targets]).sum(-1, keepdim=True)
-    target_score = target_score - TIE_TOLERANCE * target_score.abs().clamp(min=1.0)
+    target_score = (user @ items[targets].t()).diagonal()[:, None]
     rows = torch.arange(len(user), device=user.device)
     higher = torch.zeros(len(user), dtype=torch.long, device=user.device)
     for start in range(1, items.shape[0], item_chunk):

@@ -117,7 +117,8 @@ class _FFN(nn.Module):
 
 
 class ReferenceStyleMMM4Rec(nn.Module):
-    """forward(items, timestamps, lengths, targets) -> full-softmax CE, as the reference trains."""
+    """forward(items, timestamps, lengths, targets) -> full-softmax CE, as the reference trains; user() and logits()
+    are its full_sort_predict."""
 
     def __init__(self, c: ModelConfig, text: torch.Tensor, image: torch.Tensor):
         super().__init__()
@@ -140,6 +141,9 @@ class ReferenceStyleMMM4Rec(nn.Module):
         return self.time_norm(self.drop(d))[:, None, :].repeat(1, self.c.n_heads, 1)
 
     def forward(self, items, ts, lengths, targets):
+        return F.cross_entropy(self.logits(self.user(items, ts, lengths)), targets)
+
+    def user(self, items, ts, lengths):
         x_v = self.image_norm(self.drop(self.image_adapter(self.image[items]) + self.image_bias[items]))
         x_t = self.text_norm(self.drop(self.text_adapter(self.text[items]) + self.text_bias[items]))
         d_v, d_t = self._time(ts), self._time(ts)
@@ -151,8 +155,10 @@ class ReferenceStyleMMM4Rec(nn.Module):
         d_co = torch.fft.irfft(self.cl_co(self.cl_v(f_v) * f_v + self.cl_t(f_t) * f_t), n=self.c.max_len, dim=2, norm="ortho")
         out = self.cross(h_v, p_t, d_co)
         x_v = self.ffn_co(self.norm_co(self.drop(out) + h_v + p_t))
-        user = x_v[torch.arange(len(x_v)), lengths - 1]
+        return x_v[torch.arange(len(x_v)), lengths - 1]
+
+    def logits(self, user):
         e_v = F.normalize(self.image_adapter(self.image) + self.image_bias, dim=1)
         e_t = F.normalize(self.text_adapter(self.text) + self.text_bias, dim=1)
         logits = torch.stack([torch.einsum("bh,nh->bn", user, e_t), torch.einsum("bh,nh->bn", user, e_v)], -1).sum(-1)
-        return F.cross_entropy(logits / self.c.temperature, targets)
+        return logits / self.c.temperature
