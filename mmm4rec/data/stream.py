@@ -187,11 +187,10 @@ class EpochPlan:
         h = Histories.build(list(ids), list(tss), list(users))
         return expand(h, self.split, self.max_len, np.asarray(skips), np.asarray(limits)), h
 
-    def chunks(self, p: int, start_step: int = 0) -> Iterator[tuple[Samples, int]]:
-        """Exactly ``steps`` chunks of ``chunk`` samples: (samples, how many of them are new this epoch).
-
-        Training: block-shuffled; the final chunk(s) are topped up with repeats of the partition's first samples.
-        """
+    def chunks(self, p: int, start_step: int = 0) -> Iterator[Samples]:
+        """Exactly ``steps`` chunks of ``chunk`` samples from step ``start_step`` on (earlier ones are replayed and
+        dropped). Training order is block-shuffled; the final chunk(s) are topped up with repeats of the
+        partition's first samples."""
         rng = self._rng(1 + p)
         stream = (s for s, _ in self.read(p))
         if self.shuffle:
@@ -200,14 +199,13 @@ class EpochPlan:
         first: Optional[Samples] = None
         for step in range(self.steps):
             out = next(pieces, None) or Samples.empty(self.max_len)
-            real = len(out)
             if first is None:
                 first = out
-            if real < self.chunk:  # top up with repeats so every rank and step has a full chunk
-                reps = np.arange(self.chunk - real) % max(len(first), 1)
+            if len(out) < self.chunk:  # top up with repeats so every rank and step has a full chunk
+                reps = np.arange(self.chunk - len(out)) % max(len(first), 1)
                 out = Samples.concat([out, first.take(reps)])
             if step >= start_step:
-                yield out, real
+                yield out
 
 
 def _rechunk(blocks: Iterator[Samples], size: int) -> Iterator[Samples]:
@@ -267,8 +265,7 @@ class _PartitionChunks(IterableDataset):
         streams = [self.plan.chunks(p, self.start_step) for p in mine]
         for step in range(self.start_step, self.plan.steps):
             for p, chunks in zip(mine, streams):
-                samples, real = next(chunks)
-                yield p, step, _to_torch(samples), real
+                yield p, step, _to_torch(next(chunks))
 
 
 def _ignore_preemption_signals(_worker_id: int) -> None:
@@ -343,7 +340,7 @@ class TrainStream:
                             worker_init_fn=_ignore_preemption_signals)
         pending: dict[int, dict[int, dict]] = {}
         per_step = len(self.owned)
-        for p, step, chunk, _ in loader:
+        for p, step, chunk in loader:
             got = pending.setdefault(step, {})
             got[p] = chunk
             if len(got) < per_step:

@@ -8,21 +8,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from .. import distributed
 from ..config import ConfigError, RunConfig, load_config, save_config
-from ..data.features import FeatureStore, ensure_features
+from ..data.features import FeatureStore, default_features_dir, ensure_features
 from ..data.schema import DataError
-from ..data.stream import SeqIndex
+from ..data.stream import EvalStream, SeqIndex
 from ..model import ItemFeatures, SequentialRecommender, build_model, from_pretrained
 from .engine import deepspeed_config, initialize
+from .evaluation import evaluate
 from .monitor import announce, setup_logging
 from .trainer import Data, Trainer
 
@@ -58,11 +59,7 @@ def load_data(cfg: RunConfig, build: bool = True) -> Data:
         store_dir = ensure_features(cfg.data.dataset, cfg.data.encoder, cfg.data.features or None,
                                     strict=cfg.data.strict)
     else:
-        store_dir = Path(cfg.data.features) if cfg.data.features else None
-        if store_dir is None:
-            from ..data.features import default_features_dir
-
-            store_dir = default_features_dir(cfg.data.dataset, cfg.data.encoder)
+        store_dir = Path(cfg.data.features or default_features_dir(cfg.data.dataset, cfg.data.encoder))
     store = FeatureStore.open(store_dir)
     store.check_compatible(cfg.data.encoder)
     features = ItemFeatures(
@@ -95,8 +92,6 @@ def transfer(model: SequentialRecommender, source: str, encoder: dict) -> None:
     if meta.get("encoder") not in (None, encoder):
         raise ConfigError(f"train.init_from={source}: pre-trained on features of another encoder "
                           f"({meta['encoder']}); this dataset's features come from {encoder}")
-    from safetensors.torch import load_file
-
     model.load_backbone(load_file(path / "model.safetensors"), source=str(path))
     log.info("initialised from %s (%s, %d items there; ID tables and features not transferred)", path, cfg.arch,
              meta["num_items"])
@@ -153,9 +148,6 @@ def _train(cfg: RunConfig, env, args, run_dir: Path) -> int:
 
 
 def _evaluate(cfg: RunConfig, env, args, run_dir: Path) -> int:
-    from .evaluation import evaluate
-    from ..data.stream import EvalStream
-
     path = Path(args.checkpoint)
     export = path / "export" if (path / "export" / "config.json").exists() else path
     data = load_data(cfg, build=False)

@@ -1,7 +1,6 @@
 """Distributed training end to end, in real processes under real launchers: same curve on 1 and 2 processes,
 exact resume after kill -9 and after SIGTERM, TensorBoard read-back, transfer, and the errors users get."""
 import json
-import os
 import signal
 import subprocess
 import time
@@ -62,22 +61,23 @@ def test_accelerate_launch_completes(tiny_dataset, tmp_path):
     assert summary["world_size"] == 2 and summary["test"]["users"] == 120
 
 
-def start(dataset, run_dir: Path, *extra) -> subprocess.Popen:
-    cmd = launch_command("finetune.py", args(dataset, *extra, "--run-dir", str(run_dir)))
-    return subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+# Two epochs, a checkpoint every 10 steps and at each epoch end; dropout on, so the RNG has to resume too.
+RESUMABLE = ["--set", "train.epochs=2", "--set", "train.checkpoint_every=10", "--set", "model.dropout=0.1"]
+
+
+def interrupt(dataset, run_dir: Path, after_step: int, sig: signal.Signals) -> subprocess.Popen:
+    """Start a RESUMABLE run and send it ``sig`` once its checkpoint of ``after_step`` is complete."""
+    cmd = launch_command("finetune.py", args(dataset, *RESUMABLE, "--run-dir", str(run_dir)))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
-
-
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = 240):
-    deadline = time.time() + timeout
-    while not predicate():
+    marker = run_dir / "checkpoints" / f"step-{after_step:08d}" / "COMPLETE"
+    deadline = time.time() + 240
+    while not marker.exists():
         assert proc.poll() is None, f"run ended early:\n{proc.stderr.read()[-4000:]}"
         assert time.time() < deadline, "timed out"
         time.sleep(0.05)
-
-
-# Two epochs, a checkpoint every 10 steps and at each epoch end; dropout on, so the RNG has to resume too.
-RESUMABLE = ["--set", "train.epochs=2", "--set", "train.checkpoint_every=10", "--set", "model.dropout=0.1"]
+    proc.send_signal(sig)
+    return proc
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +98,7 @@ def assert_same_run(a: Path, b: Path):
 
 def test_kill_9_mid_epoch_then_restart_equals_an_uninterrupted_run(tiny_dataset, tmp_path, uninterrupted):
     out = tmp_path / "killed"
-    proc = start(tiny_dataset, out, *RESUMABLE)
-    wait_for(lambda: (out / "checkpoints" / "step-00000020" / "COMPLETE").exists(), proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    interrupt(tiny_dataset, out, 20, signal.SIGKILL).wait()
     run("finetune.py", args(tiny_dataset, *RESUMABLE, "--run-dir", str(out)))
     log = (out / "train.log").read_text()
     assert "resumed from" in log
@@ -110,10 +107,7 @@ def test_kill_9_mid_epoch_then_restart_equals_an_uninterrupted_run(tiny_dataset,
 
 def test_sigterm_checkpoints_exits_zero_and_a_restart_resumes(tiny_dataset, tmp_path, uninterrupted):
     out = tmp_path / "term"
-    proc = start(tiny_dataset, out, *RESUMABLE)
-    wait_for(lambda: (out / "checkpoints" / "step-00000010" / "COMPLETE").exists(), proc)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0
+    assert interrupt(tiny_dataset, out, 10, signal.SIGTERM).wait(timeout=120) == 0
     assert not (out / "summary.json").exists()
     stopped_at = int((out / "checkpoints" / "latest").read_text().split("-")[1])
     assert stopped_at >= 10
@@ -124,10 +118,7 @@ def test_sigterm_checkpoints_exits_zero_and_a_restart_resumes(tiny_dataset, tmp_
 
 def test_an_incomplete_latest_checkpoint_falls_back_to_the_previous_one(tiny_dataset, tmp_path, uninterrupted):
     out = tmp_path / "damaged"
-    proc = start(tiny_dataset, out, *RESUMABLE)
-    wait_for(lambda: (out / "checkpoints" / "step-00000020" / "COMPLETE").exists(), proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    interrupt(tiny_dataset, out, 20, signal.SIGKILL).wait()
     ckpt = out / "checkpoints"
     latest = (ckpt / "latest").read_text().strip()
     previous = sorted(p.name for p in ckpt.glob("step-*") if (p / "COMPLETE").exists() and p.name < latest)[-1]
