@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 import torch
+
+from provenance import provenance
 
 from mmm4rec.train.evaluation import target_ranks
 
@@ -64,8 +65,7 @@ def main():
     end_to_end = paper_config_end_to_end(args.users)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"command": "tools/bench/eval_speed.py " + " ".join(sys.argv[1:]), "dim": DIM,
-                       "threads": torch.get_num_threads(), "ranking_only": rows, "end_to_end_paper_config": end_to_end},
+            json.dump({**provenance(), "dim": DIM, "ranking_only": rows, "end_to_end_paper_config": end_to_end},
                       f, indent=2)
 
 

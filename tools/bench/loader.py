@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from provenance import provenance
+
 from mmm4rec.data.dataset import load_manifest
 from mmm4rec.data.schema import BadRecords
 from mmm4rec.data.shards import iter_seq_records
@@ -126,7 +128,7 @@ def main():
           f"{10 * args.users:,} users -> {rss_large / rss_small:.2f}x for 10x the data")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "command": "tools/bench/loader.py " + " ".join(sys.argv[1:]), "users": args.users,
+            **provenance(), "users": args.users,
             "training_samples": samples, "reference_style_samples_per_s": round(base),
             "mmm4rec_samples_per_s": round(mine), "ratio": round(mine / base, 2),
             "reference_style_parse_s": round(parse_s, 2), "peak_rss_mib": {"1x": rss_small, "10x": rss_large},

@@ -18,6 +18,7 @@ import torch
 
 from mmm4rec.config import ModelConfig, from_dict
 from mmm4rec.model import Batch, ItemFeatures, build_model
+from provenance import provenance
 from reference_style import ReferenceStyleMMM4Rec
 
 ITEMS = 25_986
@@ -87,8 +88,7 @@ def main():
                 print(f"{b:>6} {label:<22} {rows[-1]['precision']:<9} {sps:>10.1f} {sps / base:>17.2f}x", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"command": " ".join(["tools/bench/model_step.py"] + [a for a in __import__("sys").argv[1:]]),
-                       "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, f, indent=2)
+            json.dump({**provenance(), "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from provenance import REPO, provenance
+
 METRICS = ["hit@10", "ndcg@10", "hit@20", "ndcg@20", "hit@50", "ndcg@50", "mrr"]
 VARIANTS = {
     "MMM4Rec (text + ID)": [],
@@ -72,13 +71,6 @@ def aggregate(runs: list[dict]) -> dict:
     return out
 
 
-def provenance(command: str) -> dict:
-    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    return {"command": command, "git_revision": rev, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, Python "
-                       f"{platform.python_version()}"}
-
-
 def table(results: dict, key: str) -> str:
     lines = [f"| model | {' | '.join(METRICS)} |", "|---|" + "---|" * len(METRICS)]
     for name, r in results.items():
@@ -107,7 +99,7 @@ def quality(args) -> None:
     results = {name: {"runs": [r for (n, _, _), r in zip(jobs, done) if n == name]} for name in VARIANTS}
     for r in results.values():
         r["aggregate"] = aggregate(r["runs"])
-    out = {**provenance(" ".join(sys.argv)), "dataset": args.dataset, "preset": args.preset, "overrides": args.set,
+    out = {**provenance(), "dataset": args.dataset, "preset": args.preset, "overrides": args.set,
            "protocol": "5-core, chronological leave-one-out, full ranking over all items; test_masked removes items "
                        "the user saw before the target", "results": results}
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))
@@ -135,7 +127,7 @@ def transfer(args) -> None:
     for r in results.values():
         r["aggregate"] = aggregate(r["runs"])
     pre_summary = json.loads((pre / "summary.json").read_text())
-    out = {**provenance(" ".join(sys.argv)), "pretrain": {"dataset": args.pretrain_dataset, "preset": args.pretrain_preset,
+    out = {**provenance(), "pretrain": {"dataset": args.pretrain_dataset, "preset": args.pretrain_preset,
                                                           "overrides": args.pretrain_set, "global_step": pre_summary["global_step"],
                                                           "wall_time_s": pre_summary["wall_time_s"]},
            "finetune": {"dataset": args.dataset, "preset": args.preset, "overrides": args.set}, "results": results}

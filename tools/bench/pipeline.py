@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from loader import ReferenceStyleDataset, item_index, write_reference_jsonl
+from provenance import provenance
 from reference_style import ReferenceStyleMMM4Rec
 
 from mmm4rec.config import load_config
@@ -112,7 +112,7 @@ def main():
               f"-> {sps / baseline:.2f}x", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "command": "tools/bench/pipeline.py " + " ".join(sys.argv[1:]), "batch": BATCH, "items": n_items,
+            **provenance(), "batch": BATCH, "items": n_items,
             "samples_per_s": {k: round(v, 1) for k, v in rows.items()},
             "ratio_vs_reference_style": {k: round(v / baseline, 2) for k, v in rows.items()}}, indent=2))
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from provenance import REPO, provenance
 
 
 def port() -> str:
@@ -59,7 +59,7 @@ def main():
         out[f"2 processes x 1 thread, ZeRO-{zero}"] = v
         print(f"  2 processes × 1 thread, ZeRO-{zero}: {v:8.1f}  -> {v / base:.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps({"command": "tools/bench/scaling.py " + " ".join(sys.argv[1:]),
+        Path(args.json).write_text(json.dumps({**provenance(), "global_batch": args.global_batch,
                                                "samples_per_s": {k: round(v, 1) for k, v in out.items()}}, indent=2))
 
 
