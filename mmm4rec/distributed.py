@@ -143,3 +143,11 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def gather_candidates(cand: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All ranks' candidate vectors (equal counts per rank), differentiable for this rank's own, and the offset of
+    this rank's rows: in-batch negatives from the whole global batch."""
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(cand)), dist.get_rank() * len(cand)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..config import RunConfig
 from ..data.stream import EvalStream, SeqIndex, TrainStream
-from ..distributed import DistEnv, all_reduce_sum, barrier
+from ..distributed import DistEnv, all_reduce_sum, barrier, gather_candidates
 from ..model import Batch, ItemFeatures, SequentialRecommender, from_pretrained
 from .checkpoint import Checkpointer
 from .evaluation import evaluate
@@ -99,11 +99,6 @@ class Trainer:
             return deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None)
         return contextlib.nullcontext()
 
-    def _gather_negatives(self, cand: torch.Tensor):
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(cand)), self.env.rank * len(cand)
-
     def _eval_stream(self, split: str) -> EvalStream:
         e = self.cfg.eval
         return EvalStream(self.data.seq_index, self.data.item_index, split=split, max_len=self.cfg.model.max_len,
@@ -180,7 +175,7 @@ class Trainer:
         steps = self.stream.steps_per_epoch
         bar = tqdm(total=steps, initial=self.stream.step, desc=f"epoch {epoch}", disable=not self.env.is_main,
                    dynamic_ncols=True, leave=False)
-        gather = self._gather_negatives if (self.pretrain and t.gather_negatives and self.env.distributed) else None
+        gather = gather_candidates if (self.pretrain and t.gather_negatives and self.env.distributed) else None
         window = {"loss": 0.0, "n": 0, "tokens": 0, "samples": 0, "t0": time.time()}
         for raw in self.stream:
             batch = Batch.from_dict(raw).to(self.device)

@@ -32,33 +32,38 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_two_processes_follow_the_one_process_curve(tiny_dataset, tmp_path):
-    """Global batch 16 everywhere: 1 process × 16, and 2 processes × 8 under torchrun (ZeRO-2) and the deepspeed
-    launcher (ZeRO-3). data.partitions=2 makes every global step hold the same 16 samples. What may differ is
-    the order of float additions (two means of 8 averaged vs one mean of 16, all-reduce order): ~1e-7 relative per
-    step, compounding over 12 Adam steps to well under 1e-4."""
-    common = ["--set", "data.partitions=2", "--set", "train.max_steps=12"]
+    """Global batch 16 everywhere: 1 process × 8 × 2 accumulation steps, and 2 processes × 8 under torchrun
+    (ZeRO-2, and ZeRO-2 with the optimizer offloaded to the CPU) and the deepspeed launcher (ZeRO-3).
+    data.partitions=2 makes every global step hold the same 16 samples. What may differ is the order of float
+    additions (means of 8 averaged vs accumulated, all-reduce order): ~1e-7 relative per step, compounding over
+    12 Adam steps to well under 1e-4."""
+    common = ["--set", "data.partitions=2", "--set", "train.max_steps=12", "--set", "data.batch_size=8"]
     one = tmp_path / "one"
-    run("finetune.py", args(tiny_dataset, *common, "--set", "data.batch_size=16", "--run-dir", str(one)))
+    run("finetune.py", args(tiny_dataset, *common, "--set", "train.grad_accum=2", "--run-dir", str(one)))
     curves = {"one": losses(one)}
-    for name, launcher, stage in [("torchrun-z2", "torchrun", 2), ("deepspeed-z3", "deepspeed", 3)]:
+    for name, launcher, extra in [("torchrun-z2", "torchrun", ["train.zero_stage=2"]),
+                                  ("torchrun-z2-offload", "torchrun", ["train.zero_stage=2", "train.offload_optimizer=true"]),
+                                  ("deepspeed-z3", "deepspeed", ["train.zero_stage=3"])]:
         out = tmp_path / name
-        run("finetune.py", args(tiny_dataset, *common, "--set", "data.batch_size=8", "--set",
-                                f"train.zero_stage={stage}", "--run-dir", str(out)), nproc=2, launcher=launcher)
+        run("finetune.py", args(tiny_dataset, *common, *[a for e in extra for a in ("--set", e)], "--run-dir", str(out)),
+            nproc=2, launcher=launcher)
         assert json.loads((out / "summary.json").read_text())["world_size"] == 2
         curves[name] = losses(out)
     assert len(curves["one"]) == 12
-    for name in ("torchrun-z2", "deepspeed-z3"):
+    for name in ("torchrun-z2", "torchrun-z2-offload", "deepspeed-z3"):
         torch.testing.assert_close(torch.tensor(curves[name]), torch.tensor(curves["one"]), rtol=1e-4, atol=1e-5)
     # and the curve is a real one: training moved the loss
     assert curves["one"][-1] < curves["one"][0]
 
 
-def test_accelerate_launch_completes(tiny_dataset, tmp_path):
+def test_accelerate_launch_completes_in_bf16(tiny_dataset, tmp_path):
     out = tmp_path / "acc"
     run("finetune.py", args(tiny_dataset, "--set", "train.max_steps=6", "--set", "data.batch_size=8",
-                            "--run-dir", str(out)), nproc=2, launcher="accelerate")
+                            "--set", "train.precision=bf16", "--run-dir", str(out)), nproc=2, launcher="accelerate")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["test"]["users"] == 120
+    assert "bf16 autocast" in (out / "train.log").read_text()
+    assert all(torch.isfinite(torch.tensor(losses(out))))
 
 
 # Two epochs, a checkpoint every 10 steps and at each epoch end; dropout on, so the RNG has to resume too.
