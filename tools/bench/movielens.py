@@ -92,11 +92,12 @@ def run_dir(args, variant: str, seed: int) -> Path:
 
 
 def quality(args) -> None:
+    variants = [v for v in VARIANTS if not args.variants or v in args.variants]
     jobs = [(name, seed, lambda name=name, seed=seed: finetune(
         run_dir(args, name, seed), args.dataset, args.preset, seed, VARIANTS[name] + args.set))
-        for name in VARIANTS for seed in args.seeds]
+        for name in variants for seed in args.seeds]
     done = run_parallel([j[2] for j in jobs], args.parallel)
-    results = {name: {"runs": [r for (n, _, _), r in zip(jobs, done) if n == name]} for name in VARIANTS}
+    results = {name: {"runs": [r for (n, _, _), r in zip(jobs, done) if n == name]} for name in variants}
     for r in results.values():
         r["aggregate"] = aggregate(r["runs"])
     out = {**provenance(), "dataset": args.dataset, "preset": args.preset, "overrides": args.set,
@@ -171,6 +172,8 @@ def main():
         s.add_argument("--runs", default="runs/results")
         s.add_argument("--parallel", type=int, default=2)
         s.add_argument("--out", required=True, help="path prefix for the .json (and .png)")
+        if name == "quality":
+            s.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="default: all")
         if name == "transfer":
             s.add_argument("--pretrain-dataset", default="data/ml-1m")
             s.add_argument("--pretrain-preset", default="ml1m_pretrain")
