@@ -1,5 +1,6 @@
 """MMM4Rec and the SASRec baseline: structure, causality, leakage, losses, save/load, errors."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from mmm4rec.config import ConfigError, ModelConfig, from_dict
 from mmm4rec.model import Batch, ItemFeatures, build_model, from_pretrained
 from mmm4rec.model.layers import CausalConv1d, FourierFusion, dft_bases
+from mmm4rec.model.ssd import pick_form, triton_available
 
 NUM_ITEMS = 50
 
@@ -178,6 +180,31 @@ def test_forms_agree_inside_the_model():
     a, b = model_for(tiny(ssd={"form": "quadratic"}), feats), model_for(tiny(ssd={"form": "chunked", "chunk_size": 3}), feats)
     batch = make_batch()
     torch.testing.assert_close(a.user_vectors(batch), b.user_vectors(batch), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (torch.cuda.is_available() and triton_available()), reason="needs CUDA and mamba-ssm")
+def test_paper_config_on_gpu_triton_matches_quadratic_and_trains_in_bf16():
+    cfg = dict(max_len=64, dropout=0.0, temperature=0.1)  # L > 50: "auto" picks Triton on CUDA
+    feats = ItemFeatures(*(t.cuda() for t in dataclasses.astuple(features())))
+    batch = make_batch(b=32, L=64).to("cuda")
+    models = {form: model_for(from_dict(ModelConfig, {**cfg, "ssd": {"form": form}}), feats).cuda()
+              for form in ("quadratic", "auto")}
+    assert pick_form(torch.empty(32, 64, device="cuda")) == "triton"
+    with torch.no_grad():
+        want, got = (models[f].user_vectors(batch).double() for f in ("quadratic", "auto"))
+    assert ((got - want).norm() / want.norm()).item() < 3e-3  # TF32 inside the Triton kernel
+    model = models["auto"].train()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(batch, "full")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < 0.5 * losses[0], losses
 
 
 @pytest.mark.parametrize("arch", ["mmm4rec", "sasrec"])

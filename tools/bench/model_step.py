@@ -3,9 +3,11 @@
 Paper configuration (N=256, E=512, H=8, G=8, S=64, L=20, 1 layer, ID bias on, 768-d text and image features,
 25,986 items as in Amazon Office), batch 256 and 1024, for every SSD form, the auto choice and the SASRec
 baseline, side by side in one process; ratios are against the reference-style baseline
-(tools/bench/reference_style.py: the same math computed the way the public reference computes it, fp32).
+(tools/bench/reference_style.py: the same math computed the way the public reference computes it, fp32; on CUDA
+with TF32 matmuls for every variant, as the reference runs). On CUDA the mamba-ssm Triton form joins when importable.
 
-    .venv/bin/python tools/bench/model_step.py [--batches 256 1024] [--steps 5] [--bf16] [--json out.json]
+    .venv/bin/python tools/bench/model_step.py [--batches 256 1024] [--steps 5] [--bf16] [--device cuda]
+                                               [--length 20] [--json out.json]
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 
 from mmm4rec.config import ModelConfig, from_dict
 from mmm4rec.model import Batch, ItemFeatures, build_model
+from mmm4rec.model.ssd import triton_available
 from provenance import provenance
 from reference_style import ReferenceStyleMMM4Rec
 
@@ -35,27 +38,35 @@ def make_batch(b: int, L: int, items: int, gen: torch.Generator) -> Batch:
 def measure(cfg: ModelConfig, features: ItemFeatures, batch: Batch, steps: int, bf16: bool,
             reference_style: bool = False) -> float:
     torch.manual_seed(0)
+    device = batch.items.device
     if reference_style:
-        model = ReferenceStyleMMM4Rec(cfg, features.text, features.image).train()
+        model = ReferenceStyleMMM4Rec(cfg, features.text, features.image).train().to(device)
         forward = lambda: model(batch.items, batch.timestamps, batch.lengths, batch.targets)  # noqa: E731
     else:
-        model = build_model(cfg, features).train()
+        model = build_model(cfg, features).train().to(device)
         forward = lambda: model(batch, "full")  # noqa: E731
     opt = torch.optim.NAdam(model.parameters(), lr=1e-4, weight_decay=0.005)
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = forward()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    step()  # warm-up: allocator, kernels
-    step()
+    for _ in range(3):  # warm-up: allocator, kernels, Triton autotuning
+        step()
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    synchronize(device)
     return len(batch.targets) * steps / (time.perf_counter() - start)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main():
@@ -63,24 +74,30 @@ def main():
     p.add_argument("--batches", type=int, nargs="+", default=[256, 1024])
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--bf16", action="store_true", help="also measure each variant under bf16 autocast")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--length", type=int, default=20, help="window length L")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as the reference runs on GPUs
     gen = torch.Generator().manual_seed(0)
     features = ItemFeatures(torch.nn.functional.normalize(torch.randn(ITEMS + 1, 768, generator=gen), dim=-1),
                             torch.nn.functional.normalize(torch.randn(ITEMS + 1, 768, generator=gen), dim=-1))
+    features = ItemFeatures(features.text.to(device), features.image.to(device))
+    forms = ["quadratic", "chunked", "auto"] + (["triton"] if device.type == "cuda" and triton_available() else [])
     variants = [("reference-style", {}, [False])]
-    variants += [(f"mmm4rec/{f}", {"ssd": {"form": f}}, [False, True] if args.bf16 else [False])
-                 for f in ("quadratic", "chunked", "auto")]
+    variants += [(f"mmm4rec/{f}", {"ssd": {"form": f}}, [False, True] if args.bf16 else [False]) for f in forms]
     variants.append(("sasrec", {"arch": "sasrec", "temperature": 1.0}, [False]))
     rows = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}, L={args.length}")
     print(f"{'batch':>6} {'variant':<22} {'precision':<9} {'samples/s':>10} {'vs reference-style':>19}")
     for b in args.batches:
-        batch = make_batch(b, 20, ITEMS, gen)
+        batch = make_batch(b, args.length, ITEMS, gen).to(device)
         base = None
         for label, overrides, precisions in variants:
             for bf16 in precisions:
-                cfg = from_dict(ModelConfig, overrides)
+                cfg = from_dict(ModelConfig, {"max_len": args.length, **overrides})
                 sps = measure(cfg, features, batch, args.steps, bf16, reference_style=label == "reference-style")
                 base = base or sps
                 rows.append({"batch": b, "variant": label, "precision": "bf16" if bf16 else "fp32",
@@ -88,7 +105,7 @@ def main():
                 print(f"{b:>6} {label:<22} {rows[-1]['precision']:<9} {sps:>10.1f} {sps / base:>17.2f}x", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({**provenance(), "rows": rows}, f, indent=2)
+            json.dump({**provenance(), "length": args.length, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

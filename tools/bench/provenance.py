@@ -13,10 +13,17 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    except OSError:  # no git on this machine
+        return ""
+
+
 def provenance() -> dict:
-    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                                capture_output=True, text=True).stdout.strip())
+    # a copy of the tree without .git (a GPU machine it was shipped to) names its revision in the environment
+    rev = _git("rev-parse", "HEAD") or os.environ.get("MMM4REC_GIT_REVISION", "unknown")
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     return {
@@ -25,5 +32,6 @@ def provenance() -> dict:
         "git_revision": rev + (" (with uncommitted changes)" if dirty else ""),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{cpu}, {os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__} "
-                   f"({torch.get_num_threads()} threads), Python {platform.python_version()}",
+                   f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+                   + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
     }
