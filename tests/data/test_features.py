@@ -102,6 +102,21 @@ def test_other_encoder_rebuilds_from_scratch_and_says_so(tmp_path, text_cfg, tin
     assert store.manifest["last_build"]["mode"] == "build" and store.manifest["last_build"]["encoded"] == 12
 
 
+def test_store_built_elsewhere_is_used_where_the_encoder_is_not_installed(tmp_path, text_cfg, monkeypatch, caplog):
+    write_toy(tmp_path / "ds")
+    path = ensure_features(tmp_path / "ds", text_cfg)
+    before = (path / "manifest.json").read_text()
+    monkeypatch.setattr("mmm4rec.encoders.revision", lambda source: None)  # a training machine without the weights
+    with caplog.at_level(logging.INFO):
+        assert ensure_features(tmp_path / "ds", text_cfg) == path
+        FeatureStore.open(path).check_compatible(text_cfg)
+    assert "up to date" in caplog.text and "not available here to check its revision" in caplog.text
+    assert (path / "manifest.json").read_text() == before
+    # everything else about the encoder is still checked
+    with pytest.raises(DataError, match="max_text_tokens=16"):
+        FeatureStore.open(path).check_compatible(EncoderConfig(text=text_cfg.text, max_text_tokens=16))
+
+
 def test_one_batch_size_or_another_same_ids_and_close_features(tmp_path, text_cfg):
     write_toy(tmp_path / "ds")
     a = FeatureStore.open(ensure_features(tmp_path / "ds", text_cfg, tmp_path / "a"))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mmm4rec.config import ConfigError, ModelConfig, from_dict
 from mmm4rec.model import Batch, ItemFeatures, build_model, from_pretrained
 from mmm4rec.model.layers import CausalConv1d, FourierFusion, dft_bases
-from mmm4rec.model.ssd import pick_form, triton_available
+from mmm4rec.model.ssd import QUADRATIC_MAX_LEN, pick_form, triton_available
 
 NUM_ITEMS = 50
 
@@ -185,12 +185,13 @@ def test_forms_agree_inside_the_model():
 @pytest.mark.gpu
 @pytest.mark.skipif(not (torch.cuda.is_available() and triton_available()), reason="needs CUDA and mamba-ssm")
 def test_paper_config_on_gpu_triton_matches_quadratic_and_trains_in_bf16():
-    cfg = dict(max_len=64, dropout=0.0, temperature=0.1)  # L > 50: "auto" picks Triton on CUDA
+    L = QUADRATIC_MAX_LEN + 32  # a long window: "auto" picks Triton on CUDA
+    cfg = dict(max_len=L, dropout=0.0, temperature=0.1)
     feats = ItemFeatures(*(t.cuda() for t in dataclasses.astuple(features())))
-    batch = make_batch(b=32, L=64).to("cuda")
+    batch = make_batch(b=32, L=L).to("cuda")
     models = {form: model_for(from_dict(ModelConfig, {**cfg, "ssd": {"form": form}}), feats).cuda()
               for form in ("quadratic", "auto")}
-    assert pick_form(torch.empty(32, 64, device="cuda")) == "triton"
+    assert pick_form(torch.empty(32, L, device="cuda")) == "triton"
     with torch.no_grad():
         want, got = (models[f].user_vectors(batch).double() for f in ("quadratic", "auto"))
     assert ((got - want).norm() / want.norm()).item() < 3e-3  # TF32 inside the Triton kernel
