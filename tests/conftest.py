@@ -46,9 +46,10 @@ def subprocess_env() -> dict:
 
 
 def run(script: str, args: list[str], nproc: int = 1, launcher: str = "python", timeout: int = 300,
-        check: bool = True) -> subprocess.CompletedProcess:
+        check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = launch_command(script, args, nproc, launcher)
-    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=REPO, env={**subprocess_env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stderr ---\n{proc.stderr[-6000:]}")
     return proc

@@ -126,8 +126,8 @@ def _train(cfg: RunConfig, env, args, run_dir: Path) -> int:
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    log.info("run %s: %s on %d process(es) via %s -> %s", cfg.name, cfg.train.task, env.world_size, env.launcher,
-             run_dir)
+    log.info("run %s: %s on %d process(es) (%s, %s) via %s -> %s", cfg.name, cfg.train.task, env.world_size,
+             env.device.type, env.backend, env.launcher, run_dir)
     torch.manual_seed(cfg.train.seed)
     data = load_data(cfg)
     model = build_model(cfg.model, data.features)

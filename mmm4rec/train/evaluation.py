@@ -74,7 +74,8 @@ def evaluate(model: SequentialRecommender, batches: Iterable[dict], *, ks: list[
             user = model.encode(batch, tables).float()
             seen = (raw["seen_rows"].to(device), raw["seen_items"].to(device)) if mask_history else None
             ranks = target_ranks(user, items, batch.targets, item_chunk, seen)[valid]
-            sums += torch.cat([ranking_sums(ranks, ks), torch.tensor([len(ranks)], dtype=torch.float64)]).cpu()
+            sums[:-1] += ranking_sums(ranks, ks).cpu()
+            sums[-1] += len(ranks)
     model.train(was_training)
     sums = all_reduce_sum(sums.to(device)).cpu()
     count = sums[-1].item()

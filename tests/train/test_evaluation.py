@@ -72,3 +72,20 @@ def test_evaluate_launcher_is_identical_on_one_and_two_processes_and_masking_hel
     assert any(masked[k] > one[k] for k in metric_names([10, 20, 50]))
     summary = json.loads((train / "summary.json").read_text())
     assert summary["test"]["ndcg@10"] == pytest.approx(one["ndcg@10"], abs=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_training_and_evaluation_agree_with_cpu_evaluation(tiny_dataset, tmp_path):
+    train = tmp_path / "train"
+    sets = ["--set", f"data.dataset={tiny_dataset}"]
+    run("finetune.py", ["--config", "tiny", *sets, "--set", "train.max_steps=30", "--run-dir", str(train)])
+    summary = json.loads((train / "summary.json").read_text())
+    assert "1 process(es) (cuda, nccl)" in (train / "train.log").read_text()
+    run("evaluate.py", ["--config", "tiny", *sets, "--checkpoint", str(train), "--run-dir", str(tmp_path / "cpu")],
+        env={"CUDA_VISIBLE_DEVICES": ""})
+    cpu = json.loads((tmp_path / "cpu" / "eval-test.json").read_text())
+    for k in metric_names([10, 20, 50]):
+        # GPU and CPU matmuls round differently: a target within an ulp of another item may move one place
+        assert summary["test"][k] == pytest.approx(cpu[k], abs=2 / 120), k
