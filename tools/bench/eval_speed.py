@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
-from model_step import synchronize
 from provenance import provenance
+from timing import seconds_per_call
 
 from mmm4rec.train.evaluation import target_ranks
 
@@ -30,13 +29,7 @@ def argsort_ranks(user: torch.Tensor, items: torch.Tensor, targets: torch.Tensor
 
 
 def users_per_s(fn, users: int, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    synchronize(device)
-    return users * repeats / (time.perf_counter() - start)
+    return users / seconds_per_call(fn, repeats, device, warmup=1)
 
 
 def main():

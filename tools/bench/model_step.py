@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
 import torch
 
@@ -23,6 +22,7 @@ from mmm4rec.model import Batch, ItemFeatures, build_model
 from mmm4rec.model.ssd import triton_available
 from provenance import provenance
 from reference_style import ReferenceStyleMMM4Rec
+from timing import seconds_per_call
 
 ITEMS = 25_986
 
@@ -54,19 +54,7 @@ def measure(cfg: ModelConfig, features: ItemFeatures, batch: Batch, steps: int, 
         loss.backward()
         opt.step()
 
-    for _ in range(3):  # warm-up: allocator, kernels, Triton autotuning
-        step()
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize(device)
-    return len(batch.targets) * steps / (time.perf_counter() - start)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return len(batch.targets) / seconds_per_call(step, steps, device)
 
 
 def main():

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
 from mmm4rec.model.ssd import pick_form, ssd_scan, triton_available
-from model_step import synchronize
 from provenance import provenance
+from timing import seconds_per_call
 
 H, P, G, S = 8, 64, 8, 64
 
@@ -36,14 +35,7 @@ def fwd_bwd_ms(form: str, b: int, L: int, dtype: torch.dtype, device: torch.devi
         y = ssd_scan(x, dt, A, B, C, D, dt_bias=dt_bias, form=form, chunk_size=64 if form == "triton" else 32)
         y.sum().backward()
 
-    for _ in range(3):
-        call()
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        call()
-    synchronize(device)
-    return (time.perf_counter() - start) / repeats * 1e3
+    return seconds_per_call(call, repeats, device) * 1e3
 
 
 def main():
