@@ -131,6 +131,7 @@ class TrainConfig:
     zero_stage: int = 1
     offload_optimizer: bool = False
     precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False  # torch.compile the training forward inside the DeepSpeed engine (evaluation stays eager)
     gather_negatives: bool = False  # pre-training: in-batch negatives from all ranks
     checkpoint_every: int = 0  # steps; 0 = only at epoch end
     keep_checkpoints: int = 2

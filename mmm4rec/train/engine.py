@@ -72,6 +72,8 @@ def initialize(model: torch.nn.Module, cfg: RunConfig, env: DistEnv, ds_config: 
     deepspeed.init_distributed(dist_backend=env.backend, auto_mpi_discovery=False)
     engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, cfg),
                                       config=copy.deepcopy(ds_config))
+    if cfg.train.compile:  # in place: parameter names, checkpoints and exports stay those of the eager model
+        engine.compile()
     z = ds_config["zero_optimization"]
     log.info("DeepSpeed ZeRO-%s%s, %s, global batch %d = micro-batch %d × accumulation %d × world %d",
              z["stage"], " + optimizer offload" if "offload_optimizer" in z else "",

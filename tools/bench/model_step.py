@@ -6,7 +6,7 @@ baseline, side by side in one process; ratios are against the reference-style ba
 (tools/bench/reference_style.py: the same math computed the way the public reference computes it, fp32; on CUDA
 with TF32 matmuls for every variant, as the reference runs). On CUDA the mamba-ssm Triton form joins when importable.
 
-    .venv/bin/python tools/bench/model_step.py [--batches 256 1024] [--steps 5] [--bf16] [--device cuda]
+    .venv/bin/python tools/bench/model_step.py [--batches 256 1024] [--steps 5] [--bf16] [--compile] [--device cuda]
                                                [--length 20] [--json out.json]
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ def make_batch(b: int, L: int, items: int, gen: torch.Generator) -> Batch:
 
 
 def measure(cfg: ModelConfig, features: ItemFeatures, batch: Batch, steps: int, bf16: bool,
-            reference_style: bool = False) -> float:
+            reference_style: bool = False, compiled: bool = False) -> float:
     torch.manual_seed(0)
     device = batch.items.device
     if reference_style:
@@ -44,6 +44,8 @@ def measure(cfg: ModelConfig, features: ItemFeatures, batch: Batch, steps: int, 
         forward = lambda: model(batch.items, batch.timestamps, batch.lengths, batch.targets)  # noqa: E731
     else:
         model = build_model(cfg, features).train().to(device)
+        if compiled:
+            model.compile()  # as train.compile=true does inside the DeepSpeed engine
         forward = lambda: model(batch, "full")  # noqa: E731
     opt = torch.optim.NAdam(model.parameters(), lr=1e-4, weight_decay=0.005)
 
@@ -62,6 +64,7 @@ def main():
     p.add_argument("--batches", type=int, nargs="+", default=[256, 1024])
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--bf16", action="store_true", help="also measure each variant under bf16 autocast")
+    p.add_argument("--compile", action="store_true", help="also measure the auto form under torch.compile")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--length", type=int, default=20, help="window length L")
     p.add_argument("--json", help="write the results here")
@@ -73,8 +76,10 @@ def main():
                             torch.nn.functional.normalize(torch.randn(ITEMS + 1, 768, generator=gen), dim=-1))
     features = ItemFeatures(features.text.to(device), features.image.to(device))
     forms = ["quadratic", "chunked", "auto"] + (["triton"] if device.type == "cuda" and triton_available() else [])
+    precisions = [False, True] if args.bf16 else [False]
     variants = [("reference-style", {}, [False])]
-    variants += [(f"mmm4rec/{f}", {"ssd": {"form": f}}, [False, True] if args.bf16 else [False]) for f in forms]
+    variants += [(f"mmm4rec/{f}", {"ssd": {"form": f}}, precisions) for f in forms]
+    variants += [("mmm4rec/auto+compile", {}, precisions)] if args.compile else []
     variants.append(("sasrec", {"arch": "sasrec", "temperature": 1.0}, [False]))
     rows = []
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
@@ -86,7 +91,8 @@ def main():
         for label, overrides, precisions in variants:
             for bf16 in precisions:
                 cfg = from_dict(ModelConfig, {"max_len": args.length, **overrides})
-                sps = measure(cfg, features, batch, args.steps, bf16, reference_style=label == "reference-style")
+                sps = measure(cfg, features, batch, args.steps, bf16, reference_style=label == "reference-style",
+                              compiled=label.endswith("+compile"))
                 base = base or sps
                 rows.append({"batch": b, "variant": label, "precision": "bf16" if bf16 else "fp32",
                              "samples_per_s": round(sps, 1), "ratio": round(sps / base, 3)})
