@@ -5,7 +5,7 @@ reference is built, side by side in one invocation, at the paper configuration (
 - baseline: JSON-lines map-style loader (tools/bench/loader.py's ReferenceStyleDataset, num_workers=0) feeding
   the reference-style model (tools/bench/reference_style.py, fp32, quadratic SSD) and torch NAdam, one process;
 - mmm4rec: TrainStream over the WebDataset shards feeding MMM4Rec under a DeepSpeed engine (ZeRO-1), fp32 and
-  bf16 autocast (DeepSpeed torch_autocast), one process.
+  bf16 autocast (DeepSpeed torch_autocast), and bf16 with train.compile, one process.
 
     .venv/bin/python tools/bench/pipeline.py [--steps 8] [--users 4000] [--json out.json]
 """
@@ -91,8 +91,10 @@ def main():
     env = DistEnv.from_environ()
     env.export()
     seq_index = SeqIndex.build(load_manifest(data), index, strict=False)
-    for precision in ("fp32", "bf16"):
-        run = load_config(None, ["data.batch_size=256", f"train.precision={precision}", "train.zero_stage=1"])
+    for precision, compiled in (("fp32", False), ("bf16", False), ("bf16", True)):
+        run = load_config(None, ["data.batch_size=256", f"train.precision={precision}", "train.zero_stage=1",
+                                 f"train.compile={compiled}"])
+        label = precision + (" + compile" if compiled else "")
         torch.manual_seed(0)
         model = build_model(run.model, ItemFeatures(text, image))
         engine = initialize(model, run, env, deepspeed_config(run, 1, REPO / "ds_configs" / "zero1.json"))
@@ -107,8 +109,8 @@ def main():
             return len(batch.targets)
 
         sps = timed(step, stream, args.steps)
-        rows[f"mmm4rec stream + DeepSpeed, {precision}"] = sps
-        print(f"mmm4rec (TrainStream + DeepSpeed ZeRO-1, {precision}):        {sps:8.1f} samples/s  "
+        rows[f"mmm4rec stream + DeepSpeed, {label}"] = sps
+        print(f"mmm4rec (TrainStream + DeepSpeed ZeRO-1, {label + '):':<16} {sps:8.1f} samples/s  "
               f"-> {sps / baseline:.2f}x", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({
