@@ -62,13 +62,18 @@ def ssd_scan(
 
 def pick_form(x: torch.Tensor) -> str:
     long = x.shape[1] > QUADRATIC_MAX_LEN
-    if long and x.is_cuda and triton_available():
+    if long and triton_usable(x.device):
         return "triton"
     return "chunked" if long else "quadratic"
 
 
+def triton_usable(device: torch.device) -> bool:
+    """Whether the "triton" form can run on ``device``: CUDA, with mamba-ssm importable."""
+    return device.type == "cuda" and torch.cuda.is_available() and _mamba_ssm_importable()
+
+
 @functools.cache
-def triton_available() -> bool:
+def _mamba_ssm_importable() -> bool:
     try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # noqa: F401
     except Exception:  # ImportError, or a CUDA extension that fails to load
@@ -179,7 +184,7 @@ def _recurrence(x, delta, A, B, C):
 
 
 def _triton(x, dt, A, B, C, D, dt_bias, chunk_size, skip):
-    if not x.is_cuda or not triton_available():
+    if not triton_usable(x.device):
         raise RuntimeError("SSD form 'triton' needs CUDA tensors and an importable mamba-ssm")
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 

@@ -61,7 +61,8 @@ def load_data(cfg: RunConfig, build: bool = True) -> Data:
     else:
         store_dir = Path(cfg.data.features or default_features_dir(cfg.data.dataset, cfg.data.encoder))
     store = FeatureStore.open(store_dir)
-    store.check_compatible(cfg.data.encoder)
+    if not build:  # ensure_features has just checked it (hashing a local encoder folder is not free)
+        store.check_compatible(cfg.data.encoder)
     features = ItemFeatures(
         text=torch.from_numpy(np.array(store.text, dtype=np.float32)),
         image=None if store.image is None else torch.from_numpy(np.array(store.image, dtype=np.float32)),

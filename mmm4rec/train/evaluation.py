@@ -64,7 +64,7 @@ def evaluate(model: SequentialRecommender, batches: Iterable[dict], *, ks: list[
     """
     was_training = model.training
     model.eval()
-    sums = torch.zeros(2 * len(ks) + 2, dtype=torch.float64)
+    sums = torch.zeros(2 * len(ks) + 2, dtype=torch.float64, device=device)  # on the device: no sync per batch
     with gather_params or contextlib.nullcontext():
         tables = model.item_tables()
         items = tables.scores.float()
@@ -74,10 +74,10 @@ def evaluate(model: SequentialRecommender, batches: Iterable[dict], *, ks: list[
             user = model.encode(batch, tables).float()
             seen = (raw["seen_rows"].to(device), raw["seen_items"].to(device)) if mask_history else None
             ranks = target_ranks(user, items, batch.targets, item_chunk, seen)[valid]
-            sums[:-1] += ranking_sums(ranks, ks).cpu()
+            sums[:-1] += ranking_sums(ranks, ks)
             sums[-1] += len(ranks)
     model.train(was_training)
-    sums = all_reduce_sum(sums.to(device)).cpu()
+    sums = all_reduce_sum(sums).cpu()
     count = sums[-1].item()
     out = {name: (v / count if count else math.nan) for name, v in zip(metric_names(ks), sums[:-1].tolist())}
     out["users"] = int(count)

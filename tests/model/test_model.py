@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mmm4rec.config import ConfigError, ModelConfig, from_dict
 from mmm4rec.model import Batch, ItemFeatures, build_model, from_pretrained
 from mmm4rec.model.layers import CausalConv1d, FourierFusion, dft_bases
-from mmm4rec.model.ssd import QUADRATIC_MAX_LEN, pick_form, triton_available
+from mmm4rec.model.ssd import QUADRATIC_MAX_LEN, pick_form, triton_usable
 
 NUM_ITEMS = 50
 
@@ -183,7 +183,7 @@ def test_forms_agree_inside_the_model():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not (torch.cuda.is_available() and triton_available()), reason="needs CUDA and mamba-ssm")
+@pytest.mark.skipif(not triton_usable(torch.device("cuda")), reason="needs CUDA and mamba-ssm")
 def test_paper_config_on_gpu_triton_matches_quadratic_and_trains_in_bf16():
     L = QUADRATIC_MAX_LEN + 32  # a long window: "auto" picks Triton on CUDA
     cfg = dict(max_len=L, dropout=0.0, temperature=0.1)

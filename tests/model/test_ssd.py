@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mmm4rec.model.ssd import segsum, ssd_scan, triton_available
+from mmm4rec.model.ssd import segsum, ssd_scan, triton_usable
 
 FORMS = ["quadratic", "chunked", "recurrence"]
 
@@ -108,7 +108,7 @@ def test_triton_without_cuda_is_a_clear_error():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not (torch.cuda.is_available() and triton_available()), reason="needs CUDA and mamba-ssm")
+@pytest.mark.skipif(not triton_usable(torch.device("cuda")), reason="needs CUDA and mamba-ssm")
 # one length per skip convention: every new dtype / D-or-not combination costs a minute of Triton autotuning
 @pytest.mark.parametrize("l, skip", [(200, "reference"), (20, "mamba")])
 def test_triton_matches_quadratic_on_gpu_in_outputs_and_gradients(l, skip):

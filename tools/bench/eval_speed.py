@@ -15,7 +15,7 @@ import json
 import torch
 
 from provenance import provenance
-from timing import seconds_per_call
+from timing import default_device, seconds_per_call
 
 from mmm4rec.train.evaluation import target_ranks
 
@@ -37,7 +37,7 @@ def main():
     p.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--users", type=int, default=1024, help="users per evaluation batch")
     p.add_argument("--chunk", type=int, default=65536)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=default_device())
     p.add_argument("--json")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -65,8 +65,8 @@ def main():
     end_to_end = paper_config_end_to_end(args.users, device)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({**provenance(), "device": str(device), "dim": DIM, "ranking_only": rows, "end_to_end_paper_config": end_to_end},
-                      f, indent=2)
+            json.dump({**provenance(), "device": str(device), "dim": DIM, "ranking_only": rows,
+                       "end_to_end_paper_config": end_to_end}, f, indent=2)
 
 
 @torch.no_grad()
@@ -74,16 +74,14 @@ def paper_config_end_to_end(users: int, device: torch.device) -> dict:
     """Users/s including the model's forward pass at the paper configuration (25,986 items, 768-d features):
     the reference-style model + argsort (item vectors recomputed per batch, as the reference does) against MMM4Rec
     + chunked counting (item tables once per evaluation pass, as evaluate() does), fp32 and bf16 autocast."""
-    from model_step import ITEMS, make_batch
+    from model_step import ITEMS, make_batch, paper_features
     from reference_style import ReferenceStyleMMM4Rec
 
     from mmm4rec.config import ModelConfig
-    from mmm4rec.model import ItemFeatures, build_model
+    from mmm4rec.model import build_model
 
     gen = torch.Generator().manual_seed(1)
-    feats = ItemFeatures(torch.nn.functional.normalize(torch.randn(ITEMS + 1, 768, generator=gen), dim=-1),
-                         torch.nn.functional.normalize(torch.randn(ITEMS + 1, 768, generator=gen), dim=-1))
-    feats = ItemFeatures(feats.text.to(device), feats.image.to(device))
+    feats = paper_features(gen, device)
     batch = make_batch(users, 20, ITEMS, gen).to(device)
     cfg = ModelConfig()
     ref = ReferenceStyleMMM4Rec(cfg, feats.text, feats.image).eval().to(device)

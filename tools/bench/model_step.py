@@ -19,10 +19,10 @@ import torch
 
 from mmm4rec.config import ModelConfig, from_dict
 from mmm4rec.model import Batch, ItemFeatures, build_model
-from mmm4rec.model.ssd import triton_available
+from mmm4rec.model.ssd import triton_usable
 from provenance import provenance
 from reference_style import ReferenceStyleMMM4Rec
-from timing import seconds_per_call
+from timing import default_device, seconds_per_call
 
 ITEMS = 25_986
 
@@ -33,6 +33,13 @@ def make_batch(b: int, L: int, items: int, gen: torch.Generator) -> Batch:
     seq = torch.randint(1, items + 1, (b, L), generator=gen).masked_fill(pos >= lengths[:, None], 0)
     ts = (1_500_000_000 + torch.randint(0, 10**6, (b, L), generator=gen).cumsum(1)).masked_fill(pos >= lengths[:, None], 0)
     return Batch(seq, ts, lengths, torch.randint(1, items + 1, (b,), generator=gen), ts.max(1).values + 60)
+
+
+def paper_features(gen: torch.Generator, device: torch.device) -> ItemFeatures:
+    """Random unit-norm 768-d text and image features for ITEMS items (row 0 = padding)."""
+    text, image = (torch.nn.functional.normalize(torch.randn(ITEMS + 1, 768, generator=gen), dim=-1).to(device)
+                   for _ in range(2))
+    return ItemFeatures(text, image)
 
 
 def measure(cfg: ModelConfig, features: ItemFeatures, batch: Batch, steps: int, bf16: bool,
@@ -65,17 +72,15 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--bf16", action="store_true", help="also measure each variant under bf16 autocast")
     p.add_argument("--compile", action="store_true", help="also measure the auto form under torch.compile")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=default_device())
     p.add_argument("--length", type=int, default=20, help="window length L")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as the reference runs on GPUs
     gen = torch.Generator().manual_seed(0)
-    features = ItemFeatures(torch.nn.functional.normalize(torch.randn(ITEMS + 1, 768, generator=gen), dim=-1),
-                            torch.nn.functional.normalize(torch.randn(ITEMS + 1, 768, generator=gen), dim=-1))
-    features = ItemFeatures(features.text.to(device), features.image.to(device))
-    forms = ["quadratic", "chunked", "auto"] + (["triton"] if device.type == "cuda" and triton_available() else [])
+    features = paper_features(gen, device)
+    forms = ["quadratic", "chunked", "auto"] + (["triton"] if triton_usable(device) else [])
     precisions = [False, True] if args.bf16 else [False]
     variants = [("reference-style", {}, [False])]
     variants += [(f"mmm4rec/{f}", {"ssd": {"form": f}}, precisions) for f in forms]

@@ -13,9 +13,9 @@ import json
 
 import torch
 
-from mmm4rec.model.ssd import pick_form, ssd_scan, triton_available
+from mmm4rec.model.ssd import pick_form, ssd_scan, triton_usable
 from provenance import provenance
-from timing import seconds_per_call
+from timing import default_device, seconds_per_call
 
 H, P, G, S = 8, 64, 8, 64
 
@@ -43,12 +43,12 @@ def main():
     p.add_argument("--lengths", type=int, nargs="+", default=[20, 50, 200])
     p.add_argument("--batch", type=int, default=None, help="default: 1024 on CUDA, 64 on CPU")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=default_device())
     p.add_argument("--json")
     args = p.parse_args()
     device = torch.device(args.device)
     b = args.batch or (1024 if device.type == "cuda" else 64)
-    forms = ["quadratic", "chunked", "recurrence"] + (["triton"] if device.type == "cuda" and triton_available() else [])
+    forms = ["quadratic", "chunked", "recurrence"] + (["triton"] if triton_usable(device) else [])
     rows = []
     print(f"SSD forward + backward, ms, batch {b}, H={H} P={P} G={G} S={S}, {device}")
     print(f"{'L':>5} {'dtype':<9}" + "".join(f"{f:>12}" for f in forms) + f"{'auto picks':>13}")

@@ -1,10 +1,15 @@
-"""Wall-clock timing of a callable after warm-up, synchronising CUDA so the GPU's queued work is counted."""
+"""What the benchmarks share: the device they default to, and wall-clock timing of a callable after warm-up that
+synchronises CUDA so the GPU's queued work is counted."""
 from __future__ import annotations
 
 import time
 from typing import Callable
 
 import torch
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def synchronize(device: torch.device) -> None:
