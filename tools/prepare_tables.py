@@ -1,10 +1,10 @@
 """Your own data (an interaction table and an item table, or RecBole atomic files) -> dataset folder.
 
-  python tools/prepare_tables.py --interactions raw/ratings.csv --items raw/movies.csv --out data/my-movies \
+  python tools/prepare_tables.py --interactions raw/ratings.csv --items raw/movies.csv --out data/my-movies \\
       --user-col userId --item-col movieId --text-fields title genres --list-fields "genres=|"
-  python tools/prepare_tables.py --recbole raw/ml-100k/ml-100k --out data/ml-100k \
+  python tools/prepare_tables.py --recbole raw/ml-100k/ml-100k --out data/ml-100k \\
       --text-fields Title=movie_title Year=release_year Genres=class
-  python tools/prepare_tables.py --interactions raw/events.parquet --items raw/items.jsonl --out data/shop \
+  python tools/prepare_tables.py --interactions raw/events.parquet --items raw/items.jsonl --out data/shop \\
       --domain-col shop --text-fields title brand description --image-col image --images raw/images --download-images
 
 Tables: .csv .tsv .jsonl .parquet (needs pyarrow) and RecBole .inter/.item, optionally .gz (not Parquet).
@@ -52,8 +52,8 @@ if __name__ == "__main__":
     args = p.parse_args()
     if bool(args.interactions) != bool(args.items):
         p.error("--items goes with --interactions (RecBole: NAME.item is read with --recbole)")
-    if args.download_images and not args.images:
-        p.error("--download-images needs --images DIR")
+    if args.download_images and not (args.images and args.image_col):
+        p.error("--download-images needs --image-col (the URLs) and --images DIR (where they go)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = {"user": args.user_col, "item": args.item_col, "time": args.time_col, "domain": args.domain_col,
                  "image": args.image_col}

@@ -14,8 +14,8 @@ sequences (ML-100K's titles) as well as lists (its genres), so the type alone ca
   (the MovieLens style; list values joined by ", ", empty values left out) and optionally an image: a path
   (relative to the table's folder, or absolute) or a URL. A URL is recorded in the item's json (``image_url``);
   its bytes come from a folder of downloaded images ``<id>.jpg|jpeg|png|webp`` (tools/download_images.py's
-  naming, and its downloader when asked). An items table with the domain column describes items per domain;
-  without it, each row serves every domain.
+  naming, and its downloader when asked). An items table with the domain column (JSON lines: in its first
+  record) describes items per domain; without it, each row serves every domain.
 
 Then the shared rules (``interactions.build_sequences``): exact duplicate rows dropped, k-core to a fixed point,
 events ordered by (timestamp, item key). Structural problems (an unreadable file, a missing column, no usable
@@ -276,9 +276,12 @@ def _json_value(value: Any) -> Any:
 
 def _id(row: Mapping[str, Any], column: str) -> str:
     value = row.get(column)
-    if isinstance(value, (list, tuple, dict)):
+    if type(value) is str:  # every cell of a text table: the per-row cost of the conversion
+        text = value.strip()
+    elif isinstance(value, (list, tuple, dict)):
         raise InvalidRecord("bad_record", f"{column} holds a {type(value).__name__}, not an id")
-    text = _scalar(value)
+    else:
+        text = _scalar(value)
     if not text:
         raise InvalidRecord("bad_record", f"no {column}")
     return text
