@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -58,6 +59,12 @@ class ModelConfig:
     learnable_filter: bool = True  # CL_c ("w/o LF" when off)
     adaptive_filter: bool = True  # CL_a / CL_b ("w/o AF" when off)
     missing_image: Literal["blank", "learned"] = "blank"
+    # The time paths' Linear layers: N(0, time_init_std) like every Linear (the reference's default) or PyTorch's
+    # Kaiming-uniform default (the reference's switch); see docs/model.md.
+    time_init: Literal["normal", "kaiming"] = "normal"
+    time_init_std: float = 0.02
+    # The shared TiSSD on both streams in one call stacked on the batch ("auto": on CUDA, two passes on CPU).
+    stack_streams: Literal["auto", "on", "off"] = "auto"
     n_heads_sasrec: int = 2  # SASRec baseline only
     ssd: SSDConfig = field(default_factory=SSDConfig)
     compat: CompatConfig = field(default_factory=CompatConfig)
@@ -88,6 +95,10 @@ class ModelConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.temperature <= 0:
             raise ConfigError("model.temperature must be > 0")
+        if not self.time_init_std > 0:
+            raise ConfigError(f"model.time_init_std must be > 0, got {self.time_init_std}")
+        if self.ssd.chunk_size < 1:
+            raise ConfigError(f"model.ssd.chunk_size must be >= 1, got {self.ssd.chunk_size}")
 
 
 # ------------------------------------------------------------------------------------------------------------ data
@@ -113,6 +124,12 @@ class DataConfig:
     shuffle_buffer: int = 4096
     seed: int = 0
     strict: bool = False  # bad records: error (True) or counted skip reported in the summary (False)
+    # Frozen features in memory: "auto" = bfloat16 when the step runs in bf16, else float32.
+    feature_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # Share of the training users whose samples train (few-shot fine-tuning); evaluation always uses all users.
+    train_users: float = 1.0
+    # Pre-training: share of users held out of training, whose validation targets give the validation signal.
+    holdout_users: float = 0.0
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
 
@@ -123,22 +140,42 @@ class TrainConfig:
     optimizer: Literal["nadam", "adamw"] = "nadam"
     lr: float = 1e-4
     weight_decay: float = 0.005
+    time_weight_decay: bool = True  # false: no weight decay on the time paths (see docs/model.md)
+    schedule: Literal["constant", "cosine", "linear"] = "constant"  # after warmup_steps of linear warm-up
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # where cosine / linear decay ends, as a share of lr
     grad_accum: int = 1
-    grad_clip: float = 0.0  # 0 = off
+    grad_clip: float = 0.0  # 0 = off (clipping makes DeepSpeed read the gradient norm on the host every step)
     epochs: int = 100
     max_steps: int = 0  # 0 = no limit
     patience: int = 10  # epochs without improvement of eval.metric
     zero_stage: int = 1
     offload_optimizer: bool = False
-    precision: Literal["fp32", "bf16"] = "fp32"
-    compile: bool = False  # torch.compile the training forward inside the DeepSpeed engine (evaluation stays eager)
-    gather_negatives: bool = False  # pre-training: in-batch negatives from all ranks
+    # "auto": bf16 on CUDA and on CPUs with native bf16 (AVX-512-BF16 / AMX), fp32 elsewhere (emulated bf16 is
+    # ~25x slower than fp32 on AVX2-only CPUs).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # torch.compile the training step's forward + loss (and, through AOTAutograd, its backward) inside the
+    # DeepSpeed engine; evaluation stays eager. "reduce-overhead" adds CUDA graphs.
+    compile: bool = False
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs", "reduce-overhead"] = "default"
+    # The loss (mmm4rec/losses): "auto" = in_batch for pretrain, full for finetune.
+    loss: Literal["auto", "full", "in_batch", "sampled"] = "auto"
+    negatives: int = 1024  # sampled: items drawn per step besides the batch's targets
+    sampler: Literal["uniform", "popularity"] = "popularity"  # sampled: how negatives are drawn
+    logq: bool = True  # sampled: subtract log of each candidate's sampling probability (Yi et al., 2019)
+    ce_chunk: int = 32768  # full: candidates per chunk of the fused cross-entropy (bounds its memory)
+    item_parallel: bool = False  # full: each rank holds 1/W of the items' features and scores them
+    gather_negatives: bool = False  # in_batch: negatives from all ranks' targets
     checkpoint_every: int = 0  # steps; 0 = only at epoch end
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 42
     init_from: str = ""  # pre-trained run directory or export to transfer from
     deepspeed_config: str = ""  # JSON under ds_configs/ (default: zero<stage>.json)
+    # Re-running a run directory resumes it only with the same config and dataset ("auto"); "force" resumes
+    # after a deliberate change (e.g. of lr), keeping the run's history.
+    resume: Literal["auto", "force"] = "auto"
+    collective_timeout_s: float = 300.0  # a rank that waits this long in a collective ends the job
 
 
 @dataclass
@@ -148,6 +185,7 @@ class EvalConfig:
     mask_history: bool = False
     batch_size: int = 256  # on CPU, larger batches are slower per user (activation-sized allocations)
     item_chunk: int = 65536
+    every_steps: int = 0  # also validate every N optimizer steps (0: at epoch ends only)
 
 
 @dataclass
@@ -161,13 +199,56 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         self.model.validate()
-        if self.train.grad_accum < 1 or self.data.batch_size < 1:
-            raise ConfigError("train.grad_accum and data.batch_size must be >= 1")
-        if self.train.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"train.zero_stage must be 0, 1, 2 or 3, got {self.train.zero_stage}")
-        if self.eval.metric.split("@")[0] not in ("hit", "ndcg", "mrr"):
-            raise ConfigError(f"eval.metric must look like ndcg@10, hit@20 or mrr, got {self.eval.metric!r}")
+        t, d, e = self.train, self.data, self.eval
+        at_least = {"train.grad_accum": (t.grad_accum, 1), "data.batch_size": (d.batch_size, 1),
+                    "train.epochs": (t.epochs, 1), "train.max_steps": (t.max_steps, 0),
+                    "train.patience": (t.patience, 1), "train.log_every": (t.log_every, 1),
+                    "train.checkpoint_every": (t.checkpoint_every, 0), "train.keep_checkpoints": (t.keep_checkpoints, 1),
+                    "train.warmup_steps": (t.warmup_steps, 0), "train.negatives": (t.negatives, 1),
+                    "train.ce_chunk": (t.ce_chunk, 1), "data.num_workers": (d.num_workers, 0),
+                    "data.partitions": (d.partitions, 0), "data.shuffle_buffer": (d.shuffle_buffer, 1),
+                    "eval.batch_size": (e.batch_size, 1), "eval.item_chunk": (e.item_chunk, 1),
+                    "eval.every_steps": (e.every_steps, 0)}
+        for key, (value, low) in at_least.items():
+            if value < low:
+                raise ConfigError(f"{key} must be >= {low}, got {value}")
+        for key, value in {"train.lr": t.lr, "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
+                           "train.collective_timeout_s": t.collective_timeout_s}.items():
+            if not (math.isfinite(value) and value >= 0) or (key in ("train.lr", "train.collective_timeout_s")
+                                                              and value == 0):
+                raise ConfigError(f"{key} must be a finite number {'> 0' if key.endswith(('lr', '_s')) else '>= 0'}, "
+                                  f"got {value}")
+        if not 0 <= t.min_lr_ratio <= 1:
+            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
+        if not 0 < d.train_users <= 1:
+            raise ConfigError(f"data.train_users must be in (0, 1], got {d.train_users}")
+        if not 0 <= d.holdout_users < 1:
+            raise ConfigError(f"data.holdout_users must be in [0, 1), got {d.holdout_users}")
+        if t.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"train.zero_stage must be 0, 1, 2 or 3, got {t.zero_stage}")
+        if t.item_parallel and self.loss_name != "full":
+            raise ConfigError(f"train.item_parallel=true needs train.loss=full, got {self.loss_name}")
+        if t.gather_negatives and self.loss_name != "in_batch":
+            raise ConfigError(f"train.gather_negatives=true applies to train.loss=in_batch, got {self.loss_name}")
+        if not e.ks or any(type(k) is not int or k < 1 for k in e.ks):
+            raise ConfigError(f"eval.ks must be a non-empty list of positive integers, got {e.ks}")
+        kind, _, k = e.metric.partition("@")
+        if kind not in ("hit", "ndcg", "mrr") or (kind == "mrr") != (not k):
+            raise ConfigError(f"eval.metric must look like ndcg@10, hit@20 or mrr, got {e.metric!r}")
+        if k and (not k.isdigit() or int(k) not in e.ks):
+            raise ConfigError(f"eval.metric={e.metric!r} needs {k} in eval.ks (now {e.ks})")
         return self
+
+    @property
+    def loss_name(self) -> str:
+        """train.loss with "auto" resolved: in-batch softmax for pre-training, full softmax for fine-tuning."""
+        if self.train.loss != "auto":
+            return self.train.loss
+        return "in_batch" if self.train.task == "pretrain" else "full"
+
+    def global_batch(self, world_size: int) -> int:
+        """Samples per optimizer step: micro-batch × accumulation × world size."""
+        return self.data.batch_size * self.train.grad_accum * world_size
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -7,15 +7,23 @@ is made, so everything downstream (DeepSpeed, data sharding, logging) sees the s
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import logging
 import os
+import signal
 import socket
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
+T = TypeVar("T")
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -123,8 +131,10 @@ def _slurm_master_addr(env) -> str:
     return first
 
 
-def init(timeout_s: float = 600.0) -> DistEnv:
-    """Normalise the environment and start the default process group (gloo on CPU, nccl on GPU) if N > 1."""
+def init(timeout_s: float = 300.0) -> DistEnv:
+    """Normalise the environment and start the default process group (gloo on CPU, nccl on GPU) if N > 1.
+    ``timeout_s`` bounds every collective on that group; the Watchdog covers the groups DeepSpeed makes."""
+    _refuse_silent_single_process()
     env = DistEnv.from_environ()
     env.export()
     if env.device.type == "cuda":
@@ -134,20 +144,233 @@ def init(timeout_s: float = 600.0) -> DistEnv:
     return env
 
 
-def barrier() -> None:
+def _refuse_silent_single_process() -> None:
+    """``accelerate launch --num_processes N`` without --use_deepspeed (or --multi_gpu) on a CPU machine starts ONE
+    plain process (its "simple launcher": it sets ACCELERATE_USE_CPU and, for N > 1, MASTER_ADDR, but no ranks).
+    Training alone when N were asked for is an error."""
+    env = os.environ
+    if "ACCELERATE_USE_CPU" in env and "MASTER_ADDR" in env and "WORLD_SIZE" not in env:
+        raise RuntimeError("accelerate launch started a single process although several were asked for (on CPU its "
+                           "multi-process mode is mpirun); use `accelerate launch --use_deepspeed --num_processes N "
+                           "…` or torchrun --nproc_per_node N")
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and return its result on every rank; its exception is raised on every rank (as a
+    ConfigError with rank 0's message on the others), so no rank waits forever in the next collective."""
+    result, error = None, None
+    if rank() == 0:
+        try:
+            result = fn()
+        except Exception as e:  # re-raised below, after every rank has heard of it
+            error = e
+    if not _active():
+        if error is not None:
+            raise error
+        return result
+    box = [(result, None if error is None else f"{type(error).__name__}: {error}")]
+    dist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    value, failure = box[0]
+    if failure is not None:
+        from .config import ConfigError
+
+        raise ConfigError(f"rank 0: {failure}")
+    return value
+
+
+def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class Watchdog:
+    """Ends the job when this rank makes no progress for ``timeout_s`` — a peer stopped (SIGSTOP, a hung node)
+    or dead, so a collective can never finish. torch's own timeout covers the default process group only; the
+    groups DeepSpeed creates get torch's 30-minute default, and NCCL may block the host thread outright.
+
+    The main thread calls ``beat()`` as it makes progress (every micro-step, every evaluation batch). A thread
+    writes ``<folder>/rank-<r>`` every few seconds with the time and the last beat; a rank that cannot write
+    (stopped, dead) goes stale. On a timeout the watchdog names the stale peers in its error, stops those on its
+    own host (they belong to this job and can never resume), and exits with status 3 so the launcher ends the job.
+    """
+
+    def __init__(self, folder: Path, env: DistEnv, timeout_s: float):
+        self.folder, self.env, self.timeout = Path(folder), env, timeout_s
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.last = time.monotonic()
+        self.paused = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mmm4rec-watchdog", daemon=True)
+        self._thread.start()
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+    @contextlib.contextmanager
+    def pause(self):
+        """For long single operations without collectives on DeepSpeed's groups (writing a checkpoint)."""
+        self.paused += 1
+        try:
+            yield
+        finally:
+            self.paused -= 1
+            self.beat()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _file(self, r: int) -> Path:
+        return self.folder / f"rank-{r}"
+
+    def _run(self) -> None:
+        period = max(0.5, min(5.0, self.timeout / 6))
+        while not self._stop.wait(period):
+            idle = time.monotonic() - self.last
+            try:
+                self._file(self.env.rank).write_text(f"{time.time():.3f} {socket.gethostname()} {os.getpid()}\n")
+            except OSError:
+                pass
+            if not self.paused and idle > self.timeout:
+                self._fire(idle)
+
+    def _fire(self, idle: float) -> None:
+        stale, now, host = [], time.time(), socket.gethostname()
+        for r in range(self.env.world_size):
+            if r == self.env.rank:
+                continue
+            try:
+                stamp, peer_host, pid = self._file(r).read_text().split()
+            except (OSError, ValueError):
+                stale.append(f"rank {r} (no heartbeat)")
+                continue
+            if now - float(stamp) > self.timeout / 2:
+                stale.append(f"rank {r} on {peer_host} pid {pid} (silent for {now - float(stamp):.0f} s)")
+                if peer_host == host:
+                    with contextlib.suppress(OSError):
+                        os.kill(int(pid), signal.SIGKILL)
+        who = ", ".join(stale) or "no peer looks stopped: a collective or the file system is stuck"
+        logging.getLogger(__name__).error(
+            "rank %d made no progress for %.0f s (train.collective_timeout_s=%g): %s; ending the job",
+            self.env.rank, idle, self.timeout, who)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(3)
+
+
+def barrier() -> None:
+    if _active():
         dist.barrier()
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+_watchdog: "Watchdog | None" = None
+
+
+def start_watchdog(folder: Path, env: DistEnv, timeout_s: float) -> None:
+    """Arm the job's Watchdog (N > 1 only): from now on the main thread must ``beat()`` at least every timeout."""
+    global _watchdog
+    if env.distributed and _watchdog is None:
+        _watchdog = Watchdog(folder, env, timeout_s)
+
+
+def stop_watchdog() -> None:
+    global _watchdog
+    if _watchdog is not None:
+        _watchdog.close()
+        _watchdog = None
+
+
+def beat() -> None:
+    """Progress was made (a micro-step, an evaluation batch)."""
+    if _watchdog is not None:
+        _watchdog.beat()
+
+
+def quiet_period():
+    """A long operation that beats nowhere but whose collectives are on the default group (which has its own
+    timeout): writing a checkpoint."""
+    return _watchdog.pause() if _watchdog is not None else contextlib.nullcontext()
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if _active() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if _active() else 0
+
+
+_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+
+
+def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In place over all ranks (a no-op in one process); returns ``t``."""
+    if _active():
+        dist.all_reduce(t, op=_OPS[op])
     return t
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    return all_reduce(t, "sum")
+
+
+def all_gather(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``t`` (equal shapes) concatenated along dim 0, rank order; no gradient."""
+    if not _active():
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def all_gather_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """As all_gather, differentiable: the gradient of each rank's slice, summed over ranks, flows back to it."""
+    if not _active():
+        return t
+    from torch.distributed.nn.functional import all_gather as gather_autograd
+
+    return torch.cat(gather_autograd(t.contiguous()))
 
 
 def gather_candidates(cand: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All ranks' candidate vectors (equal counts per rank), differentiable for this rank's own, and the offset of
     this rank's rows: in-batch negatives from the whole global batch."""
-    from torch.distributed.nn.functional import all_gather
+    return all_gather_with_grad(cand), rank() * len(cand)
 
-    return torch.cat(all_gather(cand)), dist.get_rank() * len(cand)
+
+def all_gather_pairs(pairs: tuple[torch.Tensor, torch.Tensor], rows_per_rank: int) -> tuple[torch.Tensor, ...]:
+    """(row, item) pairs of every rank, rows renumbered into the rank-ordered concatenation of all ranks'
+    ``rows_per_rank`` rows. Counts differ between ranks, so they are exchanged first (evaluation only)."""
+    rows, items = pairs
+    if not _active():
+        return rows, items
+    counts = all_gather(torch.tensor([len(rows)], device=rows.device)).tolist()
+    width = max(counts)
+    pad = lambda t: torch.cat([t, t.new_zeros(width - len(t))])  # noqa: E731
+    all_rows, all_items = all_gather(pad(rows)), all_gather(pad(items))
+    keep = torch.cat([torch.arange(width, device=rows.device) < c for c in counts])
+    offsets = torch.arange(len(counts), device=rows.device).repeat_interleave(width) * rows_per_rank
+    return (all_rows + offsets)[keep], all_items[keep]
+
+
+def exchange_rows(values: torch.Tensor, offset: int, ids: torch.Tensor) -> torch.Tensor:
+    """Rows of any ``ids`` of a table whose rows are split over ranks (this rank holds rows offset … offset +
+    len(values) - 1). Every rank asks for the same number of ids; each answers the rows it holds for everybody's
+    ids (zeros elsewhere) and one all-reduce sums the answers. No gradient: the tables are frozen."""
+    if not _active():
+        return values[ids - offset]
+    everyone = all_gather(ids)
+    local = everyone - offset
+    held = (local >= 0) & (local < len(values))
+    rows = values[local.clamp(0, len(values) - 1)]
+    wire = torch.float32 if rows.dtype in (torch.bfloat16, torch.float16, torch.bool) else rows.dtype  # gloo sums
+    rows = torch.where(held.view(-1, *[1] * (rows.dim() - 1)), rows.to(wire), 0)
+    total = all_reduce(rows, "sum")
+    mine = total[rank() * len(ids) : (rank() + 1) * len(ids)]
+    return mine.bool() if values.dtype == torch.bool else mine.to(values.dtype)

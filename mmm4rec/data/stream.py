@@ -8,8 +8,8 @@ How an epoch is laid out (all of it a function of the seed and the epoch, never 
     global step k = chunk k of every partition                      (G = micro-batch × accumulation × world)
 
 Rank r owns the partitions p ≡ r (mod W) and its DataLoader workers share them out, so every rank reads only its
-shards' users, every sample of the epoch is used exactly once (the few samples that fill the last step are
-repeats, counted and reported), every rank yields the same number of micro-batches, and the set of samples in
+shards' users, every sample of the epoch is used exactly once (the few rows that fill the last step repeat
+samples with loss weight 0, so shapes stay static), every rank yields the same number of micro-batches, and the set of samples in
 global step k is the same on 1 or N processes: same global batch ⇒ same training curve up to reduction order.
 The stream's position is (epoch, step); restoring it replays the partitions up to that step without the model.
 
@@ -187,6 +187,10 @@ class EpochPlan:
         h = Histories.build(list(ids), list(tss), list(users))
         return expand(h, self.split, self.max_len, np.asarray(skips), np.asarray(limits)), h
 
+    def real_samples(self, p: int, step: int) -> int:
+        """How many of partition p's chunk at ``step`` are real samples (the rest fill the step)."""
+        return min(self.chunk, max(0, self.partition_size(p) - step * self.chunk))
+
     def chunks(self, p: int, start_step: int = 0) -> Iterator[Samples]:
         """Exactly ``steps`` chunks of ``chunk`` samples from step ``start_step`` on (earlier ones are replayed and
         dropped). Training order is block-shuffled; the final chunk(s) are topped up with repeats of the
@@ -311,7 +315,7 @@ class TrainStream:
         plan = self.plan()
         return (f"{plan.total:,} {self.split} samples per epoch in {plan.steps} steps of {self.global_batch} "
                 f"(global batch), {self.partitions} partitions of {plan.chunk} per step, "
-                f"{plan.steps * self.global_batch - plan.total} repeats fill the last step")
+                f"{plan.steps * self.global_batch - plan.total} rows of weight 0 fill the last step")
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -347,6 +351,7 @@ class TrainStream:
                 continue
             del pending[step]
             merged = {k: torch.cat([got[q][k] for q in self.owned]) for k in chunk}
+            merged["weight"] = self._weights(plan, step)
             starts = range(0, len(merged["targets"]), self.micro_batch)
             for i in starts:
                 if i == starts[-1]:  # the position moves on as the step's last micro-batch goes out, so a
@@ -354,6 +359,15 @@ class TrainStream:
                     if self.step == plan.steps:
                         self.epoch, self.step = self.epoch + 1, 0
                 yield {k: v[i : i + self.micro_batch] for k, v in merged.items()}
+
+
+    def _weights(self, plan: EpochPlan, step: int) -> torch.Tensor:
+        """Per-sample loss weights of this rank's rows of ``step``: 0 for the rows that fill it, and for real
+        samples 1/n of the step's n real samples times (world × accumulation), so that the micro-batch losses
+        DeepSpeed averages over accumulation and ranks give the mean over the step's real samples."""
+        real = sum(plan.real_samples(q, step) for q in range(self.partitions))
+        mask = np.concatenate([np.arange(plan.chunk) < plan.real_samples(q, step) for q in self.owned])
+        return torch.from_numpy(mask * np.float32(self.global_batch / self.micro_batch / real))
 
 
 class EvalStream:

@@ -14,6 +14,14 @@ from ..config import ModelConfig
 from .ssd import ssd_scan
 
 
+# Parameters that act only on the time signal: MMM4Rec's time paths, their gates and norms, the Fourier filters.
+TIME_PATH_PARTS = ("time_path.", "gate.", "fourier.", "time_norm.")
+
+
+def is_time_path(name: str) -> bool:
+    return any(part in name for part in TIME_PATH_PARTS)
+
+
 class Dropout(nn.Dropout):
     """nn.Dropout whose mask comes from torch.rand_like: on CPU that is ~2.5× faster (forward + backward) than the
     bernoulli_ kernel F.dropout uses, and the model calls dropout ~20 times per step."""

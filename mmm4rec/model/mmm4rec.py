@@ -16,8 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
-from .layers import CrossSSD, Dropout, FeedForward, FourierFusion, TiSSD
-from .recommender import Batch, ItemFeatures, ItemTables, SequentialRecommender
+from .items import FrozenTable, ItemFeatures
+from .layers import CrossSSD, Dropout, FeedForward, FourierFusion, TiSSD, is_time_path
+from .recommender import Batch, ItemTables, SequentialRecommender
 
 
 class MMM4RecLayer(nn.Module):
@@ -32,15 +33,25 @@ class MMM4RecLayer(nn.Module):
         self.fourier = FourierFusion(cfg) if cfg.time else None
         self.cross = CrossSSD(cfg)
         self.dropout = Dropout(cfg.dropout)
+        self.stack = cfg.stack_streams
 
     @property
     def image_tissd(self) -> TiSSD:
         return self.tissd if self.tissd_image is None else self.tissd_image
 
+    def _shared_tissd(self, x_t, x_v, d_t, d_v):
+        """The shared TiSSD on both streams. On CUDA as ONE call on the streams stacked along the batch (half the
+        kernel launches); on CPU as two passes, which measured faster there (the stacked tensors cross glibc's
+        mmap threshold and every temporary becomes a page-faulting allocation)."""
+        stack = self.stack == "on" or (self.stack == "auto" and x_t.device.type == "cuda")
+        if self.tissd_image is not None or not stack:
+            return self.tissd(x_t, d_t), self.image_tissd(x_v, d_v)
+        h, d = self.tissd(torch.cat([x_t, x_v]), None if d_t is None else torch.cat([d_t, d_v]))
+        h_t, h_v = h.chunk(2)
+        return (h_t, None if d is None else d.chunk(2)[0]), (h_v, None if d is None else d.chunk(2)[1])
+
     def forward(self, x_t, x_v, d_t, d_v):
-        # Stacking both streams into one TiSSD call when shared was measured slower on CPU (tensors over
-        # glibc's 32 MB mmap threshold), so the two passes stay separate.
-        (h_t, d_t), (h_v, d_v) = self.tissd(x_t, d_t), self.image_tissd(x_v, d_v)
+        (h_t, d_t), (h_v, d_v) = self._shared_tissd(x_t, x_v, d_t, d_v)
         p_t = self.ffn_text(self.norm_text(self.dropout(h_t) + x_t))
         h_v = self.norm_image(self.dropout(h_v) + x_v)
         d_co = None if self.fourier is None else self.fourier(d_v, d_t)
@@ -57,17 +68,18 @@ class MMM4Rec(SequentialRecommender):
         N, I = cfg.d_model, features.num_items
         self.has_images = features.image is not None
         # Text-only data: the image stream reads the text features through its own adapter; scores use text only.
-        self.register_buffer("text_features", features.text.float(), persistent=False)
-        self.register_buffer("image_features", (features.image if self.has_images else features.text).float(),
-                             persistent=False)
-        self.text_adapter = nn.Linear(self.text_features.shape[1], N)
-        self.image_adapter = nn.Linear(self.image_features.shape[1], N)
+        # The features keep their dtype (fp32, or bf16 to match a bf16 step; see data.feature_dtype).
+        self.text = FrozenTable(features.text, features.offset, features.sharded)
+        self.image = FrozenTable(features.image if self.has_images else features.text, features.offset,
+                                 features.sharded)
+        self.text_adapter = nn.Linear(features.text.shape[1], N)
+        self.image_adapter = nn.Linear(self.image.values.shape[1], N)
         if cfg.id_bias:
             self.text_id_bias = nn.Parameter(torch.zeros(I + 1, N))
             self.image_id_bias = nn.Parameter(torch.zeros(I + 1, N))
         self.missing_image = None
         if self.has_images and cfg.missing_image == "learned":
-            self.register_buffer("image_missing", features.image_missing.bool(), persistent=False)
+            self.image_missing = FrozenTable(features.image_missing.bool(), features.offset, features.sharded)
             self.missing_image = nn.Parameter(torch.zeros(N))
         self.norm_text = nn.LayerNorm(N, eps=cfg.norm_eps)
         self.norm_image = nn.LayerNorm(N, eps=cfg.norm_eps)
@@ -75,35 +87,37 @@ class MMM4Rec(SequentialRecommender):
         self.dropout = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(MMM4RecLayer(cfg) for _ in range(cfg.n_layers))
         self.apply(_init_weights)
+        init_time_paths(self, cfg)
 
     def extra_config(self) -> dict:
-        return {"num_items": self.num_items, "text_dim": self.text_features.shape[1],
-                "image_dim": self.image_features.shape[1] if self.has_images else None}
+        return {"num_items": self.num_items, "text_dim": self.text_adapter.in_features,
+                "image_dim": self.image_adapter.in_features if self.has_images else None}
 
     # ------------------------------------------------------------------ items
     def item_tables(self, ids: Optional[torch.Tensor] = None) -> ItemTables:
-        t = self._adapt(self.text_features, self.text_adapter, getattr(self, "text_id_bias", None), ids)
-        v = self._adapt(self.image_features, self.image_adapter, getattr(self, "image_id_bias", None), ids)
+        t = self._adapt(self.text, self.text_adapter, getattr(self, "text_id_bias", None), ids)
+        v = self._adapt(self.image, self.image_adapter, getattr(self, "image_id_bias", None), ids)
         if self.missing_image is not None:
-            missing = self.image_missing if ids is None else self.image_missing[ids]
+            missing = self.image_missing.held() if ids is None else self.image_missing.rows(ids)
             v = torch.where(missing[:, None], self.missing_image.to(v.dtype), v)
         scores = F.normalize(t, dim=-1)
         if self.has_images:
             scores = scores + F.normalize(v, dim=-1)
-        return ItemTables(rows=ids, inputs=(t, v), scores=scores / self.cfg.temperature)
+        return ItemTables((t, v), scores / self.cfg.temperature, None if ids is not None else self.first_id)
 
-    @staticmethod
-    def _adapt(features, adapter, id_bias, ids):
-        x = adapter(features if ids is None else features[ids])
+    def _adapt(self, table: FrozenTable, adapter: nn.Linear, id_bias, ids):
+        rows = table.held() if ids is None else table.rows(ids)
+        if not torch.is_autocast_enabled(rows.device.type):  # bf16 features in an fp32 step (autocast casts itself)
+            rows = rows.to(adapter.weight.dtype)
+        x = adapter(rows)
         if id_bias is not None:
-            x = x + (id_bias if ids is None else id_bias[ids])
+            x = x + (id_bias[self.first_id : self.first_id + len(rows)] if ids is None else id_bias[ids])
         return x
 
     # ------------------------------------------------------------------ sequences
-    def encode(self, batch: Batch, tables: ItemTables) -> torch.Tensor:
-        pos = tables.lookup(batch.items)
-        x_t = self.norm_text(self.dropout(tables.inputs[0][pos]))
-        x_v = self.norm_image(self.dropout(tables.inputs[1][pos]))
+    def encode(self, batch: Batch, history: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        x_t = self.norm_text(self.dropout(history[0]))
+        x_v = self.norm_image(self.dropout(history[1]))
         d_t = d_v = None
         if self.time_norm is not None:
             gaps = self.time_gaps(batch)
@@ -138,3 +152,19 @@ def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def init_time_paths(model: nn.Module, cfg: ModelConfig) -> None:
+    """model.time_init: the time paths' Linear layers (position mixes, gates, Fourier filters) drawn from
+    N(0, model.time_init_std) like every other Linear ("normal", the reference's default), or kept at PyTorch's
+    Kaiming-uniform default ("kaiming", the reference's switch). At std 0.02 the Tanhshrink after the mix
+    (≈ x³/3 near 0) passes almost nothing, which is why a larger std is offered too."""
+    if cfg.time_init == "normal" and cfg.time_init_std == 0.02:
+        return  # _init_weights already drew them so (no extra draws: the same init as without this option)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and is_time_path(name + "."):
+            if cfg.time_init == "kaiming":
+                module.reset_parameters()
+            else:
+                nn.init.normal_(module.weight, std=cfg.time_init_std)
+                nn.init.zeros_(module.bias)

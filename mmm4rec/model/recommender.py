@@ -1,11 +1,9 @@
-"""What every sequential recommender here shares: batches, item tables, scores, the two losses, save/load.
+"""What every sequential recommender here shares: batches, item tables, user vectors, save/load.
 
-A model turns item ids into *tables* (one row per requested item: the inputs its sequence encoder reads, and the
-vectors candidates are scored with) and a batch of histories into user vectors. Both losses and evaluation are
-written once on top of that:
-- full-item softmax CE over items 1..I (fine-tuning; padding id 0 is never a candidate),
-- in-batch softmax CE whose candidates are the batch's targets (pre-training; optionally all ranks' targets).
-Items are adapted once per step for all the rows the step needs, never once per sample (DESIGN.md).
+A model turns item ids into *tables* — per requested item, the inputs its sequence encoder reads and the vector
+candidates are scored with — and a batch of histories (read from those tables) into user vectors. Losses
+(mmm4rec/losses) and evaluation are written once on top of these two calls; they decide which items a step adapts:
+all of them once per step for the full softmax, only the batch's rows for in-batch and sampled softmax.
 """
 from __future__ import annotations
 
@@ -13,14 +11,14 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..config import ConfigError, ModelConfig, from_dict
+from .items import ItemFeatures
 
 # Parameters that belong to one item catalogue: dropped when transferring to another domain.
 DOMAIN_SPECIFIC = ("text_id_bias", "image_id_bias")
@@ -35,43 +33,26 @@ class Batch:
     lengths: torch.Tensor  # (b,) 1..L
     targets: torch.Tensor  # (b,) item ids ≥ 1
     target_ts: torch.Tensor  # (b,) the target's timestamp (used only under compat.target_timestamp)
+    # (b,) float: this sample's share of the global step's loss (0 for the rows that fill a step); None = mean
+    weight: Optional[torch.Tensor] = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "Batch":
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
     def to(self, device) -> "Batch":
-        return Batch(**{k: v.to(device, non_blocking=True) for k, v in dataclasses.asdict(self).items()})
-
-
-@dataclass
-class ItemFeatures:
-    """Frozen per-item content features, row 0 = padding (zeros)."""
-
-    text: torch.Tensor  # (I+1, Dt)
-    image: Optional[torch.Tensor] = None  # (I+1, Dv); None for text-only data
-    image_missing: Optional[torch.Tensor] = None  # (I+1,) bool
-
-    @property
-    def num_items(self) -> int:
-        return self.text.shape[0] - 1
-
-    @classmethod
-    def placeholder(cls, num_items: int, text_dim: int, image_dim: int | None) -> "ItemFeatures":
-        image = None if image_dim is None else torch.zeros(num_items + 1, image_dim)
-        return cls(torch.zeros(num_items + 1, text_dim), image,
-                   None if image is None else torch.zeros(num_items + 1, dtype=torch.bool))
+        return Batch(**{k: None if v is None else v.to(device, non_blocking=True)
+                        for k, v in dataclasses.asdict(self).items()})
 
 
 @dataclass
 class ItemTables:
-    rows: Optional[torch.Tensor]  # item ids the tables hold (None: all items 0..I, row = id)
-    inputs: tuple  # what the sequence encoder gathers, one (rows, N) tensor per input stream
-    scores: torch.Tensor  # (rows, N) candidate vectors, already divided by the temperature
+    """Per-item rows a step needs. ``first_id`` set: rows are the consecutive items first_id, first_id+1, …
+    (every item this process holds); None: row k belongs to the k-th requested id."""
 
-    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        """Row of each id inside these tables."""
-        return ids if self.rows is None else torch.searchsorted(self.rows, ids)
+    inputs: tuple  # what the sequence encoder reads, one (rows, N) tensor per input stream
+    scores: torch.Tensor  # (rows, N) candidate vectors, already divided by the temperature
+    first_id: Optional[int] = None
 
 
 class SequentialRecommender(nn.Module):
@@ -84,49 +65,46 @@ class SequentialRecommender(nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.num_items = features.num_items
+        self.sharded = features.sharded
+        self.first_id = features.offset  # the catalogue rows this process holds start here
 
     # ------------------------------------------------------------------ to implement
     def item_tables(self, ids: Optional[torch.Tensor] = None) -> ItemTables:
+        """Tables for the items ``ids`` (1-D, in that order; under item parallelism a collective) or, with None,
+        for every item this process holds."""
         raise NotImplementedError
 
-    def encode(self, batch: Batch, tables: ItemTables) -> torch.Tensor:
-        """User vectors (b, N) read at position length-1."""
+    def encode(self, batch: Batch, history: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """User vectors (b, N) read at position length-1, from the history's table rows (one (b, L, N) tensor
+        per input stream)."""
         raise NotImplementedError
 
     def extra_config(self) -> dict:
         """Sizes that, with the ModelConfig, rebuild this model (stored in config.json)."""
         return {"num_items": self.num_items}
 
-    # ------------------------------------------------------------------ training
-    def forward(self, batch: Batch, objective: str = "full",
-                gather: Optional[Callable[[torch.Tensor], tuple[torch.Tensor, int]]] = None) -> torch.Tensor:
-        """Mean cross-entropy of the batch. ``gather`` (in-batch only) all-gathers candidate vectors across
-        ranks and returns them with this rank's offset, for more negatives."""
-        if objective == "full":
-            tables = self.item_tables()
-            user = self.encode(batch, tables)
-            logits = user @ tables.scores[1:].t()  # candidates 1..I: padding is never scored
-            return F.cross_entropy(logits.float(), batch.targets - 1)
-        if objective == "in_batch":
-            rows = torch.unique(torch.cat([batch.items.flatten(), batch.targets]))
-            tables = self.item_tables(rows)
-            user = self.encode(batch, tables)
-            cand = tables.scores[tables.lookup(batch.targets)]
-            offset = 0
-            if gather is not None:
-                cand, offset = gather(cand)
-            labels = torch.arange(len(user), device=user.device) + offset
-            return F.cross_entropy((user @ cand.t()).float(), labels)
-        raise ValueError(f"unknown objective {objective!r}")
+    # ------------------------------------------------------------------ built on the two above
+    def history(self, batch: Batch, tables: Optional[ItemTables] = None) -> tuple[torch.Tensor, ...]:
+        """The history rows of ``batch``: gathered from whole-catalogue ``tables`` when given, else adapted for
+        exactly the batch's items (b·L rows: a static shape, whatever the batch holds)."""
+        if tables is not None and tables.first_id == 0 and not self.sharded:
+            return tuple(x[batch.items] for x in tables.inputs)
+        rows = self.item_tables(batch.items.flatten()).inputs
+        return tuple(x.view(*batch.items.shape, -1) for x in rows)
 
-    # ------------------------------------------------------------------ inference
+    def forward(self, batch: Batch, tables: Optional[ItemTables] = None) -> torch.Tensor:
+        """User vectors of ``batch`` (with autograd; the training losses call this)."""
+        return self.encode(batch, self.history(batch, tables))
+
     @torch.no_grad()
     def user_vectors(self, batch: Batch, tables: Optional[ItemTables] = None) -> torch.Tensor:
-        return self.encode(batch, tables if tables is not None else self.item_tables())
+        return self(batch, tables)
 
     # ------------------------------------------------------------------ save / load (no pickle)
     def save_pretrained(self, path: str | Path, extra: Optional[dict] = None) -> None:
         """fp32 safetensors + config.json; ``extra`` adds provenance (e.g. the feature encoder) to the config."""
+        if self.sharded:
+            raise RuntimeError("an item-parallel shard of a model cannot be saved on its own")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
@@ -136,8 +114,12 @@ class SequentialRecommender(nn.Module):
 
     @staticmethod
     def read_config(path: str | Path) -> tuple[ModelConfig, dict]:
-        meta = json.loads((Path(path) / "config.json").read_text())
-        return from_dict(ModelConfig, meta.pop("model"), "model."), meta
+        try:
+            meta = json.loads((Path(path) / "config.json").read_text())
+            return from_dict(ModelConfig, meta.pop("model"), "model."), meta
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            raise ConfigError(f"{path}: not a model export (config.json unreadable: {type(e).__name__}: {e})") \
+                from None
 
     def load_backbone(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
         """Transfer: load everything except domain-specific tables, strictly (no silent strict=False)."""
@@ -163,10 +145,13 @@ def build_model(cfg: ModelConfig, features: ItemFeatures) -> SequentialRecommend
     return {"mmm4rec": MMM4Rec, "sasrec": SASRec}[cfg.arch](cfg, features)
 
 
-def from_pretrained(path: str | Path, features: Optional[ItemFeatures] = None,
-                    expect: Optional[ModelConfig] = None) -> SequentialRecommender:
-    """Load a ``save_pretrained`` folder. ``features`` supplies the catalogue (placeholders if omitted);
-    ``expect`` is the config the caller wants: a different window length or layer count is an error."""
+def from_pretrained(path: str | Path, features: Optional[ItemFeatures],
+                    expect: Optional[ModelConfig] = None, transfer: bool = False) -> SequentialRecommender:
+    """Load a ``save_pretrained`` folder with the catalogue's ``features`` (mmm4rec.serving.Recommender loads an
+    export together with the features it carries). Features of another
+    catalogue (a different item count) are an error unless ``transfer``: the export's ID tables are then dropped
+    and the backbone loaded strictly. ``expect`` is the config the caller wants: a different window length,
+    depth or width is an error."""
     cfg, meta = SequentialRecommender.read_config(path)
     if expect is not None:
         for key in ("arch", "max_len", "n_layers", "d_model"):
@@ -174,9 +159,17 @@ def from_pretrained(path: str | Path, features: Optional[ItemFeatures] = None,
                 raise ConfigError(f"{path}: checkpoint has model.{key}={getattr(cfg, key)!r} but the config asks "
                                   f"for {getattr(expect, key)!r}")
     if features is None:
-        features = ItemFeatures.placeholder(meta["num_items"], meta.get("text_dim", 1), meta.get("image_dim"))
+        raise ConfigError(f"{path}: loading a model needs its catalogue's item features (a model never scores with "
+                          "zeros); mmm4rec.serving.Recommender.from_pretrained loads an export with its own")
+    if features.num_items != meta["num_items"] and not transfer:
+        raise ConfigError(f"{path}: the export was trained on {meta['num_items']} items but the features given hold "
+                          f"{features.num_items}; pass transfer=True (train.init_from) to keep only its backbone")
     model = build_model(cfg, features)
-    state = load_file(Path(path) / "model.safetensors")
+    try:
+        state = load_file(Path(path) / "model.safetensors")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{Path(path) / 'model.safetensors'}: unreadable weights "
+                          f"({type(e).__name__}: {e})") from None
     if features.num_items != meta["num_items"]:
         model.load_backbone(state, source=str(path))
     else:

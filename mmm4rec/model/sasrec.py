@@ -8,7 +8,8 @@ import torch.nn as nn
 
 from ..config import ModelConfig
 from .mmm4rec import _init_weights
-from .recommender import Batch, ItemFeatures, ItemTables, SequentialRecommender
+from .items import ItemFeatures
+from .recommender import Batch, ItemTables, SequentialRecommender
 
 
 class SASRec(SequentialRecommender):
@@ -20,6 +21,7 @@ class SASRec(SequentialRecommender):
         super().__init__(cfg, features)
         N = cfg.d_model
         self.item_emb = nn.Embedding(self.num_items + 1, N, padding_idx=0)
+        self.held_items = len(features.text)
         self.pos_emb = nn.Embedding(cfg.max_len, N)
         block = nn.TransformerEncoderLayer(N, cfg.n_heads_sasrec, dim_feedforward=N, dropout=cfg.dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
@@ -32,11 +34,14 @@ class SASRec(SequentialRecommender):
             self.item_emb.weight[0].zero_()
 
     def item_tables(self, ids: Optional[torch.Tensor] = None) -> ItemTables:
-        emb = self.item_emb.weight if ids is None else self.item_emb(ids)
-        return ItemTables(rows=ids, inputs=(emb,), scores=emb / self.cfg.temperature)
+        if ids is None:  # the rows this process holds (all of them, or its item-parallel shard)
+            emb = self.item_emb.weight[self.first_id : self.first_id + self.held_items]
+        else:
+            emb = self.item_emb(ids)
+        return ItemTables((emb,), emb / self.cfg.temperature, None if ids is not None else self.first_id)
 
-    def encode(self, batch: Batch, tables: ItemTables) -> torch.Tensor:
-        x = tables.inputs[0][tables.lookup(batch.items)] + self.pos_emb.weight[None]
+    def encode(self, batch: Batch, history: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        x = history[0] + self.pos_emb.weight[None]
         # right padding: the causal mask alone keeps padding out of every real position
         h = self.norm(self.blocks(self.dropout(x), mask=self.causal, is_causal=True))
         return h[torch.arange(len(h), device=h.device), batch.lengths - 1]

@@ -1,16 +1,22 @@
-"""Checkpoints: DeepSpeed state (ZeRO-sharded) + client state + every rank's RNG, written atomically.
+"""Checkpoints: DeepSpeed state (ZeRO-sharded) + client state + every rank's RNG, written atomically, read as data.
 
     <run>/checkpoints/step-00000120/   DeepSpeed files, rng-rank<r>.pt, COMPLETE (sizes of every file)
     <run>/checkpoints/latest           the tag of the newest complete checkpoint; replaced only after COMPLETE
 
+Reading: every file goes through ``torch.load(weights_only=True)`` with an allow-list of the few non-tensor types
+DeepSpeed stores (``SafeCheckpointEngine`` replaces DeepSpeed's own engine, which unpickles anything): a checkpoint
+is data, never code. A file asking for any other type is refused with an error naming the file and the type.
 A checkpoint without COMPLETE, with a file of the wrong size, or that fails to load is skipped with a warning and
-the previous one is used. The checkpoint directory must be shared by all nodes (as DeepSpeed requires).
+the previous one is used; when checkpoints exist and none can be loaded the run stops with an error instead of
+silently starting over. Retention never deletes the checkpoint ``latest`` names. The checkpoint directory must be
+shared by all nodes (as DeepSpeed requires).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -23,6 +29,55 @@ from ..distributed import DistEnv, barrier
 log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that must not or cannot be used; the message names the file."""
+
+
+def _deepspeed_globals() -> list:
+    """The non-tensor types DeepSpeed (0.16–0.19) writes into model and ZeRO optimizer state files."""
+    import collections
+
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address, collections.OrderedDict,
+            torch.Size, set, frozenset]
+
+
+def safe_load(path: str | os.PathLike, map_location=None):
+    """``torch.load`` that unpickles tensors, containers and the allow-listed DeepSpeed types only."""
+    try:
+        with torch.serialization.safe_globals(_deepspeed_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: refused to load (it asks for code or a type that is not allowed in a "
+                              f"checkpoint: {first})") from None
+
+
+def _safe_engine_class():
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    class SafeCheckpointEngine(TorchCheckpointEngine):
+        """DeepSpeed's torch checkpoint engine, loading with weights_only=True and the allow-list."""
+
+        def load(self, path: str, map_location=None):
+            return safe_load(path, map_location)
+
+    return SafeCheckpointEngine
+
+
+def install_safe_loading(engine) -> None:
+    """Make every checkpoint file this DeepSpeed engine reads go through ``safe_load``."""
+    current = engine.checkpoint_engine
+    safe = _safe_engine_class()
+    if type(current).__name__ != "TorchCheckpointEngine":
+        raise ConfigError(f"DeepSpeed checkpoint engine {type(current).__name__} is not supported here (only the "
+                          "torch engine is loaded safely); remove the checkpoint engine settings from the ZeRO JSON")
+    current.__class__ = safe  # keeps its configuration (serialization format, name)
 
 
 def rng_state() -> dict:
@@ -50,18 +105,27 @@ class Checkpointer:
         if self.env.is_main and path.exists():  # a leftover from a run killed while writing this very step
             shutil.rmtree(path)
         barrier()
-        engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
-        torch.save(rng_state(), path / f"rng-rank{self.env.rank}.pt")
+        try:
+            engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
+            torch.save(rng_state(), path / f"rng-rank{self.env.rank}.pt")
+        except OSError as e:
+            raise CheckpointError(f"{path}: writing the checkpoint failed ({e.strerror or e}); the previous "
+                                  f"checkpoint is kept") from None
         barrier()
         if self.env.is_main:
             sizes = {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
             _write_atomic(path / COMPLETE, json.dumps({"step": step, "world_size": self.env.world_size,
                                                         "config_digest": config_digest, "files": sizes}))
             _write_atomic(self.dir / "latest", tag)
-            for old in self.complete_tags()[: -self.keep]:
-                shutil.rmtree(self.dir / old, ignore_errors=True)
+            self._retain(tag)
         barrier()
         return path
+
+    def _retain(self, newest: str) -> None:
+        """Keep the ``keep`` most recent complete checkpoints by step — and always the one just written."""
+        tags = [t for t in self.complete_tags() if t != newest]
+        for old in tags[: max(0, len(tags) - (self.keep - 1))]:
+            shutil.rmtree(self.dir / old, ignore_errors=True)
 
     # ------------------------------------------------------------------ read
     def complete_tags(self) -> list[str]:
@@ -74,20 +138,22 @@ class Checkpointer:
                     tags.append(path.name)
                     continue
                 why = "a file has the wrong size"
-            except (OSError, ValueError, KeyError) as e:
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
                 why = f"no valid {COMPLETE} marker ({type(e).__name__})"
             log.warning("checkpoint %s is incomplete or damaged (%s); ignoring it", path, why)
         return tags
 
     def load_latest(self, engine, config_digest: str) -> Optional[dict]:
         """Restore the newest usable checkpoint into ``engine`` and this rank's RNG; return its client state
-        (None when there is none)."""
+        (None when there is no checkpoint at all; an error when there are some and none loads)."""
         if not self.dir.exists():
             return None
+        tried = sorted(self.dir.glob("step-*"))
         tags = self.complete_tags()
         wanted = (self.dir / "latest").read_text().strip() if (self.dir / "latest").exists() else None
         if wanted and wanted not in tags:
             log.warning("latest checkpoint %s is not complete; falling back to %s", wanted, tags[-1] if tags else "none")
+        failures = []
         for tag in reversed(tags):
             state = json.loads((self.dir / tag / COMPLETE).read_text())
             if state["config_digest"] != config_digest:
@@ -99,13 +165,22 @@ class Checkpointer:
                                   f"size, or start from its export with train.init_from)")
             try:
                 _, client = engine.load_checkpoint(str(self.dir), tag=tag, load_module_strict=True)
+                if client is None:
+                    raise CheckpointError("DeepSpeed found no model state")
+                set_rng_state(safe_load(self.dir / tag / f"rng-rank{self.env.rank}.pt"))
+            except CheckpointError:
+                raise  # refused as unsafe: never fall back silently past a tampered file
             except Exception as e:  # a damaged file DeepSpeed cannot read: use the one before
+                failures.append(f"{tag}: {type(e).__name__}: {e}")
                 log.warning("checkpoint %s failed to load (%s: %s); trying the previous one", tag,
                             type(e).__name__, e)
                 continue
-            set_rng_state(torch.load(self.dir / tag / f"rng-rank{self.env.rank}.pt", weights_only=True))
             log.info("resumed from %s (step %d)", self.dir / tag, client["global_step"])
             return client
+        if tried:
+            raise CheckpointError(f"{self.dir}: holds {len(tried)} checkpoint(s) and none can be loaded "
+                                  f"({'; '.join(failures) or 'none is complete'}); not starting over silently — "
+                                  "move the folder away to train from scratch")
         return None
 
 

@@ -6,6 +6,7 @@ The same entry point serves ``python``, ``torchrun``, ``deepspeed`` (which adds 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -20,12 +21,16 @@ from .. import distributed
 from ..config import ConfigError, RunConfig, load_config, save_config
 from ..data.features import FeatureStore, default_features_dir, ensure_features
 from ..data.schema import DataError
-from ..data.stream import EvalStream, SeqIndex
+from ..data.stream import SeqIndex, TrainStream
+from ..losses import Objective, build_loss
 from ..model import ItemFeatures, SequentialRecommender, build_model, from_pretrained
-from .engine import deepspeed_config, initialize
+from ..model.ssd import triton_usable
+from .checkpoint import CheckpointError
+from .engine import cpu_isa, deepspeed_config, initialize, step_precision
 from .evaluation import evaluate
 from .monitor import announce, setup_logging
-from .trainer import Data, Trainer
+from .rundir import RunDir, export_of
+from .trainer import Data, Trainer, eval_stream
 
 log = logging.getLogger("mmm4rec")
 
@@ -34,11 +39,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 def parse_args(task: str, argv: Optional[list[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=f"launchers/{task}.py", description=f"MMM4Rec {task}")
-    p.add_argument("--config", help="preset name (mmm4rec/presets) or YAML file")
+    p.add_argument("--config", help="preset name (mmm4rec/presets) or YAML file; evaluate: default = the run's own")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3")
     p.add_argument("--run-dir", help="run directory (default: runs/<name>); a run resumes from its latest checkpoint")
     if task == "evaluate":
-        p.add_argument("--checkpoint", required=True, help="an export folder or a run directory (uses its export)")
+        p.add_argument("--checkpoint", required=True, help="a run directory (uses its export and config) or an export")
         p.add_argument("--split", default="test", choices=["valid", "test"])
     # the deepspeed launcher's arguments
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -51,10 +56,22 @@ def resolve_run_dir(cfg: RunConfig, cli_run_dir: Optional[str]) -> Path:
     return Path(cli_run_dir or cfg.run_dir or Path("runs") / cfg.name).resolve()
 
 
-def load_data(cfg: RunConfig, build: bool = True) -> Data:
-    """Feature store (built or refreshed on every rank together when ``build``) + stage-2 index."""
+def dataset_hash(dataset: str) -> str:
+    """sha256 of the dataset's manifest: what a run trained on (recorded in run.json and summaries)."""
+    path = Path(dataset) / "dataset.json"
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        raise DataError(f"{path}: no dataset manifest (write one with a tools/prepare_*.py converter)") from None
+
+
+def load_data(cfg: RunConfig, precision: str = "fp32", build: bool = True, shard: Optional[tuple[int, int]] = None
+              ) -> Data:
+    """Feature store (built or refreshed on every rank together when ``build``) + stage-2 index. Features come
+    in the step's dtype (data.feature_dtype); ``shard`` = (rank, world) keeps only this rank's item rows."""
     if not cfg.data.dataset:
         raise ConfigError("data.dataset is not set: pass --set data.dataset=<folder with dataset.json>")
+    digest = dataset_hash(cfg.data.dataset)
     if build:
         store_dir = ensure_features(cfg.data.dataset, cfg.data.encoder, cfg.data.features or None,
                                     strict=cfg.data.strict)
@@ -63,13 +80,16 @@ def load_data(cfg: RunConfig, build: bool = True) -> Data:
     store = FeatureStore.open(store_dir)
     if not build:  # ensure_features has just checked it (hashing a local encoder folder is not free)
         store.check_compatible(cfg.data.encoder)
+    dtype = feature_dtype(cfg, precision)
+    as_tensor = lambda a: None if a is None else torch.from_numpy(np.array(a, dtype=np.float32)).to(dtype)  # noqa
     features = ItemFeatures(
-        text=torch.from_numpy(np.array(store.text, dtype=np.float32)),
-        image=None if store.image is None else torch.from_numpy(np.array(store.image, dtype=np.float32)),
+        text=as_tensor(store.text), image=as_tensor(store.image),
         image_missing=None if store.image_missing is None else torch.from_numpy(np.array(store.image_missing)),
     )
     if not (torch.isfinite(features.text).all() and (features.image is None or torch.isfinite(features.image).all())):
         store.verify()  # names the first bad item
+    if shard is not None:
+        features = features.shard(*shard)
     seq_index = SeqIndex.load_or_build(cfg.data.dataset, store.index, store_dir, strict=cfg.data.strict)
     bad = dict(store.manifest.get("bad_records") or {})
     for reason, n in seq_index.bad.items():
@@ -79,14 +99,20 @@ def load_data(cfg: RunConfig, build: bool = True) -> Data:
     if features.image is None and cfg.model.arch == "mmm4rec":
         log.info("text-only features: the image stream reads text features through its own adapter, and items are "
                  "scored with the text term only")
-    return Data(features, store.index, seq_index, store.manifest["encoder"], bad)
+    return Data(features, store.index, seq_index, store.manifest["encoder"], bad, digest, str(store_dir))
+
+
+def feature_dtype(cfg: RunConfig, precision: str) -> torch.dtype:
+    """data.feature_dtype with "auto" resolved: the step's dtype, so items are adapted without a per-step cast."""
+    name = cfg.data.feature_dtype
+    if name == "auto":
+        name = "bfloat16" if precision == "bf16" else "float32"
+    return getattr(torch, name)
 
 
 def transfer(model: SequentialRecommender, source: str, encoder: dict) -> None:
     """--init-from: load a pre-trained export (or a run's export) except its domain-specific tables, strictly."""
-    path = Path(source)
-    if (path / "export" / "config.json").exists():
-        path = path / "export"
+    path = export_of(source)
     if not (path / "config.json").exists():
         raise ConfigError(f"train.init_from={source}: no export (config.json + model.safetensors) there")
     cfg, meta = SequentialRecommender.read_config(path)
@@ -101,67 +127,148 @@ def transfer(model: SequentialRecommender, source: str, encoder: dict) -> None:
 def main(task: str, argv: Optional[list[str]] = None) -> int:
     args = parse_args(task, argv)
     try:
-        cfg = load_config(args.config, args.set)
+        cfg = _config(task, args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    if task in ("pretrain", "finetune"):
-        cfg.train.task = task
-    run_dir = resolve_run_dir(cfg, args.run_dir)
-    env = distributed.init()
-    setup_logging(env, run_dir)
+    run = RunDir(resolve_run_dir(cfg, args.run_dir))
+    try:
+        env = distributed.init(cfg.train.collective_timeout_s)
+    except (ConfigError, RuntimeError) as e:
+        print(f"launch error: {e}", file=sys.stderr)
+        return 2
+    setup_logging(env)
     announce(env)
     try:
         if task == "evaluate":
-            return _evaluate(cfg, env, args, run_dir)
-        return _train(cfg, env, args, run_dir)
-    except (ConfigError, DataError) as e:
+            return _evaluate(cfg, env, args, run)
+        return _train(cfg, env, args, run)
+    except (ConfigError, DataError, CheckpointError) as e:
         log.error("%s", e)
         return 2
     finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        distributed.shutdown()
 
 
-def _train(cfg: RunConfig, env, args, run_dir: Path) -> int:
+def _config(task: str, args) -> RunConfig:
+    """The resolved config: preset + overrides; the launcher's task wins. evaluate without --config reads the
+    run's own resolved config.yaml."""
+    preset = args.config
+    if task == "evaluate" and preset is None:
+        own = Path(args.checkpoint) / "config.yaml"
+        if not own.exists():
+            raise ConfigError(f"--checkpoint {args.checkpoint}: no run config.yaml there (a run directory has one); "
+                              "pass --config")
+        preset = str(own)
+    sets = list(args.set) + ([f"train.task={task}"] if task in ("pretrain", "finetune") else [])
+    return load_config(preset, sets)
+
+
+def _claim(cfg: RunConfig, env, run: RunDir) -> None:
+    """Rank 0 locks the run directory and checks what it belongs to; every rank learns the outcome."""
+    def claim():
+        run.lock()
+        return run.claim(cfg, dataset_hash(cfg.data.dataset))
+
+    continuing = distributed.on_main(claim)
+    setup_logging(env, run.log)
     if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    log.info("run %s: %s on %d process(es) (%s, %s) via %s -> %s", cfg.name, cfg.train.task, env.world_size,
-             env.device.type, env.backend, env.launcher, run_dir)
+        save_config(cfg, run.config)
+    log.info("run %s: %s on %d process(es) (%s, %s%s) via %s -> %s%s", cfg.name, cfg.train.task, env.world_size,
+             env.device.type, env.backend, f", CPU {cpu_isa()}" if env.device.type == "cpu" else "", env.launcher,
+             run.path, " (continuing)" if continuing else "")
+
+
+def _train(cfg: RunConfig, env, args, run: RunDir) -> int:
+    if not cfg.data.dataset:
+        raise ConfigError("data.dataset is not set: pass --set data.dataset=<folder with dataset.json>")
+    if cfg.model.ssd.form == "triton" and not triton_usable(env.device):
+        raise ConfigError(f"model.ssd.form=triton needs a CUDA device and mamba-ssm; this run is on {env.device} "
+                          "(use auto)")
+    _claim(cfg, env, run)
+    precision = step_precision(cfg, env.device)
+    log.info("precision %s (train.precision=%s)", precision, cfg.train.precision)
     torch.manual_seed(cfg.train.seed)
-    data = load_data(cfg)
+    data = load_data(cfg, precision, shard=(env.rank, env.world_size) if cfg.train.item_parallel else None)
     model = build_model(cfg.model, data.features)
     log.info("%s: %s parameters (%s without ID tables)", cfg.model.arch,
              f"{sum(p.numel() for p in model.parameters()):,}",
              f"{sum(p.numel() for n, p in model.named_parameters() if 'id_bias' not in n):,}")
     if cfg.train.init_from:
         transfer(model, cfg.train.init_from, data.encoder)
+    counts = data.seq_index.target_counts(train_split(cfg)) if cfg.loss_name == "sampled" else None
+    objective = Objective(model, build_loss(cfg, counts))
+    stream = train_stream(cfg, env, data)
     template = args.deepspeed_config or cfg.train.deepspeed_config or REPO / "ds_configs" / (
         f"zero{cfg.train.zero_stage}{'_offload' if cfg.train.offload_optimizer else ''}.json")
-    engine = initialize(model, cfg, env, deepspeed_config(cfg, env.world_size, template))
-    summary = Trainer(cfg, env, engine, data, run_dir).fit()
+    total_steps = cfg.train.max_steps or cfg.train.epochs * stream.steps_per_epoch
+    engine = initialize(objective, cfg, env, deepspeed_config(cfg, env.world_size, template, precision), total_steps)
+    summary = Trainer(cfg, env, engine, data, stream, run, validation_stream(cfg, env, data)).fit()
     if summary is None:
         return 0  # preempted: checkpoint written; the job scheduler requeues us
     if env.is_main:
-        log.info("done: %s; TensorBoard: tensorboard --logdir %s", run_dir / "summary.json", run_dir / "tensorboard")
+        log.info("done: %s; TensorBoard: tensorboard --logdir %s", run.summary, run.tensorboard)
     return 0
 
 
-def _evaluate(cfg: RunConfig, env, args, run_dir: Path) -> int:
-    path = Path(args.checkpoint)
-    export = path / "export" if (path / "export" / "config.json").exists() else path
+def train_split(cfg: RunConfig) -> str:
+    return "pretrain" if cfg.train.task == "pretrain" else "train"
+
+
+def train_stream(cfg: RunConfig, env, data: Data) -> TrainStream:
+    """This rank's training stream: the task's split, the users the run trains on (data.train_users; minus the
+    held-out validation users, data.holdout_users)."""
+    d, t = cfg.data, cfg.train
+    users = None
+    if d.holdout_users:
+        users = holdout(cfg, complement=True)
+    elif d.train_users < 1:
+        users = user_subset(d.train_users, d.seed)
+    kwargs = {} if users is None else {"users": users}
+    return TrainStream(data.seq_index, data.item_index, split=train_split(cfg), max_len=cfg.model.max_len,
+                       micro_batch=d.batch_size, grad_accum=t.grad_accum, rank=env.rank, world=env.world_size,
+                       seed=d.seed, partitions=d.partitions, num_workers=d.num_workers,
+                       shuffle_buffer=d.shuffle_buffer, **kwargs)
+
+
+def validation_stream(cfg: RunConfig, env, data: Data):
+    """Fine-tuning validates on every user's validation target; pre-training on the held-out users' (if any)."""
+    if cfg.train.task == "finetune":
+        return eval_stream(cfg, data, env, "valid")
+    if cfg.data.holdout_users:
+        return eval_stream(cfg, data, env, "valid", users=holdout(cfg))
+    return None
+
+
+def user_subset(fraction: float, seed: int, complement: bool = False):
+    from ..data.stream import UserSubset
+
+    return UserSubset(fraction=fraction, seed=seed, complement=complement)
+
+
+def holdout(cfg: RunConfig, complement: bool = False):
+    """The pre-training validation users (a seeded share data.holdout_users of all users), or all the others."""
+    return user_subset(cfg.data.holdout_users, cfg.data.seed + 1, complement)
+
+
+def _evaluate(cfg: RunConfig, env, args, run: RunDir) -> int:
+    export = export_of(args.checkpoint)
+    if not (export / "config.json").exists():
+        raise ConfigError(f"--checkpoint {args.checkpoint}: no export there (neither <run>/export/config.json nor "
+                          "config.json)")
+    setup_logging(env)
     data = load_data(cfg, build=False)
     model = from_pretrained(export, data.features, expect=cfg.model).to(env.device)
+    stream = eval_stream(cfg, data, env, args.split)
     e = cfg.eval
-    stream = EvalStream(data.seq_index, data.item_index, split=args.split, max_len=cfg.model.max_len,
-                        batch_size=e.batch_size, rank=env.rank, world=env.world_size, mask_history=e.mask_history)
     metrics = evaluate(model, stream, ks=e.ks, item_chunk=e.item_chunk, device=env.device,
                        mask_history=e.mask_history)
     if env.is_main:
         out = {"checkpoint": str(export), "split": args.split, "mask_history": e.mask_history,
                "world_size": env.world_size, **metrics}
         print(json.dumps(out, indent=2))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / f"eval-{args.split}.json").write_text(json.dumps(out, indent=2))
+        where = Path(args.run_dir) if args.run_dir else (export.parent if export.name == "export" else export)
+        where.mkdir(parents=True, exist_ok=True)
+        name = f"eval-{args.split}{'-masked' if e.mask_history else ''}.json"
+        (where / name).write_text(json.dumps(out, indent=2))
     return 0

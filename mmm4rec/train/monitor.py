@@ -16,16 +16,41 @@ import torch
 from ..distributed import DistEnv
 
 
-def setup_logging(env: DistEnv, run_dir: Optional[Path] = None) -> None:
+class _KnownNoise(logging.Filter):
+    """Messages libraries print on every run that are expected here, dropped from the run's log (docs/design.md
+    explains them once): DeepSpeed's warning about client optimisers it has not tested (ours are plain torch
+    optimisers over its flat partitions) and its accelerator auto-detection notice."""
+
+    PHRASES = ("untested optimizer", "Setting accelerator to CPU", "Setting ds_accelerator")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(p in message for p in self.PHRASES)
+
+
+def setup_logging(env: DistEnv, log_file: Optional[Path] = None) -> None:
+    """One stream for the run's messages (stderr, and the run's train.log on rank 0); rank 0 talks, the other
+    ranks only warn."""
     fmt = f"%(asctime)s [rank {env.rank}/{env.world_size}] %(levelname)s %(name)s: %(message)s"
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if run_dir is not None and env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(run_dir / "train.log"))
+    if log_file is not None and env.is_main:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    noise = _KnownNoise()
+    for h in handlers:
+        h.addFilter(noise)
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING, format=fmt, handlers=handlers,
                         force=True)
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "compilers"):  # compilers: DeepSpeed's aio probe
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        name = logging.getLogger(noisy)
+        name.setLevel(logging.WARNING)
+        name.handlers, name.propagate = [], True  # DeepSpeed installs its own stdout handler: use ours
+    try:  # transformers prints a progress bar per rank while loading weights; the log says what loads
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def announce(env: DistEnv) -> None:
@@ -49,17 +74,17 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class Monitor:
-    """TensorBoard + JSON lines on rank 0; a no-op elsewhere."""
+    """TensorBoard + JSON lines on rank 0; a no-op elsewhere. ``purge_step`` (a resumed run's first new step)
+    makes TensorBoard drop what an interrupted run wrote past its checkpoint, so no step appears twice."""
 
-    def __init__(self, run_dir: Path, env: DistEnv):
+    def __init__(self, run, env: DistEnv, purge_step: Optional[int] = None):
         self.active = env.is_main
-        self.run_dir = run_dir
         self.writer = None
         if self.active:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-            self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+            self.writer = SummaryWriter(log_dir=str(run.tensorboard), purge_step=purge_step)
+            self.jsonl = open(run.metrics, "a", buffering=1)
 
     def scalars(self, step: int, values: dict[str, float], **extra: Any) -> None:
         if not self.active:

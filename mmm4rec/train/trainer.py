@@ -1,5 +1,11 @@
-"""The training loop: DeepSpeed steps over the stage-2 stream, evaluation per epoch, early stopping, checkpoints,
-preemption, exports and the run summary."""
+"""The training loop: DeepSpeed steps over the stage-2 stream, validation, early stopping, checkpoints, preemption,
+exports and the run summary.
+
+The step never waits on the device: between log boundaries (every train.log_every optimizer steps) nothing reads a
+device value on the host — the loss and token counts accumulate on the device, the gradient norm is computed only
+on log steps, and the preemption flag is agreed on at log boundaries (so SIGTERM takes effect within
+train.log_every steps). Validation, checkpoints and exports are boundaries of their own.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -8,22 +14,23 @@ import logging
 import math
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
+from .. import distributed
 from ..config import RunConfig
 from ..data.stream import EvalStream, SeqIndex, TrainStream
-from ..distributed import DistEnv, all_reduce_sum, barrier, gather_candidates
+from ..distributed import DistEnv, barrier
 from ..model import Batch, ItemFeatures, SequentialRecommender, from_pretrained
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, CheckpointError
 from .evaluation import evaluate
 from .monitor import Monitor, flatten, peak_memory_mb
+from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +42,15 @@ class Progress:
     global_step: int = 0
     best: float = -math.inf
     best_epoch: int = -1
-    bad_epochs: int = 0
-    history: list = field(default_factory=list)  # validation metrics per epoch
+    best_step: int = -1
+    bad_evals: int = 0  # validations in a row without improvement
+    wall_time_s: float = 0.0  # training time over all resumes
+    history: list = field(default_factory=list)  # validation metrics, one entry per validation
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Progress":
+        known = {k: v for k, v in state.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
 
 
 @dataclass
@@ -46,10 +60,12 @@ class Data:
     seq_index: SeqIndex
     encoder: dict  # the feature store's encoder identity (recorded in exports)
     bad_records: dict  # counted skips of this run's inputs
+    dataset_hash: str = ""  # sha256 of dataset.json: what the run trained on
+    store_path: str = ""
 
 
 class Preemption:
-    """SIGTERM / SIGUSR1 set a flag; the loop stops at the next step boundary, once every rank agrees."""
+    """SIGTERM / SIGUSR1 set a flag; the loop stops at the next log boundary, once every rank agrees."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -59,36 +75,52 @@ class Preemption:
 
     def _handle(self, signum, frame):
         if not self.requested:
-            log.warning("received %s: stopping after this step with a checkpoint", signal.Signals(signum).name)
+            log.warning("received %s: stopping at the next log boundary with a checkpoint",
+                        signal.Signals(signum).name)
         self.requested = True
 
     def agreed(self, device) -> bool:
         flag = torch.tensor([float(self.requested)], device=device)
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return bool(distributed.all_reduce(flag, "max").item())
 
     def restore(self):
         for s, handler in self.previous.items():
             signal.signal(s, handler)
 
 
+class Window:
+    """What the log line of a window of steps reports, accumulated without host reads."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.tokens = torch.zeros((), dtype=torch.float64)
+        self.samples = torch.zeros((), dtype=torch.float64)
+        self.micro_steps, self.steps, self.started = 0, 0, time.time()
+
+    def add(self, loss: torch.Tensor, raw: dict) -> None:
+        self.loss += loss.detach()
+        real = raw["weight"] > 0  # CPU tensors from the loader
+        self.tokens += (raw["lengths"] * real).sum()
+        self.samples += real.sum()
+        self.micro_steps += 1
+
+
 class Trainer:
-    def __init__(self, cfg: RunConfig, env: DistEnv, engine, data: Data, run_dir: Path):
-        self.cfg, self.env, self.engine, self.data, self.run_dir = cfg, env, engine, data, run_dir
-        self.model: SequentialRecommender = engine.module
+    def __init__(self, cfg: RunConfig, env: DistEnv, engine, data: Data, stream: TrainStream, run: RunDir,
+                 validation: Optional[EvalStream] = None):
+        self.cfg, self.env, self.engine, self.data, self.stream, self.run = cfg, env, engine, data, stream, run
+        self.model: SequentialRecommender = engine.module.model
         self.device = engine.device
-        self.pretrain = cfg.train.task == "pretrain"
-        self.objective = "in_batch" if self.pretrain else "full"
-        d, t = cfg.data, cfg.train
-        self.stream = TrainStream(data.seq_index, data.item_index, split="pretrain" if self.pretrain else "train",
-                                  max_len=cfg.model.max_len, micro_batch=d.batch_size, grad_accum=t.grad_accum,
-                                  rank=env.rank, world=env.world_size, seed=d.seed, partitions=d.partitions,
-                                  num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer)
-        self.checkpoints = Checkpointer(run_dir, env, keep=t.keep_checkpoints)
-        self.monitor = Monitor(run_dir, env)
+        self.validation = validation  # None: no validation signal (pre-training without held-out users)
+        self.checkpoints = Checkpointer(run.path, env, keep=cfg.train.keep_checkpoints)
         self.progress = Progress()
         self.digest = cfg.digest()
+        self.monitor: Optional[Monitor] = None
+        self._clock = time.time()
 
     # ------------------------------------------------------------------ helpers
     def _gather_params(self):
@@ -99,172 +131,211 @@ class Trainer:
             return deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None)
         return contextlib.nullcontext()
 
-    def _eval_stream(self, split: str) -> EvalStream:
+    def _evaluate(self, model, stream: EvalStream, gather=None) -> dict:
         e = self.cfg.eval
-        return EvalStream(self.data.seq_index, self.data.item_index, split=split, max_len=self.cfg.model.max_len,
-                          batch_size=e.batch_size, rank=self.env.rank, world=self.env.world_size,
-                          mask_history=e.mask_history)
-
-    def _evaluate(self, model, split: str, gather=None) -> dict:
-        e = self.cfg.eval
-        return evaluate(model, self._eval_stream(split), ks=e.ks, item_chunk=e.item_chunk, device=self.device,
+        return evaluate(model, stream, ks=e.ks, item_chunk=e.item_chunk, device=self.device,
                         mask_history=e.mask_history, gather_params=gather)
 
-    def _export(self, path: Path) -> None:
+    def _export(self, path) -> None:
         with self._gather_params():
             if self.env.is_main:
                 tmp = path.with_name(path.name + ".tmp")
                 shutil.rmtree(tmp, ignore_errors=True)
-                self.model.save_pretrained(tmp, extra={"encoder": self.data.encoder})
-                shutil.rmtree(path, ignore_errors=True)
+                try:
+                    self.model.save_pretrained(tmp, extra={"encoder": self.data.encoder})
+                except OSError as e:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise CheckpointError(f"{tmp}: writing the export failed ({e.strerror or e})") from None
+                old = path.with_name(path.name + ".old")
+                if path.exists():
+                    path.rename(old)
                 tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
         barrier()
 
     def _checkpoint(self) -> None:
+        now = time.time()
+        self.progress.wall_time_s += now - self._clock
+        self._clock = now
         client = {"global_step": self.progress.global_step, "progress": vars(self.progress),
                   "stream": self.stream.state_dict(), "config_digest": self.digest}
-        self.checkpoints.save(self.engine, self.progress.global_step, client, self.digest)
+        with distributed.quiet_period():
+            self.checkpoints.save(self.engine, self.progress.global_step, client, self.digest)
 
     def _resume(self) -> None:
         client = self.checkpoints.load_latest(self.engine, self.digest)
         if client is not None:
-            self.progress = Progress(**client["progress"])
+            self.progress = Progress.from_state(client["progress"])
             self.stream.load_state_dict(client["stream"])
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> Optional[dict]:
         """Train to the end (returns the summary) or until preempted (returns None, checkpoint written)."""
-        cfg, t = self.cfg, self.cfg.train
+        t = self.cfg.train
         self._resume()
+        self._clock = time.time()  # wall time accumulates over resumes, checkpoint by checkpoint
+        # TensorBoard drops events past the resumed step, so a step never appears twice in the curves.
+        self.monitor = Monitor(self.run, self.env, purge_step=self.progress.global_step + 1
+                               if self.progress.global_step else None)
         log.info("%s: %s", t.task, self.stream.describe())
         preempt = Preemption()
-        started, interrupted = time.time(), False
         try:
             while self.stream.epoch < t.epochs and not self._done():
                 epoch = self.stream.epoch
-                if self._train_epoch(epoch, preempt):
-                    interrupted = True
-                    break
-                if self.stream.epoch == epoch:  # max_steps reached inside the epoch: validate where it stopped
-                    if not self.pretrain:
-                        self._validate(epoch)
-                    self._checkpoint()
-                    break
-                if not self.pretrain and self._validate(epoch):
-                    self._checkpoint()
-                    log.info("early stopping: no %s improvement for %d epochs", cfg.eval.metric, t.patience)
-                    break
+                ended = self._train_epoch(epoch, preempt)
+                if ended == "preempted":
+                    distributed.stop_watchdog()
+                    self.monitor.close()
+                    return None
+                stopped = ended == "stopped" or (self.validation is not None and self._validate(epoch))
                 self._checkpoint()
+                if stopped:
+                    log.info("early stopping: no %s improvement in %d validations", self.cfg.eval.metric,
+                             t.patience)
+                    break
+                if ended == "max_steps":
+                    break
         finally:
             preempt.restore()
-        if interrupted:
-            self.monitor.close()
-            return None
-        summary = self._finish(time.time() - started)
+            distributed.stop_watchdog()
+        summary = self._finish()
         self.monitor.close()
         return summary
 
     def _done(self) -> bool:
         t = self.cfg.train
-        return (t.max_steps and self.progress.global_step >= t.max_steps) or (
-            not self.pretrain and self.progress.bad_epochs >= t.patience)
+        return bool(t.max_steps and self.progress.global_step >= t.max_steps) or (
+            self.validation is not None and self.progress.bad_evals >= t.patience)
 
-    def _train_epoch(self, epoch: int, preempt: Preemption) -> bool:
-        """One epoch (or what is left of it). True when preempted."""
-        t, engine = self.cfg.train, self.engine
+    def _train_epoch(self, epoch: int, preempt: Preemption) -> str:
+        """One epoch, or what is left of it: how it ended — "epoch", "max_steps", "stopped" (early stopping at a
+        step validation) or "preempted" (checkpoint written)."""
+        t, e, engine = self.cfg.train, self.cfg.eval, self.engine
         steps = self.stream.steps_per_epoch
-        bar = tqdm(total=steps, initial=self.stream.step, desc=f"epoch {epoch}", disable=not self.env.is_main,
+        interactive = self.env.is_main and sys.stderr.isatty()  # no progress bar in SLURM / redirected logs
+        bar = tqdm(total=steps, initial=self.stream.step, desc=f"epoch {epoch}", disable=not interactive,
                    dynamic_ncols=True, leave=False)
-        gather = gather_candidates if (self.pretrain and t.gather_negatives and self.env.distributed) else None
-        window = {"loss": 0.0, "n": 0, "tokens": 0, "samples": 0, "t0": time.time()}
+        window = Window(self.device)
+        ended = "epoch"
         for raw in self.stream:
             batch = Batch.from_dict(raw).to(self.device)
-            loss = engine(batch, objective=self.objective, gather=gather)
+            loss = engine(batch)
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
-            engine.step()
-            window["loss"] += loss.item()
-            window["n"] += 1
-            window["tokens"] += int(batch.lengths.sum())
-            window["samples"] += len(batch.targets)
+            log_step = boundary and (self.progress.global_step + 1) % t.log_every == 0
+            with self._grad_norm(log_step):
+                engine.step()
+            window.add(loss, raw)
+            distributed.beat()
             if not boundary:
                 continue
+            # armed after the first step: compiling the step (train.compile) may take minutes
+            distributed.start_watchdog(self.run.path / ".heartbeat", self.env, t.collective_timeout_s)
             self.progress.global_step += 1
+            window.steps += 1
             bar.update(1)
             step = self.progress.global_step
-            if step % t.log_every == 0 or self.stream.step == 0:
-                self._log_train(step, epoch, window)
-            if t.checkpoint_every and step % t.checkpoint_every == 0 and self.stream.step != 0:
+            end_of_epoch = self.stream.step == 0
+            if log_step or end_of_epoch:
+                self._log_train(step, epoch, window, steps)
+                if preempt.agreed(self.device):
+                    self._checkpoint()
+                    log.warning("preempted at step %d: checkpoint written, exiting for requeue", step)
+                    ended = "preempted"
+                    break
+            if e.every_steps and step % e.every_steps == 0 and not end_of_epoch and self.validation is not None:
+                if self._validate(epoch):
+                    ended = "stopped"
+                    break
+            if t.checkpoint_every and step % t.checkpoint_every == 0 and not end_of_epoch:
                 self._checkpoint()
-            if preempt.agreed(self.device):
-                self._checkpoint()
-                log.warning("preempted at step %d: checkpoint written, exiting for requeue", step)
-                bar.close()
-                return True
             if t.max_steps and step >= t.max_steps:
+                ended = "max_steps"
                 break
         bar.close()
-        return False
+        return ended
 
-    def _log_train(self, step: int, epoch: int, window: dict) -> None:
-        sums = all_reduce_sum(torch.tensor([window["loss"], window["n"], window["tokens"], window["samples"]],
-                                           dtype=torch.float64, device=self.device)).tolist()
-        elapsed = max(time.time() - window["t0"], 1e-9)
-        grad_norm = self.engine.get_global_grad_norm()
+    @contextlib.contextmanager
+    def _grad_norm(self, wanted: bool):
+        """Let DeepSpeed compute the gradient norm (a host read) on log steps only: ZeRO-1/2 skip it otherwise
+        (zero_optimization.compute_grad_norm=false, see engine.deepspeed_config)."""
+        optimizer = self.engine.optimizer
+        toggle = wanted and getattr(optimizer, "compute_grad_norm", True) is False
+        if toggle:
+            optimizer.compute_grad_norm = True
+        try:
+            yield
+        finally:
+            if toggle:
+                optimizer.compute_grad_norm = False
+
+    def _log_train(self, step: int, epoch: int, window: Window, steps: int) -> None:
+        sums = distributed.all_reduce(torch.stack([window.loss.cpu(), window.tokens, window.samples]).to(
+            self.device)).tolist()
+        world = self.env.world_size
+        elapsed = max(time.time() - window.started, 1e-9)
         values = {
-            "train/loss": sums[0] / max(sums[1], 1),
+            "train/loss": sums[0] / max(window.micro_steps * world, 1),
             "train/lr": self.engine.get_lr()[0],
-            "train/samples_per_s": sums[3] / elapsed,
-            "train/tokens_per_s": sums[2] / elapsed,
+            "train/samples_per_s": sums[2] / elapsed,
+            "train/tokens_per_s": sums[1] / elapsed,
             "train/peak_memory_mb": peak_memory_mb(self.device),
         }
+        grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:
             values["train/grad_norm"] = float(grad_norm)
         self.monitor.scalars(step, values, epoch=epoch)
-        log.info("step %d epoch %d loss %.4f %.0f samples/s", step, epoch, values["train/loss"],
-                 values["train/samples_per_s"])
-        window.update(loss=0.0, n=0, tokens=0, samples=0, t0=time.time())
+        left = steps - self.stream.step if self.stream.step else 0
+        eta = left * elapsed / max(window.steps, 1)
+        log.info("step %d epoch %d (%d/%d) loss %.4f lr %.3g %.0f samples/s ETA epoch %s", step, epoch,
+                 self.stream.step or steps, steps, values["train/loss"], values["train/lr"],
+                 values["train/samples_per_s"], _duration(eta))
+        window.reset()
 
     def _validate(self, epoch: int) -> bool:
-        """Evaluate on the validation split, keep the best export; True when patience is exhausted."""
+        """Evaluate on the validation users, keep the best export; True when patience is exhausted."""
         p, e = self.progress, self.cfg.eval
-        metrics = self._evaluate(self.model, "valid", self._gather_params())
+        metrics = self._evaluate(self.model, self.validation, self._gather_params())
         value = metrics[e.metric]
-        p.history.append({"epoch": epoch, **metrics})
-        improved = value > p.best
-        if improved:
-            p.best, p.best_epoch, p.bad_epochs = value, epoch, 0
-            self._export(self.run_dir / "best")
+        p.history.append({"epoch": epoch, "step": p.global_step, **metrics})
+        if value > p.best:
+            p.best, p.best_epoch, p.best_step, p.bad_evals = value, epoch, p.global_step, 0
+            self._export(self.run.best)
         else:
-            p.bad_epochs += 1
+            p.bad_evals += 1
         self.monitor.scalars(p.global_step, {f"valid/{k}": v for k, v in metrics.items()} |
                              {"valid/best_epoch": p.best_epoch, "valid/epochs_to_best": p.best_epoch + 1},
                              epoch=epoch)
-        log.info("epoch %d valid %s %s (best %.4f at epoch %d)", epoch, e.metric, f"{value:.4f}", p.best,
-                 p.best_epoch)
-        return p.bad_epochs >= self.cfg.train.patience
+        log.info("epoch %d step %d valid %s %.4f (best %.4f at epoch %d)", epoch, p.global_step, e.metric, value,
+                 p.best, p.best_epoch)
+        return p.bad_evals >= self.cfg.train.patience
 
-    def _finish(self, wall: float) -> dict:
-        """Export, test with the best weights (fine-tuning), write summary.json."""
+    def _finish(self) -> dict:
+        """Export (the best validated weights when there was validation), test (fine-tuning), write summary.json."""
         p, cfg = self.progress, self.cfg
-        export = self.run_dir / "export"
-        test = None
-        if self.pretrain or p.best_epoch < 0:
+        export = self.run.export
+        if p.best_epoch < 0:
             self._export(export)
         else:
             if self.env.is_main:
-                shutil.rmtree(export, ignore_errors=True)
-                shutil.copytree(self.run_dir / "best", export)
+                tmp = export.with_name("export.tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(self.run.best, tmp)
+                if export.exists():
+                    shutil.rmtree(export)
+                tmp.rename(export)
             barrier()
-        if not self.pretrain:
+        test = None
+        if cfg.train.task == "finetune":
             best = from_pretrained(export, self.data.features, expect=cfg.model).to(self.device)
-            test = self._evaluate(best, "test")
+            test = self._evaluate(best, eval_stream(cfg, self.data, self.env, "test"))
             self.monitor.scalars(p.global_step, {f"test/{k}": v for k, v in test.items()})
             log.info("test: %s", ", ".join(f"{k} {v:.4f}" for k, v in test.items() if k != "users"))
         summary = {
             "task": cfg.train.task,
             "test": test,
             "best_epoch": p.best_epoch,
+            "best_step": p.best_step,
             "epochs_to_best": p.best_epoch + 1 if p.best_epoch >= 0 else None,
             "best_valid": p.best if p.best_epoch >= 0 else None,
             "valid_history": p.history,
@@ -272,16 +343,40 @@ class Trainer:
             "epochs": self.stream.epoch,
             "world_size": self.env.world_size,
             "global_batch": self.stream.global_batch,
-            "wall_time_s": round(wall, 2),
+            "wall_time_s": round(p.wall_time_s, 2),
             "bad_records": self.data.bad_records,
             "export": str(export),
             "config": cfg.to_dict(),
         }
-        if test is not None:
-            self.monitor.hparams(flatten({"model": cfg.model.__dict__, "train": cfg.train.__dict__}),
-                                 {k: v for k, v in test.items() if k != "users"})
+        self.monitor.hparams(hparams(cfg, self.env, self.stream.global_batch, self.data),
+                             {k: v for k, v in (test or {}).items() if k != "users"}
+                             or ({"best_valid": p.best} if p.best_epoch >= 0 else {}))
         if self.env.is_main:
-            tmp = self.run_dir / ".summary.json.tmp"
+            tmp = self.run.summary.with_name(".summary.json.tmp")
             tmp.write_text(json.dumps(summary, indent=2, default=str))
-            tmp.rename(self.run_dir / "summary.json")
+            tmp.rename(self.run.summary)
         return summary
+
+
+def hparams(cfg: RunConfig, env: DistEnv, global_batch: int, data: Data) -> dict:
+    """What TensorBoard's hparams view shows for a run: the nested settings flattened, plus derived ones."""
+    out = flatten({"model": cfg.model.__dict__ | {"ssd": vars(cfg.model.ssd), "compat": vars(cfg.model.compat)},
+                   "train": cfg.train.__dict__, "data": {k: v for k, v in cfg.data.__dict__.items() if k != "encoder"},
+                   "encoder": vars(cfg.data.encoder)})
+    return out | {"world_size": env.world_size, "global_batch": global_batch, "loss": cfg.loss_name,
+                  "num_items": data.features.num_items}
+
+
+def eval_stream(cfg: RunConfig, data: Data, env: DistEnv, split: str, users=None) -> EvalStream:
+    """The one definition of an evaluation stream of a run (validation, test, the evaluate launcher)."""
+    e = cfg.eval
+    kwargs = {} if users is None else {"users": users}
+    return EvalStream(data.seq_index, data.item_index, split=split, max_len=cfg.model.max_len,
+                      batch_size=e.batch_size, rank=env.rank, world=env.world_size, mask_history=e.mask_history,
+                      **kwargs)
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmm4rec.config import ConfigError, ModelConfig, from_dict
+from mmm4rec.config import ConfigError, ModelConfig, TrainConfig, from_dict
+from mmm4rec.losses import LOSSES
 from mmm4rec.model import Batch, ItemFeatures, build_model, from_pretrained
 from mmm4rec.model.layers import CausalConv1d, FourierFusion, dft_bases
 from mmm4rec.model.ssd import QUADRATIC_MAX_LEN, pick_form, triton_usable
@@ -41,6 +42,10 @@ def make_batch(b=6, L=8, num_items=NUM_ITEMS, seed=0, lengths=None):
     return Batch(items, ts, lengths, targets, target_ts)
 
 
+def loss_of(model, batch, name="full", **train):
+    return LOSSES[name](from_dict(TrainConfig, train))(model, batch)
+
+
 def model_for(cfg, feats=None, seed=0):
     torch.manual_seed(seed)
     return build_model(cfg, feats or features()).eval()
@@ -61,7 +66,7 @@ def test_output_shapes_and_losses():
     assert model.user_vectors(batch).shape == (6, 32)
     tables = model.item_tables()
     assert tables.scores.shape == (NUM_ITEMS + 1, 32)
-    assert torch.isfinite(model(batch, "full")) and torch.isfinite(model(batch, "in_batch"))
+    assert torch.isfinite(loss_of(model, batch, "full")) and torch.isfinite(loss_of(model, batch, "in_batch"))
 
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -120,11 +125,11 @@ def test_full_softmax_never_scores_padding():
     batch = make_batch()
     tables = model.item_tables()
     want = F.cross_entropy(model.user_vectors(batch) @ tables.scores[1:].t(), batch.targets - 1)
-    loss = model(batch, "full")
+    loss = loss_of(model, batch)
     torch.testing.assert_close(loss, want)
     with torch.no_grad():  # make padding (id 0) the best-scoring vector for every user: the loss must not move
         model.text_id_bias[0] = 100 * model.user_vectors(batch).mean(0)
-    assert torch.equal(model(batch, "full"), loss)
+    assert torch.equal(loss_of(model, batch), loss)
 
 
 def test_in_batch_loss_uses_batch_targets_as_candidates():
@@ -133,17 +138,7 @@ def test_in_batch_loss_uses_batch_targets_as_candidates():
     tables = model.item_tables()
     user = model.user_vectors(batch)
     want = F.cross_entropy(user @ tables.scores[batch.targets].t(), torch.arange(6))
-    torch.testing.assert_close(model(batch, "in_batch"), want, rtol=1e-5, atol=1e-6)
-
-
-def test_gathered_negatives_offset_the_labels():
-    model = model_for(tiny())
-    batch = make_batch()
-    extra = torch.randn(4, 32)
-    loss = model(batch, "in_batch", gather=lambda cand: (torch.cat([extra, cand]), 4))
-    tables = model.item_tables()
-    logits = model.user_vectors(batch) @ torch.cat([extra, tables.scores[batch.targets]]).t()
-    torch.testing.assert_close(loss, F.cross_entropy(logits, torch.arange(6) + 4), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss_of(model, batch, "in_batch"), want, rtol=1e-5, atol=1e-6)
 
 
 def test_text_only_data_scores_with_text_alone():
@@ -168,7 +163,7 @@ def test_learned_missing_image_vector_replaces_missing_items():
                                       dict(ssd={"form": "chunked", "chunk_size": 3})])
 def test_ablations_run_and_train(ablation):
     model = model_for(tiny(**ablation)).train()
-    loss = model(make_batch(), "full")
+    loss = loss_of(model, make_batch())
     loss.backward()
     assert torch.isfinite(loss)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -200,7 +195,7 @@ def test_paper_config_on_gpu_triton_matches_quadratic_and_trains_in_bf16():
     losses = []
     for _ in range(60):
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(batch, "full")
+            loss = loss_of(model, batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -216,7 +211,7 @@ def test_tiny_overfit_halves_the_full_softmax_loss(arch):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     first = None
     for _ in range(60):
-        loss = model(batch, "full")
+        loss = loss_of(model, batch)
         first = first if first is not None else loss.item()
         opt.zero_grad()
         loss.backward()
@@ -242,7 +237,7 @@ def test_save_and_load_reproduce_outputs_exactly(tmp_path, arch):
 def test_transfer_drops_id_tables_and_is_strict_otherwise(tmp_path):
     source = model_for(tiny(), features(num_items=80))
     source.save_pretrained(tmp_path)
-    target = from_pretrained(tmp_path, features(num_items=NUM_ITEMS))  # another catalogue
+    target = from_pretrained(tmp_path, features(num_items=NUM_ITEMS), transfer=True)  # another catalogue
     assert target.text_id_bias.shape[0] == NUM_ITEMS + 1 and not target.text_id_bias.any()
     torch.testing.assert_close(target.layers[0].tissd.in_proj.weight, source.layers[0].tissd.in_proj.weight)
     other = model_for(tiny(d_state=4), features())

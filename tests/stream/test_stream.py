@@ -62,7 +62,20 @@ def test_exactly_once_over_two_ranks_and_two_workers(dataset, split):
     stream = train_stream(dataset, world=2, micro=4, accum=2, split=split)
     repeats = stream.steps_per_epoch * stream.global_batch - index.total(split)
     assert sum(seen.values()) - len(seen) == repeats < stream.global_batch  # ... once, plus the stated top-up
-    assert f"{repeats} repeats" in stream.describe()
+    assert f"{repeats} rows of weight 0" in stream.describe()
+    # ... whose loss weight is 0: weighted, every sample counts exactly once, and each global step's real
+    # samples carry equal weights that average (over accumulation and ranks) to the step's mean
+    weighted = Counter()
+    for rank in ranks:
+        for b in rank:
+            for u, p, w in zip(b["user"].tolist(), b["position"].tolist(), b["weight"].tolist()):
+                weighted[(u, p)] += w > 0
+    assert set(weighted.values()) == {1} and len(weighted) == index.total(split)
+    steps = [ranks[0][i : i + 2] + ranks[1][i : i + 2] for i in range(0, len(ranks[0]), 2)]  # accumulation 2
+    for step in steps:
+        w = torch.cat([b["weight"] for b in step])
+        real = int((w > 0).sum())
+        torch.testing.assert_close(w[w > 0], torch.full((real,), 2 * 2 / real))  # world × accumulation / real
 
 
 def test_global_steps_hold_the_same_samples_on_one_and_two_ranks(dataset):

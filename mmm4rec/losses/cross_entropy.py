@@ -1,0 +1,132 @@
+"""Softmax cross-entropy against many candidates without a (users × items) logits tensor.
+
+``chunked_cross_entropy`` is the full-item CE as a fused linear cross-entropy (in the spirit of Liger's and
+Apple's cut-cross-entropy kernels): the logits ``user @ candᵀ`` are formed one chunk of candidates at a time, and
+the gradients are computed in the same pass, so forward + backward hold one (b × chunk) block at a time instead
+of the (b × I) logits and their softmax. One chunk (I ≤ chunk): one pass, the plain matmul cost. Several chunks: a
+first pass finds each user's log-sum-exp, a second recomputes each block's logits and accumulates the gradients
+(one extra logits matmul, the price of bounded memory).
+
+``item_parallel_cross_entropy`` is the same loss when every rank holds a shard of the candidates (Megatron's
+vocab-parallel CE, with data-parallel users): ranks score ALL ranks' users against their own shard, the per-user
+max, sum of exponentials and target logit are all-reduced, and each rank keeps the gradients of its shard.
+
+Both return Σ_i w_i · CE_i (w: per-user weights, e.g. 1/b for a mean) and accumulate in fp32 whatever the
+inputs' dtype.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import distributed
+
+
+def _logits(user: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    return (user @ cand.t()).float()
+
+
+def _block_grads(logits, lse, weight, target_col, scale):
+    """d(Σ w·CE)/d logits for one block: w · (softmax − onehot(target)) · scale; target_col -1 where the target
+    lies outside this block."""
+    grad = torch.exp(logits - lse[:, None]).mul_((weight * scale)[:, None])
+    rows = torch.arange(len(grad), device=grad.device)
+    inside = target_col >= 0
+    grad[rows, target_col.clamp(min=0)] -= torch.where(inside, weight * scale, 0.0)
+    return grad
+
+
+class _ChunkedCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, user, cand, target, weight, chunk: int):
+        n = cand.shape[0]
+        starts = range(0, n, chunk)
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        with torch.no_grad():
+            if len(starts) == 1:  # one block: logits once, gradients from them
+                logits = _logits(user, cand)
+                lse = torch.logsumexp(logits, dim=-1)
+                target_logit = logits.gather(1, target[:, None])[:, 0]
+                blocks = [logits]
+            else:  # pass 1: running log-sum-exp over the blocks (and the target's logit where it lies)
+                lse = torch.full((len(user),), float("-inf"), device=user.device)
+                target_logit = torch.zeros(len(user), device=user.device)
+                for s in starts:
+                    logits = _logits(user, cand[s : s + chunk])
+                    lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=-1))
+                    col = target - s
+                    inside = (col >= 0) & (col < logits.shape[1])
+                    target_logit += torch.where(inside, logits.gather(1, col.clamp(0, logits.shape[1] - 1)[:, None])[:, 0], 0.0)
+                blocks = None
+            loss = (weight * (lse - target_logit)).sum()
+            if need_grad:  # pass 2 (or the one block): gradients now, so backward only scales them
+                grad_user = torch.zeros(user.shape, dtype=torch.float32, device=user.device)
+                grad_cand = torch.empty(cand.shape, dtype=torch.float32, device=cand.device)
+                for k, s in enumerate(starts):
+                    block = cand[s : s + chunk]
+                    logits = blocks[k] if blocks is not None else _logits(user, block)
+                    col = target - s
+                    col = torch.where((col >= 0) & (col < logits.shape[1]), col, -1)
+                    g = _block_grads(logits, lse, weight, col, 1.0)
+                    grad_user += g @ block.float()
+                    grad_cand[s : s + chunk] = g.t() @ user.float()
+                ctx.save_for_backward(grad_user.to(user.dtype), grad_cand.to(cand.dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_user, grad_cand = ctx.saved_tensors
+        return grad_user * grad_loss.to(grad_user.dtype), grad_cand * grad_loss.to(grad_cand.dtype), None, None, None
+
+
+def chunked_cross_entropy(user: torch.Tensor, cand: torch.Tensor, target: torch.Tensor,
+                          weight: Optional[torch.Tensor] = None, chunk: int = 32768) -> torch.Tensor:
+    """Σ_i w_i · CE(user_i @ candᵀ, target_i); target = row of ``cand``; ``weight`` None = mean over users.
+    Equal to ``F.cross_entropy(user @ cand.T, target, reduction=…)`` in value and gradients (tested in fp64)."""
+    if weight is None:
+        weight = torch.full((len(user),), 1.0 / len(user), device=user.device)
+    return _ChunkedCE.apply(user, cand, target, weight.float(), chunk)
+
+
+class _ItemParallelCE(torch.autograd.Function):
+    """Forward on every rank with the same gathered users; returns the global Σ w·CE. Backward returns this rank's
+    share: the gradient of its candidate shard, and its shard's contribution to every gathered user's gradient
+    (the all-gather's backward sums those over ranks)."""
+
+    @staticmethod
+    def forward(ctx, users, cand, target_col, weight, grad_scale: float):
+        with torch.no_grad():
+            logits = _logits(users, cand)
+            m = distributed.all_reduce(logits.max(dim=-1).values, "max")
+            sum_exp = distributed.all_reduce(torch.exp(logits - m[:, None]).sum(-1), "sum")
+            lse = m + torch.log(sum_exp)
+            inside = target_col >= 0
+            local_target = logits.gather(1, target_col.clamp(min=0)[:, None])[:, 0]
+            target_logit = distributed.all_reduce(torch.where(inside, local_target, 0.0), "sum")
+            loss = (weight * (lse - target_logit)).sum()
+            g = _block_grads(logits, lse, weight, target_col, grad_scale)
+            ctx.save_for_backward((g @ cand.float()).to(users.dtype), (g.t() @ users.float()).to(cand.dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_users, grad_cand = ctx.saved_tensors
+        return grad_users * grad_loss.to(grad_users.dtype), grad_cand * grad_loss.to(grad_cand.dtype), None, None, None
+
+
+def item_parallel_cross_entropy(user: torch.Tensor, cand: torch.Tensor, first_id: int, target: torch.Tensor,
+                                weight: torch.Tensor) -> torch.Tensor:
+    """The full-item CE of the GLOBAL batch with candidates sharded over ranks.
+
+    ``cand``: this rank's candidate rows, item ids first_id, first_id+1, …; ``target``: item ids; ``weight``: per
+    user, such that Σ over all ranks' users of w·CE is the loss of one micro-step. Returns that global sum
+    divided by the world size on every rank (so DeepSpeed's average over ranks reports it), with gradients scaled
+    to match what DeepSpeed's gradient average expects: ∇ of the global sum, not of a rank's share.
+    """
+    world = distributed.world_size()
+    users = distributed.all_gather_with_grad(user)
+    targets, weights = distributed.all_gather(target), distributed.all_gather(weight.float())
+    col = targets - first_id
+    col = torch.where((col >= 0) & (col < cand.shape[0]), col, -1)
+    return _ItemParallelCE.apply(users, cand, col, weights, float(world)) / world
