@@ -11,8 +11,8 @@ first pass finds each user's log-sum-exp, a second recomputes each block's logit
 vocab-parallel CE, with data-parallel users): ranks score ALL ranks' users against their own shard, the per-user
 max, sum of exponentials and target logit are all-reduced, and each rank keeps the gradients of its shard.
 
-Both return Σ_i w_i · CE_i (w: per-user weights, e.g. 1/b for a mean) and accumulate in fp32 whatever the
-inputs' dtype.
+Both return Σ_i w_i · CE_i (w: per-user weights, e.g. 1/b for a mean) and accumulate in fp32 (fp64 for fp64
+inputs) whatever the inputs' dtype.
 """
 from __future__ import annotations
 
@@ -21,10 +21,15 @@ from typing import Optional
 import torch
 
 from .. import distributed
+from ..model.precision import acc_dtype
+
+
+def _acc(t: torch.Tensor) -> torch.dtype:
+    return acc_dtype(t.dtype)
 
 
 def _logits(user: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-    return (user @ cand.t()).float()
+    return (user @ cand.t()).to(_acc(user))
 
 
 def _block_grads(logits, lse, weight, target_col, scale):
@@ -50,8 +55,8 @@ class _ChunkedCE(torch.autograd.Function):
                 target_logit = logits.gather(1, target[:, None])[:, 0]
                 blocks = [logits]
             else:  # pass 1: running log-sum-exp over the blocks (and the target's logit where it lies)
-                lse = torch.full((len(user),), float("-inf"), device=user.device)
-                target_logit = torch.zeros(len(user), device=user.device)
+                lse = torch.full((len(user),), float("-inf"), dtype=_acc(user), device=user.device)
+                target_logit = torch.zeros(len(user), dtype=_acc(user), device=user.device)
                 for s in starts:
                     logits = _logits(user, cand[s : s + chunk])
                     lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=-1))
@@ -61,16 +66,16 @@ class _ChunkedCE(torch.autograd.Function):
                 blocks = None
             loss = (weight * (lse - target_logit)).sum()
             if need_grad:  # pass 2 (or the one block): gradients now, so backward only scales them
-                grad_user = torch.zeros(user.shape, dtype=torch.float32, device=user.device)
-                grad_cand = torch.empty(cand.shape, dtype=torch.float32, device=cand.device)
+                grad_user = torch.zeros(user.shape, dtype=_acc(user), device=user.device)
+                grad_cand = torch.empty(cand.shape, dtype=_acc(user), device=cand.device)
                 for k, s in enumerate(starts):
                     block = cand[s : s + chunk]
                     logits = blocks[k] if blocks is not None else _logits(user, block)
                     col = target - s
                     col = torch.where((col >= 0) & (col < logits.shape[1]), col, -1)
                     g = _block_grads(logits, lse, weight, col, 1.0)
-                    grad_user += g @ block.float()
-                    grad_cand[s : s + chunk] = g.t() @ user.float()
+                    grad_user += g @ block.to(g.dtype)
+                    grad_cand[s : s + chunk] = g.t() @ user.to(g.dtype)
                 ctx.save_for_backward(grad_user.to(user.dtype), grad_cand.to(cand.dtype))
         return loss
 
@@ -86,7 +91,7 @@ def chunked_cross_entropy(user: torch.Tensor, cand: torch.Tensor, target: torch.
     Equal to ``F.cross_entropy(user @ cand.T, target, reduction=…)`` in value and gradients (tested in fp64)."""
     if weight is None:
         weight = torch.full((len(user),), 1.0 / len(user), device=user.device)
-    return _ChunkedCE.apply(user, cand, target, weight.float(), chunk)
+    return _ChunkedCE.apply(user, cand, target, weight.to(_acc(user)), chunk)
 
 
 class _ItemParallelCE(torch.autograd.Function):
@@ -106,7 +111,7 @@ class _ItemParallelCE(torch.autograd.Function):
             target_logit = distributed.all_reduce(torch.where(inside, local_target, 0.0), "sum")
             loss = (weight * (lse - target_logit)).sum()
             g = _block_grads(logits, lse, weight, target_col, grad_scale)
-            ctx.save_for_backward((g @ cand.float()).to(users.dtype), (g.t() @ users.float()).to(cand.dtype))
+            ctx.save_for_backward((g @ cand.to(g.dtype)).to(users.dtype), (g.t() @ users.to(g.dtype)).to(cand.dtype))
         return loss
 
     @staticmethod
@@ -126,7 +131,7 @@ def item_parallel_cross_entropy(user: torch.Tensor, cand: torch.Tensor, first_id
     """
     world = distributed.world_size()
     users = distributed.all_gather_with_grad(user)
-    targets, weights = distributed.all_gather(target), distributed.all_gather(weight.float())
+    targets, weights = distributed.all_gather(target), distributed.all_gather(weight.to(_acc(user)))
     col = targets - first_id
     col = torch.where((col >= 0) & (col < cand.shape[0]), col, -1)
     return _ItemParallelCE.apply(users, cand, col, weights, float(world)) / world

@@ -26,7 +26,7 @@ class FullSoftmax(nn.Module):
         cand, first = tables.scores, tables.first_id
         if first == 0:  # the padding row is never a candidate
             cand, first = cand[1:], 1
-        weight = sample_weights(batch)
+        weight = sample_weights(batch, user)
         if model.sharded:
             return item_parallel_cross_entropy(user, cand, first, batch.targets, weight)
         return chunked_cross_entropy(user, cand, batch.targets - first, weight, self.chunk)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .. import distributed
 from ..config import TrainConfig
+from ..model.precision import acc_dtype
 from ..model import Batch, SequentialRecommender
 from .weights import sample_weights
 
@@ -30,5 +31,6 @@ class InBatchSoftmax(nn.Module):
         if self.gather and distributed.world_size() > 1:
             cand, offset = distributed.gather_candidates(cand)
         labels = torch.arange(b, device=user.device) + offset
-        ce = F.cross_entropy((user @ cand.t()).float(), labels, reduction="none")
-        return (sample_weights(batch) * ce).sum()
+        ce = F.cross_entropy((user @ cand.t()).to(acc_dtype(user.dtype)), labels,
+                             reduction="none")
+        return (sample_weights(batch, user) * ce).sum()

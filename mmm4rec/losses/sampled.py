@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigError, TrainConfig
+from ..model.precision import acc_dtype
 from ..model import Batch, SequentialRecommender
 from .weights import sample_weights
 
@@ -54,7 +55,7 @@ class SampledSoftmax(nn.Module):
         tables = model.item_tables(torch.cat([batch.items.flatten(), cand_ids]))
         history = tuple(x[: b * L].view(b, L, -1) for x in tables.inputs)
         user = model.encode(batch, history)
-        logits = (user @ tables.scores[b * L :].t()).float()
+        logits = (user @ tables.scores[b * L :].t()).to(acc_dtype(user.dtype))
         if self.logq:
             logits = logits - self.log_expected(cand_ids, b)
         positive = torch.arange(b, device=user.device)
@@ -62,4 +63,4 @@ class SampledSoftmax(nn.Module):
         hit[positive, positive] = False
         logits = logits.masked_fill(hit, float("-inf"))
         ce = F.cross_entropy(logits, positive, reduction="none")
-        return (sample_weights(batch) * ce).sum()
+        return (sample_weights(batch, user) * ce).sum()

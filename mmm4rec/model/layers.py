@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
+from .precision import acc_dtype, as_dtype
 from .ssd import ssd_scan
 
 
@@ -29,7 +30,8 @@ class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        return x * ((torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))).to(x.dtype)
+        keep = torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))  # the mask, scaled, in x's dtype
+        return x * keep
 
 
 class CausalConv1d(nn.Conv1d):
@@ -53,8 +55,8 @@ class _CausalConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, bias):
         K, L = w.shape[1], x.shape[1]
-        wx = w.to(x.dtype)
-        y = torch.addcmul(bias.to(x.dtype), x, wx[:, K - 1])
+        wx = as_dtype(w, x.dtype)
+        y = torch.addcmul(as_dtype(bias, x.dtype), x, wx[:, K - 1])
         for j in range(1, min(K, L)):
             y[:, j:].addcmul_(x[:, :-j], wx[:, K - 1 - j])
         ctx.save_for_backward(x, w)
@@ -64,21 +66,21 @@ class _CausalConv(torch.autograd.Function):
     def backward(ctx, grad):
         x, w = ctx.saved_tensors
         K, L = w.shape[1], x.shape[1]
-        wx = w.to(grad.dtype)
+        wx = as_dtype(w, grad.dtype)
         grad_x = grad * wx[:, K - 1]
-        acc = torch.promote_types(grad.dtype, torch.float32)
+        acc = acc_dtype(grad.dtype)
         grad_w = torch.zeros(w.shape, dtype=acc, device=w.device)
         grad_w[:, K - 1] = _channel_dot(grad, x)
         for j in range(1, min(K, L)):
             grad_x[:, :-j].addcmul_(grad[:, j:], wx[:, K - 1 - j])
             grad_w[:, K - 1 - j] = _channel_dot(grad[:, j:], x[:, :-j])
-        return grad_x, grad_w.to(w.dtype), grad.sum((0, 1), dtype=acc).to(w.dtype)
+        return grad_x, as_dtype(grad_w, w.dtype), as_dtype(grad.sum((0, 1), dtype=acc), w.dtype)
 
 
 def _channel_dot(a: torch.Tensor, b: torch.Tensor, block: int = 1 << 20) -> torch.Tensor:
     """Σ over (batch, L) of a·b per channel, in ≥ fp32, ~``block`` elements at a time: no activation-sized
     temporary for wide layers, a single pass for narrow ones."""
-    acc = torch.promote_types(a.dtype, torch.float32)
+    acc = acc_dtype(a.dtype)
     total = torch.zeros(a.shape[-1], dtype=acc, device=a.device)
     rows = max(1, block // max(1, a[0].numel()))
     for i in range(0, a.shape[0], rows):
@@ -87,7 +89,8 @@ def _channel_dot(a: torch.Tensor, b: torch.Tensor, block: int = 1 << 20) -> torc
 
 
 class GatedRMSNorm(nn.Module):
-    """RMSNorm_E(y ⊙ SiLU(z)) ⊙ w over all E features (one group), computed in fp32."""
+    """RMSNorm_E(y ⊙ SiLU(z)) ⊙ w over all E features (one group), computed in fp32 (fp64 for fp64 inputs);
+    torch's rms_norm is one fused op where the written-out formula is six."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -95,8 +98,12 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        y = y.float() * F.silu(z.float())
-        return (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight).to(z.dtype)
+        acc = acc_dtype(z.dtype)
+        y = as_dtype(y, acc) * F.silu(as_dtype(z, acc))
+        return as_dtype(F.rms_norm(y, y.shape[-1:], as_dtype(self.weight, acc), self.eps), z.dtype)
+
+
+
 
 
 class FeedForward(nn.Module):
@@ -160,7 +167,7 @@ class SSDMixer(nn.Module):
         y = ssd_scan(
             x.view(b, L, cfg.n_heads, cfg.head_dim),
             dt,
-            -torch.exp(self.A_log.float()),
+            -torch.exp(as_dtype(self.A_log, acc_dtype(self.A_log.dtype))),
             B.view(b, L, cfg.n_groups, cfg.d_state),
             C.view(b, L, cfg.n_groups, cfg.d_state),
             self.D,
@@ -263,10 +270,10 @@ class FourierFusion(nn.Module):
         re, im = re_v + re_t, im_v + im_t
         if self.learned is not None:
             re, im = self.learned(re, im)
-        return re @ self.inv_re.to(re.dtype) + im @ self.inv_im.to(im.dtype)
+        return re @ as_dtype(self.inv_re, re.dtype) + im @ as_dtype(self.inv_im, im.dtype)
 
     def _adapt(self, d, cl):
-        re, im = d @ self.fwd_re.to(d.dtype), d @ self.fwd_im.to(d.dtype)
+        re, im = d @ as_dtype(self.fwd_re, d.dtype), d @ as_dtype(self.fwd_im, d.dtype)
         if cl is None:
             return re, im
         w_re, w_im = cl(re, im)

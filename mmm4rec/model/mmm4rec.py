@@ -120,7 +120,7 @@ class MMM4Rec(SequentialRecommender):
         x_v = self.norm_image(self.dropout(history[1]))
         d_t = d_v = None
         if self.time_norm is not None:
-            gaps = self.time_gaps(batch)
+            gaps = self.time_gaps(batch).to(self.time_norm.weight.dtype)
             d_t, d_v = (self.time_norm(self.dropout(gaps))[:, None, :].expand(-1, self.cfg.n_heads, -1)
                         for _ in range(2))  # two dropout masks, one per stream
         for layer in self.layers:

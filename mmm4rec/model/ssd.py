@@ -22,6 +22,8 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 
+from .precision import acc_dtype, as_dtype
+
 Form = Literal["auto", "quadratic", "chunked", "recurrence", "triton"]
 Skip = Literal["reference", "mamba"]
 
@@ -47,8 +49,8 @@ def ssd_scan(
         form = pick_form(x)
     if form == "triton":
         return _triton(x, dt, A, B, C, D, dt_bias, chunk_size, skip)
-    acc = torch.promote_types(x.dtype, torch.float32)
-    delta, A = _softplus(dt, dt_bias, acc), A.to(acc)
+    acc = acc_dtype(x.dtype)
+    delta, A = _softplus(dt, dt_bias, acc), as_dtype(A, acc)
     if form == "quadratic":
         y = _quadratic(x, delta, A, B, C)
     elif form == "chunked":
@@ -57,7 +59,7 @@ def ssd_scan(
         y = _recurrence(x, delta, A, B, C)
     else:
         raise ValueError(f"unknown SSD form {form!r}")
-    return (y.to(acc) + _skip(x, delta, D, skip)).to(x.dtype)
+    return as_dtype(as_dtype(y, acc) + _skip(x, delta, D, skip), x.dtype)
 
 
 def pick_form(x: torch.Tensor) -> str:
@@ -97,14 +99,14 @@ def _check_shapes(x, dt, A, B, C) -> None:
 def _softplus(dt: torch.Tensor, dt_bias: Optional[torch.Tensor], acc: torch.dtype) -> torch.Tensor:
     """Δ = softplus(dt + dt_bias) in the accumulation dtype (at least fp32), autocast or not."""
     with torch.autocast(dt.device.type, enabled=False):
-        dt = dt.to(acc)
-        return F.softplus(dt if dt_bias is None else dt + dt_bias.to(acc))
+        dt = as_dtype(dt, acc)
+        return F.softplus(dt if dt_bias is None else dt + as_dtype(dt_bias, acc))
 
 
 def _skip(x, delta, D, skip: Skip):
     if D is None:
         return 0.0
-    d = D.to(delta.dtype)[:, None]
+    d = as_dtype(D, delta.dtype)[:, None]
     return d * x * delta[..., None] if skip == "reference" else d * x
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -44,7 +45,9 @@ class NAdam(torch.optim.Optimizer):
             step = states[0]["step"] + 1
             mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * group["momentum_decay"]))
             mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * group["momentum_decay"]))
-            mu_product = states[0]["mu_product"] * mu
+            # torch keeps the product as a float32 scalar tensor; rounding it the same way keeps the two
+            # optimisers' trajectories identical, not merely close
+            mu_product = float(np.float32(states[0]["mu_product"]) * np.float32(mu))
             for s in states:
                 s["step"], s["mu_product"] = step, mu_product
             if group["weight_decay"]:

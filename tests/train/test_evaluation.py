@@ -56,14 +56,15 @@ def test_evaluate_launcher_is_identical_on_one_and_two_processes_and_masking_hel
     train = tmp_path / "train"
     run("finetune.py", ["--config", "tiny", "--set", f"data.dataset={tiny_dataset}", "--set", "train.max_steps=30",
                         "--run-dir", str(train)])
-    results = {}
-    for name, nproc, launcher, mask in [("one", 1, "python", False), ("two", 2, "torchrun", False),
-                                         ("masked", 2, "torchrun", True)]:
+    # the run's own resolved config, results next to it under a name that says the split and the mask
+    run("evaluate.py", ["--checkpoint", str(train), "--set", "eval.batch_size=16"])
+    results = {"one": json.loads((train / "eval-test.json").read_text())}
+    for name, mask in [("two", False), ("masked", True)]:
         out = tmp_path / name
         run("evaluate.py", ["--config", "tiny", "--set", f"data.dataset={tiny_dataset}", "--set",
                             f"eval.mask_history={mask}", "--set", "eval.batch_size=16", "--checkpoint", str(train),
-                            "--run-dir", str(out)], nproc=nproc, launcher=launcher)
-        results[name] = json.loads((out / "eval-test.json").read_text())
+                            "--run-dir", str(out)], nproc=2, launcher="torchrun")
+        results[name] = json.loads((out / f"eval-test{'-masked' if mask else ''}.json").read_text())
     one, two, masked = results["one"], results["two"], results["masked"]
     assert one["users"] == two["users"] == 120 and two["world_size"] == 2
     for k in metric_names([10, 20, 50]):

@@ -51,12 +51,12 @@ def finetune(run_dir: Path, dataset: str, preset: str, seed: int, overrides: lis
     if not (run_dir / "summary.json").exists():
         launch("finetune.py", args, run_dir / "stdout.log")
     masked = run_dir / "masked"
-    if not (masked / "eval-test.json").exists():
+    if not (masked / "eval-test-masked.json").exists():
         launch("evaluate.py", ["--config", preset, "--checkpoint", str(run_dir), "--run-dir", str(masked),
                                "--set", "eval.mask_history=true"] + [a for s in sets for a in ("--set", s)],
                run_dir / "masked.log")
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"seed": seed, "test": summary["test"], "test_masked": json.loads((masked / "eval-test.json").read_text()),
+    return {"seed": seed, "test": summary["test"], "test_masked": json.loads((masked / "eval-test-masked.json").read_text()),
             "best_epoch": summary["best_epoch"], "epochs_to_best": summary["epochs_to_best"],
             "epochs_run": summary["epochs"], "valid_history": summary["valid_history"],
             "wall_time_s": summary["wall_time_s"], "run_dir": str(run_dir)}
