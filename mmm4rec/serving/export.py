@@ -113,8 +113,9 @@ def _digests(folder: Path, store: FeatureStore) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------------------- loading
 def load_export(path: str | os.PathLike, *, features: str | os.PathLike | None = None,
                 transfer: bool = False) -> Export:
-    """Read and check an export. ``features`` serves it on another feature store (another catalogue only with
-    ``transfer``: the export's ID tables then do not apply and items are scored by content alone)."""
+    """Read and check an export. ``features`` serves it on another feature store: the export's own moved
+    elsewhere, or another catalogue (only with ``transfer``: the export's ID tables then do not apply and items
+    are scored by content alone)."""
     path = Path(path)
     meta = _read_meta(path)
     for name, digest in meta["sha256"].items():
@@ -139,7 +140,10 @@ def load_export(path: str | os.PathLike, *, features: str | os.PathLike | None =
     model.eval()
     with torch.no_grad():
         computed = model.item_tables().scores.float()
-    candidates = computed if features is not None else _stored_candidates(path / CANDIDATES, computed)
+    # The exported vectors serve wherever the export's own features are found (moved, or passed as features=);
+    # with any other features they would be stale.
+    own = features is None or _digests(store.path, store) == meta["features"]["sha256"]
+    candidates = _stored_candidates(path / CANDIDATES, computed) if own else computed
     return Export(path, model, feats, store.keys, candidates, meta["encoder"], meta)
 
 

@@ -221,7 +221,10 @@ class Recommender:
         want = self.encoder
         cfg = EncoderConfig(text=want["text"]["source"], image=(want["image"] or {}).get("source"),
                             max_text_tokens=want["max_text_tokens"])
-        here = encoder_identity(cfg)
+        try:
+            here = encoder_identity(cfg)
+        except ValueError:  # a local model folder that is gone here reads as a malformed hub name
+            here = {**want, **{m: {**want[m], "revision": None} for m in ("text", "image") if want[m]}}
         for m in ("text", "image"):
             if want[m] and here[m] != want[m]:
                 state = ("is not available here" if here[m]["revision"] is None
