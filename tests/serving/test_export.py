@@ -173,3 +173,15 @@ def test_the_export_command_turns_a_run_into_an_export(trained, tiny_dataset, tm
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and again.stderr.strip().endswith("out: exists; name a new folder")
     assert EncoderConfig() == cfg.data.encoder  # the run's store is the default MiniLM one
+
+
+def test_serving_needs_none_of_the_training_extras(export_dir, tmp_path):
+    """deepspeed, accelerate and tensorboard made unimportable: an export still loads, ranks and adds items."""
+    code = ("import sys\nfor m in ('deepspeed', 'accelerate', 'tensorboard'):\n    sys.modules[m] = None\n"
+            "from mmm4rec import Recommender\n"
+            f"rec = Recommender.from_pretrained({str(export_dir)!r})\n"
+            "rec.add_items(['new:1'], ['a new item'])\n"
+            "print(len(rec.recommend([[('new:1', 1)]], k=4)[0]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "4"
