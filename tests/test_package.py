@@ -129,3 +129,18 @@ def test_a_non_editable_install_trains_exports_and_recommends(installed, tiny_da
     out = json.loads(recs.stdout)
     assert out["user"] == "u" and len(out["items"]) == 3 and not {k for k, _ in out["items"]} & set(keys[1:3])
 
+
+
+def test_the_extract_command_builds_a_store_and_reports_errors_in_one_line(tmp_path):
+    from mmm4rec.data.synthetic import generate
+
+    generate(tmp_path / "data", 6, 8, images="none", seed=0, n_clusters=2, shard_size=4)
+    cmd = [sys.executable, "-m", "mmm4rec", "extract", "--dataset", str(tmp_path / "data")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["items"] == 8 and summary["dims"] == {"text": 384, "image": None}
+    assert summary["features"] == str(tmp_path / "data" / "features" / "minilm")
+    missing = subprocess.run(cmd[:-1] + [str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'nowhere' / 'dataset.json'}")
