@@ -131,6 +131,7 @@ def test_a_non_editable_install_trains_exports_and_recommends(installed, tiny_da
 
 
 
+@pytest.mark.slow
 def test_the_extract_command_builds_a_store_and_reports_errors_in_one_line(tmp_path):
     from mmm4rec.data.synthetic import generate
 

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from mmm4rec.commands import main
 from mmm4rec.serving import Recommender
 
 T0 = 1_600_000_000
@@ -18,6 +19,7 @@ def recommend(*args: str, stdin: str | None = None) -> subprocess.CompletedProce
                           text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_the_jsonl_round_trip_gives_the_api_answers(export_dir, trained, tmp_path):
     keys = trained[1].keys
     records = [
@@ -52,12 +54,12 @@ def test_the_jsonl_round_trip_gives_the_api_answers(export_dir, trained, tmp_pat
     (['{"user": "a", "history": [["syn:01", 1]]}', '{"user": "b", "history": [["syn:xx", 1]]}'],
      r"histories.jsonl:2 \(user 'b'\): unknown item key 'syn:xx'"),
 ])
-def test_bad_input_is_one_line_naming_file_and_line_and_writes_nothing(export_dir, tmp_path, lines, message):
+def test_bad_input_is_one_line_naming_file_and_line_and_writes_nothing(export_dir, tmp_path, capsys, lines,
+                                                                       message):
     src = tmp_path / "histories.jsonl"
     src.write_text("\n".join(lines) + "\n")
     out = tmp_path / "recs.jsonl"
-    proc = recommend("--export", str(export_dir), "--input", str(src), "--output", str(out))
-    assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
-    assert re.search(message, proc.stderr)
+    assert main(["recommend", "--export", str(export_dir), "--input", str(src), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and re.search(message, err)
     assert list(tmp_path.iterdir()) == [src]  # no output, no temp file left behind

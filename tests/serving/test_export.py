@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 from serving_helpers import store_of, train
 
+from mmm4rec.commands import main
 from mmm4rec.config import ConfigError, EncoderConfig, RunConfig, save_config
 from mmm4rec.data.features import FeatureStore
 from mmm4rec.data.schema import DataError
@@ -151,7 +152,7 @@ def test_sasrec_cannot_serve_another_catalogue(tiny_dataset, other_dataset, tmp_
         load_export(export, features=store_of(other_dataset).path, transfer=True)
 
 
-def test_the_export_command_turns_a_run_into_an_export(trained, tiny_dataset, tmp_path):
+def test_the_export_command_turns_a_run_into_an_export(trained, tiny_dataset, tmp_path, capsys):
     """A run directory as the trainer leaves it (config.yaml, export/ from save_pretrained) -> `mmm4rec export`."""
     model, store = trained
     run = tmp_path / "run"
@@ -160,21 +161,21 @@ def test_the_export_command_turns_a_run_into_an_export(trained, tiny_dataset, tm
     cfg.model, cfg.data.dataset = model.cfg, str(tiny_dataset)
     save_config(cfg, run / "config.yaml")
     model.save_pretrained(run / "export", extra={"encoder": store.manifest["encoder"]})
-    cmd = [sys.executable, "-m", "mmm4rec", "export", "--run", str(run), "--out", str(tmp_path / "out")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == {"export": str(tmp_path / "out"), "items": 60, "features": "copied"}
+    argv = ["export", "--run", str(run), "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out) == {"export": str(tmp_path / "out"), "items": 60, "features": "copied"}
     provenance = json.loads((tmp_path / "out" / "config.json").read_text())["provenance"]
     assert provenance["run"] == str(run.resolve()) and provenance["run_config"]["data"]["dataset"] == str(tiny_dataset)
     history = [[(store.keys[3], T0), (store.keys[9], T0 + 60)]]
     direct = write_export(model, tmp_path / "direct", store=store, provenance={})
     assert Recommender.from_pretrained(tmp_path / "out").recommend(history) == \
         Recommender.from_pretrained(direct).recommend(history)
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 2 and again.stderr.strip().endswith("out: exists; name a new folder")
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'out'}: exists; name a new folder"
     assert EncoderConfig() == cfg.data.encoder  # the run's store is the default MiniLM one
 
 
+@pytest.mark.slow
 def test_serving_needs_none_of_the_training_extras(export_dir, tmp_path):
     """deepspeed, accelerate and tensorboard made unimportable: an export still loads, ranks and adds items."""
     code = ("import sys\nfor m in ('deepspeed', 'accelerate', 'tensorboard'):\n    sys.modules[m] = None\n"
