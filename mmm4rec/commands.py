@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Callable, Optional
 
 import yaml
@@ -30,11 +31,12 @@ def presets() -> list[str]:
 
 # ------------------------------------------------------------------------------------------------------ training
 def add_training_arguments(p: argparse.ArgumentParser, task: str) -> argparse.ArgumentParser:
-    p.add_argument("--config", help=f"preset name ({', '.join(presets())}) or a YAML file")
+    p.add_argument("--config", help=f"preset name ({', '.join(presets())}) or a YAML file"
+                                    + ("; default: the run's own config.yaml" if task == "evaluate" else ""))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3")
     p.add_argument("--run-dir", help="run directory (default: runs/<name>); a run resumes from its latest checkpoint")
     if task == "evaluate":
-        p.add_argument("--checkpoint", required=True, help="an export folder or a run directory (uses its export)")
+        p.add_argument("--checkpoint", required=True, help="a run directory (uses its export and config) or an export")
         p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
     # the deepspeed launcher's arguments
@@ -52,11 +54,17 @@ def training_parser(task: str, prog: Optional[str] = None) -> argparse.ArgumentP
 
 
 def resolved_config(task: str, args: argparse.Namespace) -> RunConfig:
-    """Preset + overrides, with the task the command implies: the config the run would use."""
-    cfg = load_config(args.config, args.set)
-    if task in ("pretrain", "finetune"):
-        cfg.train.task = task
-    return cfg
+    """The config the run uses: preset + overrides, the command's task winning; evaluate without --config reads
+    the run's own resolved config.yaml."""
+    preset = args.config
+    if task == "evaluate" and preset is None:
+        own = Path(args.checkpoint) / "config.yaml"
+        if not own.exists():
+            raise ConfigError(f"--checkpoint {args.checkpoint}: no run config.yaml there (a run directory has one); "
+                              "pass --config")
+        preset = str(own)
+    sets = list(args.set) + ([f"train.task={task}"] if task in ("pretrain", "finetune") else [])
+    return load_config(preset, sets)
 
 
 def print_config(cfg: RunConfig) -> None:
@@ -96,8 +104,6 @@ def _run_extract(args: argparse.Namespace, argv: list[str]) -> int:
     on every rank of a torchrun job; prints a JSON summary."""
     import logging
 
-    import torch.distributed as dist
-
     from . import distributed
     from .data.features import FeatureStore, ensure_features
     from .data.schema import DataError
@@ -119,8 +125,7 @@ def _run_extract(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        distributed.shutdown()
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from mmm4rec.config import EncoderConfig, ModelConfig, from_dict
 from mmm4rec.data.features import FeatureStore, default_features_dir
@@ -21,7 +22,8 @@ def store_of(dataset: Path, encoder: EncoderConfig | None = None) -> FeatureStor
 
 
 def train(dataset: Path, store: FeatureStore, steps: int = 25, seed: int = 0, **model) -> torch.nn.Module:
-    """A few full-softmax steps on the dataset's training split: weights and ID tables that are not at init."""
+    """A few full-softmax steps on the dataset's training split (plain cross-entropy over items 1..I): weights and
+    ID tables that are not at init."""
     cfg = from_dict(ModelConfig, {**TINY, **model})
     torch.manual_seed(seed)
     net = build_model(cfg, item_features(store))
@@ -32,7 +34,9 @@ def train(dataset: Path, store: FeatureStore, steps: int = 25, seed: int = 0, **
     done = 0
     while done < steps:
         for raw in stream:
-            loss = net(Batch.from_dict(raw), "full")
+            batch = Batch.from_dict(raw)
+            tables = net.item_tables()
+            loss = F.cross_entropy(net(batch, tables) @ tables.scores[1:].t(), batch.targets - 1)
             opt.zero_grad()
             loss.backward()
             opt.step()
