@@ -38,11 +38,19 @@ def test_an_unknown_config_key_names_the_nearest_valid_one():
     assert str(e.value) == "unknown config key(s): trian (did you mean train?), zzz"
 
 
-def test_print_config_prints_the_resolved_yaml(capsys):
+def test_print_config_prints_the_resolved_yaml(capsys, tmp_path):
     assert main(["finetune", "--config", "tiny", "--set", "train.lr=0.02", "--print-config"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["name"] == "tiny" and cfg["train"]["lr"] == 0.02 and cfg["train"]["task"] == "finetune"
     assert cfg["model"]["d_model"] == 32  # from the preset
+    # evaluate without --config: the run's own resolved config.yaml
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "name": "mine"}))
+    assert main(["evaluate", "--checkpoint", str(run), "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["name"] == "mine"
+    assert main(["evaluate", "--checkpoint", str(tmp_path), "--print-config"]) == 2
+    assert "no run config.yaml there" in capsys.readouterr().err
     assert main(["pretrain", "--config", "tiny", "--set", "model.d_modle=8", "--print-config"]) == 2
     assert capsys.readouterr().err.strip() == ("config error: unknown config key(s) in model: model.d_modle "
                                                "(did you mean model.d_model?)")
