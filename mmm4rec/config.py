@@ -6,6 +6,7 @@ Every hyper-parameter lives here once. A config is built from a preset (a YAML f
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -268,7 +269,12 @@ def from_dict(cls, data: dict, prefix: str = ""):
     unknown = sorted(set(data) - names)
     if unknown:
         where = f" in {prefix.rstrip('.')}" if prefix else ""
-        raise ConfigError(f"unknown config key(s){where}: {', '.join(prefix + k for k in unknown)}")
+
+        def named(key: str) -> str:  # with the nearest valid key, if one is close: typos are the usual cause
+            close = difflib.get_close_matches(key, sorted(names), n=1)
+            return prefix + key + (f" (did you mean {prefix}{close[0]}?)" if close else "")
+
+        raise ConfigError(f"unknown config key(s){where}: {', '.join(named(k) for k in unknown)}")
     kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
     return cls(**kwargs)
 

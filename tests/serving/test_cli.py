@@ -1,0 +1,65 @@
+"""`python -m mmm4rec recommend`: JSON lines in and out, the same answers as the API, one-line errors."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from mmm4rec.commands import main
+from mmm4rec.serving import Recommender
+
+T0 = 1_600_000_000
+
+
+def recommend(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmm4rec", "recommend", *args], input=stdin, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_the_jsonl_round_trip_gives_the_api_answers(export_dir, trained, tmp_path):
+    keys = trained[1].keys
+    records = [
+        {"user": "u1", "history": [[keys[i], T0 + 60 * i] for i in range(1, 20)]},  # longer than max_len
+        {"user": 42, "history": [[keys[7], float(T0)]]},  # JSON writers emit integral floats
+        {"user": "u3", "history": [[keys[2], T0], [keys[2], T0 + 1], [keys[30], T0 + 1]]},
+    ]
+    src = tmp_path / "histories.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in records[:2]) + "\n\n" + json.dumps(records[2]) + "\n")
+    out = tmp_path / "recs.jsonl"
+    proc = recommend("--export", str(export_dir), "--input", str(src), "--k", "4", "--output", str(out),
+                     "--batch-size", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == {"users": 3, "k": 4, "output": str(out),
+                                                                "skipped": {}}
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    # the same batches as the CLI's: a user vector's last bit may depend on what it is batched with
+    want = Recommender.from_pretrained(export_dir).recommend([r["history"] for r in records], k=4, batch_size=2)
+    assert [g["user"] for g in got] == ["u1", 42, "u3"]
+    assert [[tuple(pair) for pair in g["items"]] for g in got] == want
+    # stdin to stdout, history items kept
+    proc = recommend("--export", str(export_dir), "--input", "-", "--k", "2", "--keep-seen",
+                     stdin=json.dumps(records[1]))
+    assert proc.returncode == 0, proc.stderr
+    kept = Recommender.from_pretrained(export_dir).recommend([records[1]["history"]], k=2, exclude_seen=False)[0]
+    assert json.loads(proc.stdout) == {"user": 42, "items": [list(pair) for pair in kept]}
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"user": "a", "history": [["syn:01", 1]]}', "{oops"], "histories.jsonl:2: not valid JSON"),
+    (['{"user": "a"}'], 'histories.jsonl:1: expected {"user": …, "history"'),
+    (['{"user": "a", "history": [["syn:01", 1]]}', '{"user": "b", "history": [["syn:xx", 1]]}'],
+     r"histories.jsonl:2 \(user 'b'\): unknown item key 'syn:xx'"),
+])
+def test_bad_input_is_one_line_naming_file_and_line_and_writes_nothing(export_dir, tmp_path, capsys, lines,
+                                                                       message):
+    src = tmp_path / "histories.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "recs.jsonl"
+    assert main(["recommend", "--export", str(export_dir), "--input", str(src), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and re.search(message, err)
+    assert list(tmp_path.iterdir()) == [src]  # no output, no temp file left behind
