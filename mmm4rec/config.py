@@ -352,5 +352,7 @@ def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...
     return from_dict(RunConfig, data).validate()
 
 
-def save_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def save_config(cfg: RunConfig, path: str | Path, header: Optional[dict] = None) -> None:
+    """The resolved config as YAML (loadable as a preset); ``header`` (e.g. provenance) goes in as comments."""
+    lines = "".join(f"# {line}\n" for line in yaml.safe_dump(header, sort_keys=False).splitlines()) if header else ""
+    Path(path).write_text(lines + yaml.safe_dump(cfg.to_dict(), sort_keys=False))

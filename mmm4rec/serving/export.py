@@ -226,11 +226,12 @@ def _stored_candidates(file: Path, computed: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ shared helpers
-def item_features(store: FeatureStore) -> ItemFeatures:
-    """The store's arrays as the fp32 tensors a model holds; a non-finite row is an error naming its item."""
+def item_features(store: FeatureStore, dtype: torch.dtype = torch.float32) -> ItemFeatures:
+    """The store's arrays as the tensors a model holds (``dtype``: fp32, or bf16 for a bf16 step); a non-finite
+    row is an error naming its item."""
+    as_tensor = lambda a: None if a is None else torch.from_numpy(np.array(a, dtype=np.float32)).to(dtype)  # noqa
     feats = ItemFeatures(
-        text=torch.from_numpy(np.array(store.text, dtype=np.float32)),
-        image=None if store.image is None else torch.from_numpy(np.array(store.image, dtype=np.float32)),
+        text=as_tensor(store.text), image=as_tensor(store.image),
         image_missing=None if store.image_missing is None else torch.from_numpy(np.array(store.image_missing)),
     )
     if not (torch.isfinite(feats.text).all() and (feats.image is None or torch.isfinite(feats.image).all())):

@@ -13,20 +13,23 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 
 from .. import distributed
-from ..config import ConfigError, RunConfig, load_config, save_config
+from ..commands import print_config, resolved_config, training_parser
+from ..config import ConfigError, RunConfig, save_config
 from ..data.features import FeatureStore, default_features_dir, ensure_features
 from ..data.schema import DataError
 from ..data.stream import SeqIndex, TrainStream
 from ..losses import Objective, build_loss
 from ..model import ItemFeatures, SequentialRecommender, build_model, from_pretrained
 from ..model.ssd import triton_usable
+from ..resources import default_deepspeed_template
+from ..serving.export import item_features
 from .checkpoint import CheckpointError
-from .engine import cpu_isa, deepspeed_config, initialize, step_precision
+from ..provenance import cpu_isa, provenance
+from .engine import deepspeed_config, initialize, step_precision
 from .evaluation import evaluate
 from .monitor import announce, setup_logging
 from .rundir import RunDir, export_of
@@ -34,22 +37,9 @@ from .trainer import Data, Trainer, eval_stream
 
 log = logging.getLogger("mmm4rec")
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def parse_args(task: str, argv: Optional[list[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=f"launchers/{task}.py", description=f"MMM4Rec {task}")
-    p.add_argument("--config", help="preset name (mmm4rec/presets) or YAML file; evaluate: default = the run's own")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3")
-    p.add_argument("--run-dir", help="run directory (default: runs/<name>); a run resumes from its latest checkpoint")
-    if task == "evaluate":
-        p.add_argument("--checkpoint", required=True, help="a run directory (uses its export and config) or an export")
-        p.add_argument("--split", default="test", choices=["valid", "test"])
-    # the deepspeed launcher's arguments
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--deepspeed_config", "--deepspeed-config", help="DeepSpeed JSON (default: ds_configs/zero<stage>.json)")
-    p.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    return training_parser(task, prog=f"launchers/{task}.py").parse_args(argv)
 
 
 def resolve_run_dir(cfg: RunConfig, cli_run_dir: Optional[str]) -> Path:
@@ -80,14 +70,7 @@ def load_data(cfg: RunConfig, precision: str = "fp32", build: bool = True, shard
     store = FeatureStore.open(store_dir)
     if not build:  # ensure_features has just checked it (hashing a local encoder folder is not free)
         store.check_compatible(cfg.data.encoder)
-    dtype = feature_dtype(cfg, precision)
-    as_tensor = lambda a: None if a is None else torch.from_numpy(np.array(a, dtype=np.float32)).to(dtype)  # noqa
-    features = ItemFeatures(
-        text=as_tensor(store.text), image=as_tensor(store.image),
-        image_missing=None if store.image_missing is None else torch.from_numpy(np.array(store.image_missing)),
-    )
-    if not (torch.isfinite(features.text).all() and (features.image is None or torch.isfinite(features.image).all())):
-        store.verify()  # names the first bad item
+    features = item_features(store, feature_dtype(cfg, precision))
     if shard is not None:
         features = features.shard(*shard)
     seq_index = SeqIndex.load_or_build(cfg.data.dataset, store.index, store_dir, strict=cfg.data.strict)
@@ -99,7 +82,7 @@ def load_data(cfg: RunConfig, precision: str = "fp32", build: bool = True, shard
     if features.image is None and cfg.model.arch == "mmm4rec":
         log.info("text-only features: the image stream reads text features through its own adapter, and items are "
                  "scored with the text term only")
-    return Data(features, store.index, seq_index, store.manifest["encoder"], bad, digest, str(store_dir))
+    return Data(features, store, seq_index, bad, digest)
 
 
 def feature_dtype(cfg: RunConfig, precision: str) -> torch.dtype:
@@ -127,10 +110,13 @@ def transfer(model: SequentialRecommender, source: str, encoder: dict) -> None:
 def main(task: str, argv: Optional[list[str]] = None) -> int:
     args = parse_args(task, argv)
     try:
-        cfg = _config(task, args)
+        cfg = resolved_config(task, args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    if args.print_config:
+        print_config(cfg)
+        return 0
     run = RunDir(resolve_run_dir(cfg, args.run_dir))
     try:
         env = distributed.init(cfg.train.collective_timeout_s)
@@ -150,20 +136,6 @@ def main(task: str, argv: Optional[list[str]] = None) -> int:
         distributed.shutdown()
 
 
-def _config(task: str, args) -> RunConfig:
-    """The resolved config: preset + overrides; the launcher's task wins. evaluate without --config reads the
-    run's own resolved config.yaml."""
-    preset = args.config
-    if task == "evaluate" and preset is None:
-        own = Path(args.checkpoint) / "config.yaml"
-        if not own.exists():
-            raise ConfigError(f"--checkpoint {args.checkpoint}: no run config.yaml there (a run directory has one); "
-                              "pass --config")
-        preset = str(own)
-    sets = list(args.set) + ([f"train.task={task}"] if task in ("pretrain", "finetune") else [])
-    return load_config(preset, sets)
-
-
 def _claim(cfg: RunConfig, env, run: RunDir) -> None:
     """Rank 0 locks the run directory and checks what it belongs to; every rank learns the outcome."""
     def claim():
@@ -173,7 +145,7 @@ def _claim(cfg: RunConfig, env, run: RunDir) -> None:
     continuing = distributed.on_main(claim)
     setup_logging(env, run.log)
     if env.is_main:
-        save_config(cfg, run.config)
+        save_config(cfg, run.config, {"provenance": provenance(world_size=env.world_size, launcher=env.launcher)})
     log.info("run %s: %s on %d process(es) (%s, %s%s) via %s -> %s%s", cfg.name, cfg.train.task, env.world_size,
              env.device.type, env.backend, f", CPU {cpu_isa()}" if env.device.type == "cpu" else "", env.launcher,
              run.path, " (continuing)" if continuing else "")
@@ -195,12 +167,11 @@ def _train(cfg: RunConfig, env, args, run: RunDir) -> int:
              f"{sum(p.numel() for p in model.parameters()):,}",
              f"{sum(p.numel() for n, p in model.named_parameters() if 'id_bias' not in n):,}")
     if cfg.train.init_from:
-        transfer(model, cfg.train.init_from, data.encoder)
+        transfer(model, cfg.train.init_from, data.store.manifest["encoder"])
     counts = data.seq_index.target_counts(train_split(cfg)) if cfg.loss_name == "sampled" else None
     objective = Objective(model, build_loss(cfg, counts))
     stream = train_stream(cfg, env, data)
-    template = args.deepspeed_config or cfg.train.deepspeed_config or REPO / "ds_configs" / (
-        f"zero{cfg.train.zero_stage}{'_offload' if cfg.train.offload_optimizer else ''}.json")
+    template = args.deepspeed_config or cfg.train.deepspeed_config or default_deepspeed_template(cfg.train)
     total_steps = cfg.train.max_steps or cfg.train.epochs * stream.steps_per_epoch
     engine = initialize(objective, cfg, env, deepspeed_config(cfg, env.world_size, template, precision), total_steps)
     summary = Trainer(cfg, env, engine, data, stream, run, validation_stream(cfg, env, data)).fit()

@@ -30,13 +30,6 @@ def step_precision(cfg: RunConfig, device: torch.device) -> str:
     return "bf16" if native else "fp32"
 
 
-def cpu_isa() -> str:
-    """The CPU's vector ISA as torch sees it, plus native bf16 support (recorded with every measurement)."""
-    bf16 = [name for name, ok in (("avx512_bf16", torch.cpu._is_avx512_bf16_supported()),
-                                  ("amx", torch.cpu._is_amx_tile_supported())) if ok]
-    return torch.backends.cpu.get_cpu_capability() + (f" + {' + '.join(bf16)}" if bf16 else " (no native bf16)")
-
-
 def deepspeed_config(cfg: RunConfig, world_size: int, template: str | os.PathLike, precision: str) -> dict:
     """Fill "auto" fields of a DeepSpeed JSON from the run config; values a user wrote must agree with it."""
     path = Path(template)

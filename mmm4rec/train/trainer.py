@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import sys
@@ -24,9 +25,12 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..config import RunConfig
+from ..data.features import FeatureStore
 from ..data.stream import EvalStream, SeqIndex, TrainStream
 from ..distributed import DistEnv, barrier
 from ..model import Batch, ItemFeatures, SequentialRecommender, from_pretrained
+from ..provenance import provenance
+from ..serving.export import write_export
 from .checkpoint import Checkpointer, CheckpointError
 from .evaluation import evaluate
 from .monitor import Monitor, flatten, peak_memory_mb
@@ -56,12 +60,14 @@ class Progress:
 @dataclass
 class Data:
     features: ItemFeatures
-    item_index: dict[str, int]
+    store: FeatureStore  # where the features come from (exports carry it)
     seq_index: SeqIndex
-    encoder: dict  # the feature store's encoder identity (recorded in exports)
     bad_records: dict  # counted skips of this run's inputs
-    dataset_hash: str = ""  # sha256 of dataset.json: what the run trained on
-    store_path: str = ""
+    dataset_hash: str  # sha256 of dataset.json: what the run trained on
+
+    @property
+    def item_index(self) -> dict[str, int]:
+        return self.store.index
 
 
 class Preemption:
@@ -121,6 +127,8 @@ class Trainer:
         self.digest = cfg.digest()
         self.monitor: Optional[Monitor] = None
         self._clock = time.time()
+        self.provenance = provenance(world_size=env.world_size, launcher=env.launcher,
+                                     dataset=cfg.data.dataset, dataset_hash=data.dataset_hash)
 
     # ------------------------------------------------------------------ helpers
     def _gather_params(self):
@@ -137,12 +145,13 @@ class Trainer:
                         mask_history=e.mask_history, gather_params=gather)
 
     def _export(self, path) -> None:
+        """A self-contained export (mmm4rec.serving.export) written beside ``path`` and renamed into place."""
         with self._gather_params():
             if self.env.is_main:
                 tmp = path.with_name(path.name + ".tmp")
                 shutil.rmtree(tmp, ignore_errors=True)
                 try:
-                    self.model.save_pretrained(tmp, extra={"encoder": self.data.encoder})
+                    write_export(self.model, tmp, store=self.data.store, provenance=self.provenance)
                 except OSError as e:
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise CheckpointError(f"{tmp}: writing the export failed ({e.strerror or e})") from None
@@ -320,7 +329,7 @@ class Trainer:
             if self.env.is_main:
                 tmp = export.with_name("export.tmp")
                 shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(self.run.best, tmp)
+                shutil.copytree(self.run.best, tmp, copy_function=_link_or_copy)  # exports are never edited
                 if export.exists():
                     shutil.rmtree(export)
                 tmp.rename(export)
@@ -344,6 +353,7 @@ class Trainer:
             "world_size": self.env.world_size,
             "global_batch": self.stream.global_batch,
             "wall_time_s": round(p.wall_time_s, 2),
+            "provenance": self.provenance,
             "bad_records": self.data.bad_records,
             "export": str(export),
             "config": cfg.to_dict(),
@@ -374,6 +384,13 @@ def eval_stream(cfg: RunConfig, data: Data, env: DistEnv, split: str, users=None
     return EvalStream(data.seq_index, data.item_index, split=split, max_len=cfg.model.max_len,
                       batch_size=e.batch_size, rank=env.rank, world=env.world_size, mask_history=e.mask_history,
                       **kwargs)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _duration(seconds: float) -> str:
