@@ -66,6 +66,9 @@ class ModelConfig:
     time_init_std: float = 0.02
     # The shared TiSSD on both streams in one call stacked on the batch ("auto": on CUDA, two passes on CPU).
     stack_streams: Literal["auto", "on", "off"] = "auto"
+    # Layer implementations: "gpu" = fewest kernels (grouped conv, fused dropout), "cpu" = fastest on a CPU
+    # (in-place shifted multiply-adds, rand-mask dropout), "auto" = by the tensors' device. Same math (tested).
+    kernels: Literal["auto", "cpu", "gpu"] = "auto"
     n_heads_sasrec: int = 2  # SASRec baseline only
     ssd: SSDConfig = field(default_factory=SSDConfig)
     compat: CompatConfig = field(default_factory=CompatConfig)
@@ -256,7 +259,14 @@ class RunConfig:
 
     def digest(self) -> str:
         """Hash of the architecture-relevant parts, stored in checkpoints to catch mismatched resumes."""
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self.model), sort_keys=True).encode()).hexdigest()[:16]
+        model = dataclasses.asdict(self.model)
+        for how in IMPLEMENTATION_CHOICES:  # same model, other kernels: checkpoints stay interchangeable
+            model.pop(how)
+        return hashlib.sha256(json.dumps(model, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Model settings that choose how the same math runs, not what it computes.
+IMPLEMENTATION_CHOICES = ("kernels", "stack_streams")
 
 
 # ------------------------------------------------------------------------------------------- building from dicts

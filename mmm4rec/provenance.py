@@ -50,7 +50,7 @@ def machine() -> str:
 
 
 def versions() -> dict:
-    out = {"torch": torch.__version__}
+    out = {"torch": str(torch.__version__)}
     for name in ("deepspeed", "transformers", "webdataset"):
         try:
             from importlib.metadata import version

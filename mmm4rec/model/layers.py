@@ -23,29 +23,48 @@ def is_time_path(name: str) -> bool:
     return any(part in name for part in TIME_PATH_PARTS)
 
 
+def gpu_kernels(kernels: str, x: torch.Tensor) -> bool:
+    """model.kernels: whether a layer runs its fewest-kernels implementation (CUDA's choice: one launch per op
+    matters there) or its fastest-on-CPU one (many cheap in-place ops, no activation-sized temporaries)."""
+    return kernels == "gpu" or (kernels == "auto" and x.device.type != "cpu")
+
+
 class Dropout(nn.Dropout):
-    """nn.Dropout whose mask comes from torch.rand_like: on CPU that is ~2.5× faster (forward + backward) than the
-    bernoulli_ kernel F.dropout uses, and the model calls dropout ~20 times per step."""
+    """nn.Dropout; on the CPU path the mask comes from torch.rand_like, ~2.5× faster (forward + backward) there than
+    the bernoulli_ kernel F.dropout uses (the model calls dropout ~20 times per step), on the GPU path it is
+    F.dropout's one fused kernel."""
+
+    def __init__(self, p: float, kernels: str = "auto"):
+        super().__init__(p)
+        self.kernels = kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
+        if gpu_kernels(self.kernels, x):
+            return F.dropout(x, self.p, training=True)
         keep = torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))  # the mask, scaled, in x's dtype
         return x * keep
 
 
 class CausalConv1d(nn.Conv1d):
-    """Depthwise causal convolution over the L axis of (b, L, c) inputs.
+    """Depthwise causal convolution over the L axis of (b, L, c) inputs; nn.Conv1d's parameters and init.
 
-    Keeps nn.Conv1d's parameters and default init; runs as K shifted multiply-adds accumulated in place (see
-    _CausalConv), about 2× faster forward + backward on CPU than a grouped convolution or an autograd-recorded
-    pad/shift/sum, which allocate several activation-sized temporaries.
+    GPU path: one grouped F.conv1d (a single kernel forward and backward). CPU path: K shifted multiply-adds
+    accumulated in place (_CausalConv), about 2× faster forward + backward on CPU than a grouped convolution or
+    an autograd-recorded pad/shift/sum, which allocate several activation-sized temporaries — at the price of
+    ~8× the dispatched ops, which only a launch-bound device would notice.
     """
 
-    def __init__(self, channels: int, kernel_size: int):
+    def __init__(self, channels: int, kernel_size: int, kernels: str = "auto"):
         super().__init__(channels, channels, kernel_size, groups=channels, padding=kernel_size - 1)
+        self.kernels = kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if gpu_kernels(self.kernels, x):
+            L = x.shape[1]
+            return F.conv1d(x.transpose(1, 2), self.weight, self.bias, padding=self.padding,
+                            groups=self.groups)[..., :L].transpose(1, 2)
         return _CausalConv.apply(x, self.weight[:, 0, :], self.bias)
 
 
@@ -109,10 +128,10 @@ class GatedRMSNorm(nn.Module):
 class FeedForward(nn.Module):
     """LayerNorm(Dropout(W2 Dropout(Hardswish(W1 h))) + h), N -> N -> N."""
 
-    def __init__(self, d: int, dropout: float, eps: float):
+    def __init__(self, d: int, dropout: float, eps: float, kernels: str = "auto"):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(d, d), nn.Linear(d, d)
-        self.dropout = Dropout(dropout)
+        self.dropout = Dropout(dropout, kernels)
         self.norm = nn.LayerNorm(d, eps=eps)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -131,10 +150,10 @@ class TimePath(nn.Module):
         super().__init__()
         L, H = cfg.max_len, cfg.n_heads
         self.mix = nn.Sequential(
-            Dropout(cfg.dropout), nn.Linear(L, L), nn.SiLU(), nn.Linear(L, L), nn.Tanhshrink()
+            Dropout(cfg.dropout, cfg.kernels), nn.Linear(L, L), nn.SiLU(), nn.Linear(L, L), nn.Tanhshrink()
         )
-        self.conv1 = CausalConv1d(H, cfg.d_conv)
-        self.conv2 = CausalConv1d(H, cfg.d_conv)
+        self.conv1 = CausalConv1d(H, cfg.d_conv, cfg.kernels)
+        self.conv2 = CausalConv1d(H, cfg.d_conv, cfg.kernels)
 
     def forward(self, d: torch.Tensor) -> torch.Tensor:
         tau = (d * self.mix(d)).transpose(1, 2)
@@ -187,9 +206,9 @@ class TiSSD(SSDMixer):
         E, GS, H, L = cfg.d_inner, cfg.n_groups * cfg.d_state, cfg.n_heads, cfg.max_len
         self.split = (E, E + 2 * GS, H)  # z | xBC | dt
         self.in_proj = nn.Linear(cfg.d_model, sum(self.split))
-        self.conv = CausalConv1d(E + 2 * GS, cfg.d_conv)
+        self.conv = CausalConv1d(E + 2 * GS, cfg.d_conv, cfg.kernels)
         if cfg.time:
-            self.gate = nn.Sequential(Dropout(cfg.dropout), nn.Linear(L, 1), nn.Sigmoid())
+            self.gate = nn.Sequential(Dropout(cfg.dropout, cfg.kernels), nn.Linear(L, 1), nn.Sigmoid())
             self.time_norm = nn.LayerNorm(L, eps=cfg.norm_eps)
 
     def forward(self, u: torch.Tensor, time: torch.Tensor | None):
@@ -213,8 +232,8 @@ class CrossSSD(SSDMixer):
         self.u_proj = nn.Linear(N, E + GS + H)
         self.z_proj = nn.Linear(N, E)
         self.q_proj = nn.Linear(N, GS)
-        self.conv_xb = CausalConv1d(E + GS, cfg.d_conv)
-        self.conv_c = CausalConv1d(GS, cfg.d_conv)
+        self.conv_xb = CausalConv1d(E + GS, cfg.d_conv, cfg.kernels)
+        self.conv_c = CausalConv1d(GS, cfg.d_conv, cfg.kernels)
 
     def forward(self, h_v: torch.Tensor, p_t: torch.Tensor, time: torch.Tensor | None) -> torch.Tensor:
         xb, dt = self.u_proj(p_t).split(self.split, dim=-1)

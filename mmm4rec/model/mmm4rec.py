@@ -28,11 +28,11 @@ class MMM4RecLayer(nn.Module):
         self.tissd = TiSSD(cfg)
         self.tissd_image = None if cfg.shared else TiSSD(cfg)  # "w/o Shared" ablation
         self.norm_text, self.norm_image, self.norm_fused = (nn.LayerNorm(cfg.d_model, eps=eps) for _ in range(3))
-        self.ffn_text = FeedForward(cfg.d_model, cfg.dropout, eps)
-        self.ffn_fused = FeedForward(cfg.d_model, cfg.dropout, eps)
+        self.ffn_text = FeedForward(cfg.d_model, cfg.dropout, eps, cfg.kernels)
+        self.ffn_fused = FeedForward(cfg.d_model, cfg.dropout, eps, cfg.kernels)
         self.fourier = FourierFusion(cfg) if cfg.time else None
         self.cross = CrossSSD(cfg)
-        self.dropout = Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout, cfg.kernels)
         self.stack = cfg.stack_streams
 
     @property
@@ -84,7 +84,7 @@ class MMM4Rec(SequentialRecommender):
         self.norm_text = nn.LayerNorm(N, eps=cfg.norm_eps)
         self.norm_image = nn.LayerNorm(N, eps=cfg.norm_eps)
         self.time_norm = nn.LayerNorm(cfg.max_len, eps=cfg.norm_eps) if cfg.time else None
-        self.dropout = Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout, cfg.kernels)
         self.layers = nn.ModuleList(MMM4RecLayer(cfg) for _ in range(cfg.n_layers))
         self.apply(_init_weights)
         init_time_paths(self, cfg)

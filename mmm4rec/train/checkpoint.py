@@ -53,9 +53,12 @@ def safe_load(path: str | os.PathLike, map_location=None):
         with torch.serialization.safe_globals(_deepspeed_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: refused to load (it asks for code or a type that is not allowed in a "
-                              f"checkpoint: {first})") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        # torch's message is a paragraph; the line that names what the file asked for is the one to show
+        what = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0] if lines else "")
+        what = what.split(" was not an allowed global")[0].replace("WeightsUnpickler error: ", "")
+        raise CheckpointError(f"{path}: refused to load: it asks for code or a type not allowed in a checkpoint "
+                              f"({what})") from None
 
 
 def _safe_engine_class():

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # Settings that change how a run is executed or reported, not what it computes: they may change on a resume.
 OPERATIONAL = {"name", "run_dir", "data.num_workers", "train.log_every", "train.checkpoint_every",
                "train.keep_checkpoints", "train.resume", "train.collective_timeout_s", "train.compile_mode",
-               "eval.batch_size", "eval.item_chunk"}
+               "eval.batch_size", "eval.item_chunk", "model.kernels", "model.stack_streams"}
 
 
 def config_digest(cfg: RunConfig) -> str:
@@ -65,7 +65,9 @@ class RunDir:
 
     # ------------------------------------------------------------------ one run at a time
     def lock(self) -> None:
-        """Exclusive for this process's life (rank 0 calls it); ConfigError naming the holder if taken."""
+        """Exclusive for this process's life (rank 0 calls it); ConfigError naming the holder if taken. A folder
+        this project did not make is refused before anything is written into it."""
+        self._refuse_foreign()
         self.path.mkdir(parents=True, exist_ok=True)
         f = open(self.path / ".lock", "a+")
         try:
@@ -101,11 +103,16 @@ class RunDir:
                 log.warning("train.resume=force: continuing %s with a changed %s", self.path, ", ".join(changed))
                 _write_json(self.identity, {**have, **want, "forced": have.get("forced", 0) + 1})
             return True
-        if self.path.exists() and any(p.name not in (".lock", "train.log") for p in self.path.iterdir()):
-            raise ConfigError(f"{self.path} holds files but no run.json: it was not made by a run of this project "
-                              "and is never reused; choose another --run-dir")
+        self._refuse_foreign()
         _write_json(self.identity, {**want, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
         return False
+
+    def _refuse_foreign(self) -> None:
+        if self.identity.exists() or not self.path.exists():
+            return
+        if any(p.name != ".lock" for p in self.path.iterdir()):
+            raise ConfigError(f"{self.path} holds files but no run.json: it was not made by a run of this project "
+                              "and is never reused; choose another --run-dir")
 
     def read_config(self) -> Optional[dict]:
         import yaml

@@ -142,16 +142,21 @@ def test_retention_never_deletes_the_checkpoint_just_written(tmp_path):
 def test_a_full_disk_while_exporting_is_an_error_naming_the_path(monkeypatch, tmp_path):
     from mmm4rec.train import trainer as trainer_module
 
-    class Model:
-        def save_pretrained(self, path, extra=None):
-            raise OSError(errno.ENOSPC, "No space left on device")
+    def full_disk(model, out, **kw):
+        Path(out).mkdir()
+        (Path(out) / "model.safetensors").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
+    monkeypatch.setattr(trainer_module, "write_export", full_disk)
     t = trainer_module.Trainer.__new__(trainer_module.Trainer)
-    t.model, t.env, t.data = Model(), DistEnv(), type("D", (), {"encoder": {}})()
+    t.model, t.env, t.data, t.provenance = None, DistEnv(), type("D", (), {"store": None})(), {}
     t.engine = type("E", (), {"zero_optimization_stage": lambda self: 1})()
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "model.safetensors").write_bytes(b"the previous export")
     with pytest.raises(trainer_module.CheckpointError, match=r"export.tmp: writing the export failed \(No space"):
         t._export(tmp_path / "export")
     assert not (tmp_path / "export.tmp").exists()
+    assert (tmp_path / "export" / "model.safetensors").read_bytes() == b"the previous export"  # kept
 
 
 # ------------------------------------------------------------------------------------------ user mistakes

@@ -154,6 +154,30 @@ def test_stacked_streams_equal_two_passes():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+def test_gpu_and_cpu_kernels_compute_the_same_model():
+    """model.kernels: grouped conv + fused dropout (fewest launches) vs shifted multiply-adds + rand-mask dropout
+    (fastest on CPU): the same values and gradients (fp64, dropout off)."""
+    feats = features()
+    cpu = model_for(tiny(kernels="cpu"), feats).double()
+    gpu = model_for(tiny(kernels="gpu"), feats).double()
+    gpu.load_state_dict(cpu.state_dict())
+    batch = make_batch()
+    la, lb = (LOSSES["full"](train_cfg())(m, batch) for m in (cpu, gpu))
+    torch.testing.assert_close(la, lb, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(la, list(cpu.parameters())), torch.autograd.grad(lb, list(gpu.parameters()))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_dropout_paths_keep_the_expected_share():
+    from mmm4rec.model.layers import Dropout
+
+    x = torch.ones(200_000)
+    for kernels in ("cpu", "gpu"):
+        y = Dropout(0.4, kernels).train()(x)
+        kept = (y != 0).double().mean().item()
+        assert abs(kept - 0.6) < 0.01 and torch.allclose(y[y != 0], torch.tensor(1 / 0.6))
+
+
 @pytest.mark.parametrize("weight_decay", [0.0, 0.005])
 def test_nadam_equals_torch_nadam(weight_decay):
     torch.manual_seed(0)
