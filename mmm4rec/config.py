@@ -218,10 +218,9 @@ class RunConfig:
                 raise ConfigError(f"{key} must be >= {low}, got {value}")
         for key, value in {"train.lr": t.lr, "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
                            "train.collective_timeout_s": t.collective_timeout_s}.items():
-            if not (math.isfinite(value) and value >= 0) or (key in ("train.lr", "train.collective_timeout_s")
-                                                              and value == 0):
-                raise ConfigError(f"{key} must be a finite number {'> 0' if key.endswith(('lr', '_s')) else '>= 0'}, "
-                                  f"got {value}")
+            positive = key == "train.collective_timeout_s"
+            if not (math.isfinite(value) and value >= 0) or (positive and value == 0):
+                raise ConfigError(f"{key} must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
         if not 0 <= t.min_lr_ratio <= 1:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
         if not 0 < d.train_users <= 1:

@@ -223,12 +223,11 @@ def holdout(cfg: RunConfig, complement: bool = False):
 
 
 def _evaluate(cfg: RunConfig, env, args, run: RunDir) -> int:
+    data = load_data(cfg, build=False)
     export = export_of(args.checkpoint)
     if not (export / "config.json").exists():
         raise ConfigError(f"--checkpoint {args.checkpoint}: no export there (neither <run>/export/config.json nor "
                           "config.json)")
-    setup_logging(env)
-    data = load_data(cfg, build=False)
     model = from_pretrained(export, data.features, expect=cfg.model).to(env.device)
     stream = eval_stream(cfg, data, env, args.split)
     e = cfg.eval

@@ -28,9 +28,9 @@ from ..config import RunConfig
 from ..data.features import FeatureStore
 from ..data.stream import EvalStream, SeqIndex, TrainStream
 from ..distributed import DistEnv, barrier
-from ..model import Batch, ItemFeatures, SequentialRecommender, from_pretrained
+from ..model import Batch, ItemFeatures, SequentialRecommender, build_model, from_pretrained
 from ..provenance import provenance
-from ..serving.export import write_export
+from ..serving.export import item_features, write_export
 from .checkpoint import Checkpointer, CheckpointError
 from .evaluation import evaluate
 from .monitor import Monitor, flatten, peak_memory_mb
@@ -145,22 +145,42 @@ class Trainer:
                         mask_history=e.mask_history, gather_params=gather)
 
     def _export(self, path) -> None:
-        """A self-contained export (mmm4rec.serving.export) written beside ``path`` and renamed into place."""
-        with self._gather_params():
-            if self.env.is_main:
-                tmp = path.with_name(path.name + ".tmp")
+        """A self-contained export (mmm4rec.serving.export) written beside ``path`` and renamed into place by
+        rank 0; a failure there is raised on every rank."""
+        model = self._whole_model()
+
+        def write() -> None:
+            tmp = path.with_name(path.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                write_export(model, tmp, store=self.data.store, provenance=self.provenance)
+            except OSError as e:
                 shutil.rmtree(tmp, ignore_errors=True)
-                try:
-                    write_export(self.model, tmp, store=self.data.store, provenance=self.provenance)
-                except OSError as e:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    raise CheckpointError(f"{tmp}: writing the export failed ({e.strerror or e})") from None
-                old = path.with_name(path.name + ".old")
-                if path.exists():
-                    path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old, ignore_errors=True)
-        barrier()
+                raise CheckpointError(f"{tmp}: writing the export failed ({e.strerror or e})") from None
+            old = path.with_name(path.name + ".old")
+            if path.exists():
+                path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+
+        distributed.on_main(write)
+
+    def _whole_model(self) -> Optional[SequentialRecommender]:
+        """The model as one process can save and serve it (rank 0; None elsewhere). ZeRO-3 partitions parameters
+        and re-partitions them after every module call, an item-parallel rank holds a shard of the features, and a
+        bf16 step may hold bf16 features: then the weights go into a standalone CPU model with the whole
+        catalogue's fp32 features, the ones an export serves with."""
+        if (self.engine.zero_optimization_stage() != 3 and not self.model.sharded
+                and self.data.features.text.dtype == torch.float32):
+            return self.model
+        with self._gather_params():
+            state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()} \
+                if self.env.is_main else None
+        if not self.env.is_main:
+            return None
+        model = build_model(self.cfg.model, item_features(self.data.store))
+        model.load_state_dict(state)
+        return model.train(self.model.training)
 
     def _checkpoint(self) -> None:
         now = time.time()
