@@ -13,8 +13,10 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .. import distributed
+from .precision import acc_dtype
 
 
 @dataclass
@@ -71,3 +73,40 @@ class FrozenTable(nn.Module):
         if self.sharded:
             return distributed.exchange_rows(self.values, self.offset, ids)
         return self.values[ids]
+
+
+# Catalogues above this many held rows are adapted in blocks: a 10⁷ × 768 bf16 table would be 30 GB as fp32.
+ADAPT_BLOCK = 1 << 16
+
+
+def adapt(rows: torch.Tensor, adapter: nn.Linear) -> torch.Tensor:
+    """``adapter`` over frozen feature rows, in the step's dtype. Large tables go through _FrozenLinear: the rows
+    are converted one block at a time and never saved for backward (they are frozen: only the adapter's
+    gradient is needed, recomputed block by block)."""
+    dtype = torch.get_autocast_dtype(rows.device.type) if torch.is_autocast_enabled(rows.device.type) \
+        else adapter.weight.dtype
+    if len(rows) <= ADAPT_BLOCK:
+        return adapter(rows if rows.dtype == dtype else rows.to(dtype))
+    return _FrozenLinear.apply(rows, adapter.weight, adapter.bias, dtype)
+
+
+class _FrozenLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rows, weight, bias, dtype):
+        w, b = weight.to(dtype), bias.to(dtype)
+        out = torch.empty(len(rows), w.shape[0], dtype=dtype, device=rows.device)
+        for i in range(0, len(rows), ADAPT_BLOCK):
+            out[i : i + ADAPT_BLOCK] = F.linear(rows[i : i + ADAPT_BLOCK].to(dtype), w, b)
+        ctx.rows, ctx.dtype = rows, dtype  # a reference to the frozen table, not a copy
+        ctx.weight_dtype = weight.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, dtype = ctx.rows, ctx.dtype
+        acc = acc_dtype(grad.dtype)
+        grad_w = torch.zeros(grad.shape[1], rows.shape[1], dtype=acc, device=grad.device)
+        for i in range(0, len(rows), ADAPT_BLOCK):
+            grad_w += (grad[i : i + ADAPT_BLOCK].t() @ rows[i : i + ADAPT_BLOCK].to(grad.dtype)).to(acc)
+        grad_b = grad.sum(0, dtype=acc)
+        return None, grad_w.to(ctx.weight_dtype), grad_b.to(ctx.weight_dtype), None

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
-from .items import FrozenTable, ItemFeatures
+from .items import FrozenTable, ItemFeatures, adapt
 from .layers import CrossSSD, Dropout, FeedForward, FourierFusion, TiSSD, is_time_path
 from .recommender import Batch, ItemTables, SequentialRecommender
 
@@ -107,9 +107,7 @@ class MMM4Rec(SequentialRecommender):
 
     def _adapt(self, table: FrozenTable, adapter: nn.Linear, id_bias, ids):
         rows = table.held() if ids is None else table.rows(ids)
-        if not torch.is_autocast_enabled(rows.device.type):  # bf16 features in an fp32 step (autocast casts itself)
-            rows = rows.to(adapter.weight.dtype)
-        x = adapter(rows)
+        x = adapt(rows, adapter)
         if id_bias is not None:
             x = x + (id_bias[self.first_id : self.first_id + len(rows)] if ids is None else id_bias[ids])
         return x

@@ -236,3 +236,23 @@ def test_batches_with_weights_move_to_devices_and_back():
     b = make_batch()
     w = dataclasses.replace(b, weight=torch.full((6,), 1 / 6))
     assert Batch.from_dict(dataclasses.asdict(w)).weight is not None and b.to("cpu").weight is None
+
+
+def test_large_catalogues_are_adapted_in_blocks_with_the_same_values_and_gradients(monkeypatch):
+    """Above ADAPT_BLOCK held rows the adapter runs block by block over the frozen (possibly bf16) table and
+    recomputes the blocks for its gradient instead of keeping an fp32 copy of the table."""
+    from mmm4rec.model import items
+
+    table = torch.randn(1000, 24, dtype=torch.float64)
+    adapter = torch.nn.Linear(24, 8).double()
+    want = adapter(table)
+    g = torch.randn_like(want)
+    want_grads = torch.autograd.grad((want * g).sum(), list(adapter.parameters()))
+    monkeypatch.setattr(items, "ADAPT_BLOCK", 96)  # 1000 rows: 11 blocks, the last ragged
+    got = items.adapt(table, adapter)
+    got_grads = torch.autograd.grad((got * g).sum(), list(adapter.parameters()))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    bf16 = items.adapt(table.to(torch.bfloat16), adapter.float())  # bf16 rows, fp32 step
+    assert bf16.dtype == torch.float32
