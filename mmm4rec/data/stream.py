@@ -13,6 +13,9 @@ samples with loss weight 0, so shapes stay static), every rank yields the same n
 global step k is the same on 1 or N processes: same global batch ⇒ same training curve up to reduction order.
 The stream's position is (epoch, step); restoring it replays the partitions up to that step without the model.
 
+A ``UserSubset`` (a seeded share of the users, picked by a hash of the user key) restricts an epoch to its users:
+the plan above is then laid over their samples only, so every guarantee holds for the subset as for all users.
+
 Evaluation splits use one partition per rank, no shuffle and padded final batches with a ``valid`` mask, so
 ranks run the same number of batches (ZeRO-3 gathers parameters collectively in every forward).
 """
@@ -24,6 +27,7 @@ import logging
 import math
 import os
 import signal
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
@@ -34,7 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .dataset import load_manifest
 from .samples import Histories, Samples, expand, samples_per_user, seen_items
-from .schema import BadRecords, DataError, Manifest, ShardInfo, map_items
+from .schema import BadRecords, DataError, Manifest, SeqRecord, ShardInfo, map_items
 from .shards import iter_seq_records
 
 log = logging.getLogger(__name__)
@@ -42,30 +46,92 @@ log = logging.getLogger(__name__)
 USERS_PER_BLOCK = 64  # users decoded before one vectorised expansion
 
 
+# -------------------------------------------------------------------------------------------------- user subsets
+@dataclass(frozen=True)
+class UserSubset:
+    """A seeded share of the users, picked by a hash of the user key: the same users whatever the shard layout,
+    world size or worker count. ``complement`` keeps exactly the users the plain subset drops (pre-train on the
+    complement, validate on the subset; or fine-tune on a few per cent of the users)."""
+
+    fraction: float  # share of users kept, in (0, 1]
+    seed: int = 0
+    complement: bool = False
+
+    def __post_init__(self):
+        if not 0 < self.fraction <= 1:
+            raise DataError(f"a user subset's fraction must be in (0, 1], got {self.fraction}")
+
+    def keeps(self, key_hashes: np.ndarray) -> np.ndarray:
+        """Which of the users with these ``user_key_hash`` values the subset holds."""
+        inside = _uniform(key_hashes, self.seed) < self.fraction
+        return ~inside if self.complement else inside
+
+    def __str__(self) -> str:  # also the subset's part of cache file names
+        return f"users-{self.fraction!r}-seed{self.seed}{'-complement' if self.complement else ''}"
+
+
+def user_key_hash(user: str) -> int:
+    """A user's 64-bit key hash, stored in the stage-2 index so that subsets never need the keys again."""
+    return int.from_bytes(hashlib.blake2b(user.encode(), digest_size=8).digest(), "little")
+
+
+_GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _uniform(key_hashes: np.ndarray, seed: int) -> np.ndarray:
+    """One number in [0, 1) per user; a new seed draws a new subset (splitmix64's finaliser of hash + seed)."""
+    z = key_hashes.astype(np.uint64) + np.uint64(seed * _GOLDEN % 2**64)  # uint64 array arithmetic wraps: intended
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)).astype(np.float64) / 2.0**53
+
+
 # --------------------------------------------------------------------------------------------- the stage-2 index
+INDEX_VERSION = "stage2-index/2"
+
+
 @dataclass
 class SeqIndex:
-    """Per sequence shard: valid users and sample counts per split, after validation and item mapping.
+    """Every valid user's history length and key hash, in shard order, after validation and item mapping.
 
     Built by one pass over the shards (cached next to the feature store); the bad records that pass finds are the
-    ones reported in the run summary. Streaming later skips the very same records.
+    ones reported in the run summary, and streaming later skips the very same records. Sample counts per shard
+    and split, for all users or any ``UserSubset``, follow from the lengths without reading a shard again.
     """
 
     shards: list[ShardInfo]
-    users: list[int]
-    samples: dict[str, list[int]]
+    users: list[int]  # valid users per shard
+    lengths: np.ndarray  # int64 [U]
+    key_hashes: np.ndarray  # uint64 [U], user_key_hash of each valid user
     bad: dict[str, int] = field(default_factory=dict)
+    _counts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def user_offsets(self) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(self.users)]).astype(np.int64)
 
-    def total(self, split: str) -> int:
-        return int(sum(self.samples[split]))
+    def keeps(self, users: Optional[UserSubset]) -> Optional[np.ndarray]:
+        """Mask over the valid users of the subset (None: every user)."""
+        return None if users is None else users.keeps(self.key_hashes)
+
+    def samples(self, split: str, users: Optional[UserSubset] = None) -> np.ndarray:
+        """Samples of ``split`` per shard, int64 [shards]."""
+        if (split, users) not in self._counts:
+            per_user = np.asarray(samples_per_user(self.lengths, split), np.int64)
+            if users is not None:
+                per_user = np.where(self.keeps(users), per_user, 0)
+            cum = np.concatenate([[0], np.cumsum(per_user)])
+            offsets = self.user_offsets
+            self._counts[split, users] = cum[offsets[1:]] - cum[offsets[:-1]]
+        return self._counts[split, users]
+
+    def total(self, split: str, users: Optional[UserSubset] = None) -> int:
+        return int(self.samples(split, users).sum())
 
     @staticmethod
     def key(manifest: Manifest, item_index_digest: str) -> str:
-        h = hashlib.sha256(item_index_digest.encode())
+        h = hashlib.sha256(f"{INDEX_VERSION}\n{item_index_digest}\n".encode())
         for s in manifest.seqs:
             h.update(f"{s.name} {s.sha256}\n".encode())
         return h.hexdigest()[:24]
@@ -73,40 +139,60 @@ class SeqIndex:
     @classmethod
     def build(cls, manifest: Manifest, item_index: dict[str, int], strict: bool) -> "SeqIndex":
         bad = BadRecords(strict=strict)
-        users, counts = [], {s: [] for s in ("pretrain", "train", "valid", "test")}
+        users, lengths, hashes = [], [], []
         for shard in manifest.seqs:
-            lengths = [len(ids) for ids, _ in _mapped(shard, item_index, bad)]
-            n = np.asarray(lengths, np.int64)
-            users.append(len(n))
-            for split in counts:
-                counts[split].append(int(samples_per_user(n, split).sum()))
-        return cls(manifest.seqs, users, counts, bad.as_dict())
+            before = len(lengths)
+            for rec, ids in _mapped(shard, item_index, bad):
+                lengths.append(len(ids))
+                hashes.append(user_key_hash(rec.user))
+            users.append(len(lengths) - before)
+        return cls(manifest.seqs, users, np.asarray(lengths, np.int64), np.asarray(hashes, np.uint64),
+                   bad.as_dict())
 
     @classmethod
     def load_or_build(cls, dataset_dir: str | os.PathLike, item_index: dict[str, int], cache_dir: str | os.PathLike,
                       strict: bool = False) -> "SeqIndex":
         manifest = load_manifest(dataset_dir)
         digest = hashlib.sha256("\n".join(item_index).encode()).hexdigest()
-        path = Path(cache_dir) / f"stage2-index-{cls.key(manifest, digest)}{'-strict' if strict else ''}.json"
-        if path.exists():
-            data = json.loads(path.read_text())
-            return cls(manifest.seqs, data["users"], data["samples"], data["bad"])
+        path = Path(cache_dir) / f"stage2-index-{cls.key(manifest, digest)}{'-strict' if strict else ''}.npz"
+        cached = cls._load(path, manifest)
+        if cached is not None:
+            return cached
         index = cls.build(manifest, item_index, strict)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        try:  # every rank may build it; the rename makes whichever finishes first the cache, atomically
-            tmp.write_text(json.dumps({"users": index.users, "samples": index.samples, "bad": index.bad}))
-            os.replace(tmp, path)
-        except OSError as e:
-            log.warning("could not cache the stage-2 index at %s: %s", path, e)
+        index._save(path)
         return index
 
+    @classmethod
+    def _load(cls, path: Path, manifest: Manifest) -> Optional["SeqIndex"]:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                return cls(manifest.seqs, data["users"].tolist(), data["lengths"].astype(np.int64),
+                           data["key_hashes"], meta["bad"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # a damaged cache is rebuilt
+            log.warning("ignoring the unreadable stage-2 index cache %s: %s", path, e)
+            return None
 
-def _mapped(shard: ShardInfo, item_index: dict[str, int], bad: BadRecords) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Valid histories of one shard as (ids, timestamps); the one definition of "valid" for index and stream."""
+    def _save(self, path: Path) -> None:
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        try:  # every rank may build it; the rename makes whichever finishes first the cache, atomically
+            with open(tmp, "wb") as f:
+                np.savez(f, users=np.asarray(self.users, np.int64), lengths=self.lengths.astype(np.int32),
+                         key_hashes=self.key_hashes, meta=np.array(json.dumps({"bad": self.bad})))
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            log.warning("could not cache the stage-2 index at %s: %s", path, e)
+
+
+def _mapped(shard: ShardInfo, item_index: dict[str, int], bad: BadRecords) -> Iterator[tuple[SeqRecord, np.ndarray]]:
+    """Valid users of one shard with their item ids; the one definition of "valid" for index and stream."""
     for path, rec in iter_seq_records([shard], bad):
         ids = map_items(rec, item_index, bad, path)
         if ids is not None:
-            yield ids, rec.timestamps
+            yield rec, ids
 
 
 # ------------------------------------------------------------------------------------------------ the epoch plan
@@ -124,15 +210,18 @@ class EpochPlan:
     epoch: int
     shuffle: bool
     buffer: int
+    users: Optional[UserSubset] = None
 
     def __post_init__(self):
-        self.total = self.index.total(self.split)
+        self.total = self.index.total(self.split, self.users)
         if self.total == 0:
-            raise DataError(f"split {self.split!r} has no samples (every user filtered out?)")
+            among = f"{self.users}" if self.users else "every user filtered out?"
+            raise DataError(f"split {self.split!r} has no samples ({among})")
+        self.keep = self.index.keeps(self.users)
         rng = self._rng(0)
         self.shard_order = rng.permutation(len(self.index.shards)) if self.shuffle else np.arange(len(self.index.shards))
         self.rotation = int(rng.integers(self.total)) if self.shuffle else 0
-        counts = np.asarray(self.index.samples[self.split], np.int64)[self.shard_order]
+        counts = self.index.samples(self.split, self.users)[self.shard_order]
         self.shard_starts = np.concatenate([[0], np.cumsum(counts)])
         self.steps = math.ceil(math.ceil(self.total / self.partitions) / self.chunk)
 
@@ -165,12 +254,13 @@ class EpochPlan:
     def _read_shard(self, s: int, first_user: int, lo: int, hi: int, bad: BadRecords):
         """Samples lo … hi-1 (numbered within shard s for this split)."""
         block: list[tuple] = []  # (ids, timestamps, user, skip, limit) per user in range
+        kept = None if self.keep is None else self.keep[first_user : first_user + self.index.users[s]]
         cursor = 0
-        for n, (item_ids, ts) in enumerate(_mapped(self.index.shards[s], self.item_index, bad)):
-            c = int(samples_per_user(len(item_ids), self.split))
+        for n, (rec, item_ids) in enumerate(_mapped(self.index.shards[s], self.item_index, bad)):
+            c = int(samples_per_user(len(item_ids), self.split)) if kept is None or kept[n] else 0
             if cursor + c > lo and c > 0:
                 skip = max(0, lo - cursor)
-                block.append((item_ids, ts, first_user + n, skip, min(c, hi - cursor) - skip))
+                block.append((item_ids, rec.timestamps, first_user + n, skip, min(c, hi - cursor) - skip))
             cursor += c
             if block and (cursor >= hi or len(block) == USERS_PER_BLOCK):
                 yield self._expand(block)
@@ -283,12 +373,12 @@ class TrainStream:
 
     ``global_batch`` must be divisible by ``partitions`` and ``partitions`` by the world size. ``partitions=0``
     picks world × max(1, workers): fine for a fixed world size; set it explicitly (e.g. 8) to keep the sample
-    order identical when the world size changes.
+    order identical when the world size changes. ``users`` restricts the epoch to a subset of the users.
     """
 
     def __init__(self, index: SeqIndex, item_index: dict[str, int], *, split: str, max_len: int, micro_batch: int,
                  grad_accum: int, rank: int, world: int, seed: int, partitions: int = 0, num_workers: int = 0,
-                 shuffle_buffer: int = 4096):
+                 shuffle_buffer: int = 4096, users: Optional[UserSubset] = None):
         partitions = partitions or world * max(1, num_workers)
         self.global_batch = micro_batch * grad_accum * world
         if partitions % world:
@@ -298,14 +388,14 @@ class TrainStream:
                             f"{grad_accum} × world {world}) must be divisible by data.partitions={partitions}")
         self.index, self.item_index, self.split = index, item_index, split
         self.max_len, self.micro_batch, self.seed = max_len, micro_batch, seed
-        self.partitions, self.num_workers, self.buffer = partitions, num_workers, shuffle_buffer
+        self.partitions, self.num_workers, self.buffer, self.users = partitions, num_workers, shuffle_buffer, users
         self.owned = list(range(rank, partitions, world))
         self.epoch, self.step = 0, 0  # position: the next step to yield
 
     def plan(self, epoch: Optional[int] = None) -> EpochPlan:
         return EpochPlan(self.index, self.item_index, self.split, self.max_len, self.partitions,
                          self.global_batch // self.partitions, self.seed, self.epoch if epoch is None else epoch,
-                         shuffle=True, buffer=self.buffer)
+                         shuffle=True, buffer=self.buffer, users=self.users)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -313,7 +403,8 @@ class TrainStream:
 
     def describe(self) -> str:
         plan = self.plan()
-        return (f"{plan.total:,} {self.split} samples per epoch in {plan.steps} steps of {self.global_batch} "
+        among = f" of {self.users}" if self.users else ""
+        return (f"{plan.total:,} {self.split} samples{among} per epoch in {plan.steps} steps of {self.global_batch} "
                 f"(global batch), {self.partitions} partitions of {plan.chunk} per step, "
                 f"{plan.steps * self.global_batch - plan.total} rows of weight 0 fill the last step")
 
@@ -323,13 +414,14 @@ class TrainStream:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "partitions": self.partitions,
-                "global_batch": self.global_batch}
+                "global_batch": self.global_batch, "users": str(self.users) if self.users else None}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "partitions", "global_batch"):
-            if state[key] != getattr(self, key):
-                raise DataError(f"cannot resume the data stream: checkpoint has {key}={state[key]}, "
-                                f"this run {getattr(self, key)}")
+        mine = self.state_dict()
+        for key in ("seed", "partitions", "global_batch", "users"):
+            if state.get(key) != mine[key]:  # checkpoints from before user subsets have no "users": all users
+                raise DataError(f"cannot resume the data stream: checkpoint has {key}={state.get(key)}, "
+                                f"this run {mine[key]}")
         self.epoch, self.step = state["epoch"], state["step"]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -373,17 +465,13 @@ class TrainStream:
 class EvalStream:
     """One sample per user of ``split`` ("valid"/"test"), users split over ranks; every rank yields the same
     number of batches; padding rows have ``valid`` False. With ``mask_history`` a batch also carries the
-    (row, item) pairs of items its users saw before the target."""
+    (row, item) pairs of items its users saw before the target. ``users`` restricts it to a subset of the users."""
 
     def __init__(self, index: SeqIndex, item_index: dict[str, int], *, split: str, max_len: int, batch_size: int,
-                 rank: int, world: int, mask_history: bool = False):
+                 rank: int, world: int, mask_history: bool = False, users: Optional[UserSubset] = None):
         self.plan = EpochPlan(index, item_index, split, max_len, world, batch_size, seed=0, epoch=0,
-                              shuffle=False, buffer=0)
+                              shuffle=False, buffer=0, users=users)
         self.rank, self.mask_history = rank, mask_history
-
-    @property
-    def users(self) -> int:
-        return self.plan.total
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         B, L = self.plan.chunk, self.plan.max_len
