@@ -104,8 +104,11 @@ class SeqIndex:
     users: list[int]  # valid users per shard
     lengths: np.ndarray  # int64 [U]
     key_hashes: np.ndarray  # uint64 [U], user_key_hash of each valid user
+    item_index: dict[str, int] = field(repr=False)
     bad: dict[str, int] = field(default_factory=dict)
+    cache: Optional[Path] = None  # the index's cache file; target counts are cached next to it
     _counts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _targets: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def user_offsets(self) -> np.ndarray:
@@ -129,6 +132,36 @@ class SeqIndex:
     def total(self, split: str, users: Optional[UserSubset] = None) -> int:
         return int(self.samples(split, users).sum())
 
+    def target_counts(self, split: str, users: Optional[UserSubset] = None) -> np.ndarray:
+        """How often each item id is the target of a sample of ``split``: int64 [I+1], row 0 = 0 (the item
+        popularity of a popularity negative sampler). One pass over the shards counts every split at once; the
+        result is cached next to the index."""
+        which = str(users) if users else "all-users"
+        if which not in self._targets:
+            path = self.cache and self.cache.with_name(f"{self.cache.stem}-targets-{which}.npz")
+            counts = _load_npz(path) if path else None
+            if counts is None:
+                counts = self._count_targets(users)
+                if path:
+                    _save_npz(path, **counts)
+            self._targets[which] = counts
+        return self._targets[which][split]
+
+    def _count_targets(self, users: Optional[UserSubset]) -> dict[str, np.ndarray]:
+        keep, offsets = self.keeps(users), self.user_offsets
+        size = max(self.item_index.values(), default=0) + 1
+        counts = {split: np.zeros(size, np.int64) for split in ("train", "valid", "test")}
+        bad = BadRecords(strict=False)  # the index pass already reported these records
+        for s, shard in enumerate(self.shards):
+            kept = [ids for n, (_, ids) in enumerate(_mapped(shard, self.item_index, bad))
+                    if keep is None or keep[offsets[s] + n]]
+            if kept:  # train targets: positions 1 … n-3; valid: n-2; test: n-1
+                counts["train"] += np.bincount(np.concatenate([ids[1:-2] for ids in kept]), minlength=size)
+                counts["valid"] += np.bincount([ids[-2] for ids in kept], minlength=size)
+                counts["test"] += np.bincount([ids[-1] for ids in kept], minlength=size)
+        counts["pretrain"] = counts["train"] + counts["valid"] + counts["test"]
+        return counts
+
     @staticmethod
     def key(manifest: Manifest, item_index_digest: str) -> str:
         h = hashlib.sha256(f"{INDEX_VERSION}\n{item_index_digest}\n".encode())
@@ -146,7 +179,7 @@ class SeqIndex:
                 lengths.append(len(ids))
                 hashes.append(user_key_hash(rec.user))
             users.append(len(lengths) - before)
-        return cls(manifest.seqs, users, np.asarray(lengths, np.int64), np.asarray(hashes, np.uint64),
+        return cls(manifest.seqs, users, np.asarray(lengths, np.int64), np.asarray(hashes, np.uint64), item_index,
                    bad.as_dict())
 
     @classmethod
@@ -155,36 +188,39 @@ class SeqIndex:
         manifest = load_manifest(dataset_dir)
         digest = hashlib.sha256("\n".join(item_index).encode()).hexdigest()
         path = Path(cache_dir) / f"stage2-index-{cls.key(manifest, digest)}{'-strict' if strict else ''}.npz"
-        cached = cls._load(path, manifest)
+        cached = _load_npz(path)
         if cached is not None:
-            return cached
-        index = cls.build(manifest, item_index, strict)
-        index._save(path)
+            index = cls(manifest.seqs, cached["users"].tolist(), cached["lengths"].astype(np.int64),
+                        cached["key_hashes"], item_index, json.loads(str(cached["bad"])))
+        else:
+            index = cls.build(manifest, item_index, strict)
+            _save_npz(path, users=np.asarray(index.users, np.int64), lengths=index.lengths.astype(np.int32),
+                      key_hashes=index.key_hashes, bad=np.array(json.dumps(index.bad)))
+        index.cache = path
         return index
 
-    @classmethod
-    def _load(cls, path: Path, manifest: Manifest) -> Optional["SeqIndex"]:
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
-                return cls(manifest.seqs, data["users"].tolist(), data["lengths"].astype(np.int64),
-                           data["key_hashes"], meta["bad"])
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # a damaged cache is rebuilt
-            log.warning("ignoring the unreadable stage-2 index cache %s: %s", path, e)
-            return None
 
-    def _save(self, path: Path) -> None:
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        try:  # every rank may build it; the rename makes whichever finishes first the cache, atomically
-            with open(tmp, "wb") as f:
-                np.savez(f, users=np.asarray(self.users, np.int64), lengths=self.lengths.astype(np.int32),
-                         key_hashes=self.key_hashes, meta=np.array(json.dumps({"bad": self.bad})))
-            os.replace(tmp, path)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            log.warning("could not cache the stage-2 index at %s: %s", path, e)
+def _load_npz(path: Path) -> Optional[dict[str, np.ndarray]]:
+    """A cache file's arrays, or None when there is none (or it is damaged: then it is rebuilt)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return dict(data)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        log.warning("ignoring the unreadable stage-2 cache %s: %s", path, e)
+        return None
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:  # every rank may write it; the rename makes whichever finishes first the cache, atomically
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        log.warning("could not write the stage-2 cache %s: %s", path, e)
 
 
 def _mapped(shard: ShardInfo, item_index: dict[str, int], bad: BadRecords) -> Iterator[tuple[SeqRecord, np.ndarray]]:

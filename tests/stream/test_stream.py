@@ -252,3 +252,21 @@ def test_subset_counts_come_from_the_cached_index_without_reading_shards(tmp_pat
         assert cached.total("pretrain", users) == sum(lengths[u] - 1 for u in kept)
         assert cached.total("test", users) == len(kept)
         assert cached.samples("valid", users).tolist() == [len(kept & set(range(a, a + 25))) for a in (0, 25, 50, 75)]
+
+
+# ------------------------------------------------------------------------------------------ item popularity
+@pytest.mark.parametrize("users", [None, FEW])
+def test_target_counts_equal_a_count_over_expanded_samples(tmp_path, users, monkeypatch):
+    index, item_index, histories = write_users(tmp_path / "ds")
+    kept = sorted(kept_users(users))
+    h = Histories.build([histories[u][0] for u in kept], [histories[u][1] for u in kept], kept)
+    for split in ("pretrain", "train", "valid", "test"):
+        brute = np.bincount(expand(h, split, L=6).targets, minlength=NUM_ITEMS + 1)
+        got = index.target_counts(split, users)
+        assert got.dtype == np.int64 and got.shape == (NUM_ITEMS + 1,) and got[0] == 0
+        assert np.array_equal(got, brute) and got.sum() == index.total(split, users)
+    # cached next to the index: a new process gets them without reading a shard
+    assert len(list((tmp_path / "ds").glob("stage2-index-*-targets-*.npz"))) == 1
+    monkeypatch.setattr("mmm4rec.data.stream.iter_seq_records", lambda *a: pytest.fail("a shard was read"))
+    again = SeqIndex.load_or_build(tmp_path / "ds", item_index, tmp_path / "ds")
+    assert np.array_equal(again.target_counts("train", users), index.target_counts("train", users))
