@@ -8,6 +8,7 @@ A store folder (docs/data_format.md has the details):
                      shard layout or the number of processes
   hashes.npy         uint8   [I+1, 2, 16] content hashes of each item's text and image bytes (zeros: none)
   manifest.json      encoder identity and dims, dataset name and item digest, bad-record counts, last build
+  <name>-bf16-<tag>.npy  bfloat16 companions of text.npy / image.npy, written on first request (``tensor``)
 
 ``ensure_features`` builds it or brings it up to date, in one process or on every rank of a torch.distributed
 job: ranks take whole item shards round-robin and write per-shard parts; rank 0 merges them into a new folder
@@ -16,6 +17,8 @@ or N processes give byte-identical stores. An update re-encodes only items whose
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -47,6 +50,8 @@ log = logging.getLogger(__name__)
 STORE_FORMAT = "mmm4rec-features/1"
 TEXT, IMAGE, MISSING, ITEMS, HASHES, MANIFEST = (
     "text.npy", "image.npy", "image_missing.npy", "items.json", "hashes.npy", "manifest.json")
+ARRAYS = {"text": TEXT, "image": IMAGE, "image_missing": MISSING}
+BF16_LOCK = ".bf16.lock"
 NO_HASH = bytes(16)
 T = TypeVar("T")
 
@@ -94,6 +99,50 @@ class FeatureStore:
     def hashes(self) -> np.ndarray:
         return np.load(self.path / HASHES, mmap_mode="r")
 
+    def tensor(self, name: str, dtype: Optional[torch.dtype] = None) -> Optional[torch.Tensor]:
+        """``text`` / ``image`` features [I+1, D] (float32, or ``torch.bfloat16``) or ``image_missing`` [I+1]
+        (bool), memory-mapped from the store; None for the image arrays of a text-only store.
+
+        The mapping is copy-on-write: processes share the page cache instead of holding copies, and torch gets a
+        writable array (a write would stay private to the process; the files never change). bfloat16 features
+        come from a companion file next to the float32 array, written once (see ``_bf16_file``).
+        """
+        if name not in ARRAYS:
+            raise ValueError(f"no array {name!r} in a feature store; expected one of {sorted(ARRAYS)}")
+        stored = torch.bool if name == "image_missing" else torch.float32
+        allowed = (stored,) if name == "image_missing" else (torch.float32, torch.bfloat16)
+        if (dtype or stored) not in allowed:
+            raise ValueError(f"{name} is served as {' or '.join(map(str, allowed))}, not {dtype}")
+        if name != "text" and self.image is None:
+            return None
+        if dtype == torch.bfloat16:  # numpy has no bfloat16: the companion holds its bits as int16
+            return torch.from_numpy(np.load(self._bf16_file(name), mmap_mode="c")).view(torch.bfloat16)
+        return torch.from_numpy(np.load(self.path / ARRAYS[name], mmap_mode="c"))
+
+    def _bf16_file(self, name: str) -> Path:
+        """The bfloat16 companion of ``name``'s float32 array, written on first request.
+
+        Its name carries a tag of the float32 file's size, mtime, ctime and inode: a rewritten or replaced array
+        gets a new companion (the stale one is deleted). One process converts, under a lock file in the store;
+        the others wait for it and map its file. The companion is renamed into place complete, so a crash never
+        leaves a half one.
+        """
+        source = self.path / ARRAYS[name]
+        st = source.stat()
+        tag = hashlib.sha256(f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}".encode()).hexdigest()
+        target = self.path / f"{source.stem}-bf16-{tag[:16]}.npy"
+        if target.exists():
+            return target
+        try:
+            with open(self.path / BF16_LOCK, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+                if not target.exists():
+                    _write_bf16(source, target)
+        except OSError as e:
+            raise DataError(f"{self.path}: cannot write the bfloat16 companion of {source.name} ({e}); make the "
+                            "store writable once, or use float32 features") from None
+        return target
+
     def check_compatible(self, encoder_cfg: EncoderConfig) -> None:
         """DataError unless this store was built by the encoders ``encoder_cfg`` names."""
         want, have = encoder_identity(encoder_cfg), self.manifest["encoder"]
@@ -109,6 +158,25 @@ class FeatureStore:
                 if bad.any():
                     i = start + int(np.argmax(bad))
                     raise DataError(f"{self.path / name}: item {self.keys[i]!r} (id {i}) has NaN/inf features")
+
+
+def _write_bf16(source: Path, target: Path, chunk_bytes: int = 64 << 20) -> None:
+    """torch's float32 -> bfloat16 rounding of ``source``, in chunks, stored as int16 bits; stale companions of
+    the same array are removed."""
+    fp32 = np.load(source, mmap_mode="r")
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    out = np.lib.format.open_memmap(tmp, "w+", np.int16, fp32.shape)
+    rows = max(1, chunk_bytes // max(1, fp32[:1].nbytes))
+    for start in range(0, len(fp32), rows):
+        block = torch.from_numpy(np.array(fp32[start : start + rows]))
+        out[start : start + rows] = block.to(torch.bfloat16).view(torch.int16).numpy()
+    out.flush()
+    del out
+    os.replace(tmp, target)
+    for stale in target.parent.glob(f"{source.stem}-bf16-*.npy"):
+        if stale != target:
+            stale.unlink()
+    log.info("%s: wrote the bfloat16 companion %s", source, target.name)
 
 
 def _describe(identity: dict[str, Any]) -> str:

@@ -1,11 +1,17 @@
-"""The feature store: layout, incremental updates, rebuilds, bad input, atomic writes (single process; the
-multi-process case is in test_extract_features.py)."""
+"""The feature store: layout, incremental updates, rebuilds, bad input, atomic writes, memory-mapped (bf16)
+tensors (single process; the multi-process build is in test_extract_features.py)."""
+import hashlib
 import json
 import logging
+import os
+import subprocess
+import time
+import warnings
 
 import numpy as np
 import pytest
-from data_helpers import toy_items, truncated_jpeg, write_toy
+import torch
+from data_helpers import PYTHON, REPO, run_env, toy_items, truncated_jpeg, write_toy
 from test_shards import item, raw_shard
 
 from mmm4rec.config import EncoderConfig
@@ -227,3 +233,106 @@ def test_crash_while_writing_leaves_the_old_store(tmp_path, text_cfg, monkeypatc
     with pytest.raises(RuntimeError, match="killed"):
         ensure_features(tmp_path / "ds", text_cfg)
     assert store_files(path) == before and [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+# ---------------------------------------------------------------------------------------- memory-mapped tensors
+def mapping_of(t: torch.Tensor) -> tuple[str, dict[str, int]]:
+    """The file behind the memory mapping that holds the tensor's data, and that mapping's smaps fields (kB)."""
+    address = t.data_ptr()
+    entries = open("/proc/self/smaps").read().split("\n")
+    for n, line in enumerate(entries):
+        head = line.split()
+        if head and "-" in head[0] and ":" not in head[0]:
+            lo, hi = (int(x, 16) for x in head[0].split("-"))
+            if lo <= address < hi:
+                fields = {}
+                for entry in entries[n + 1 :]:
+                    key, _, value = entry.partition(":")
+                    if not value.strip().endswith("kB"):
+                        break
+                    fields[key] = int(value.split()[0])
+                return (head[5] if len(head) > 5 else ""), fields
+    raise AssertionError("the tensor's data is in no mapping")
+
+
+def test_tensors_are_memory_mapped_from_the_store_files(tmp_path, mm_cfg):
+    write_toy(tmp_path / "ds")
+    path = ensure_features(tmp_path / "ds", mm_cfg)
+    store = FeatureStore.open(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's "non-writable NumPy array" warning
+        tensors = {name: store.tensor(name) for name in ("text", "image", "image_missing")}
+    assert [t.dtype for t in tensors.values()] == [torch.float32, torch.float32, torch.bool]
+    for name, array in (("text", store.text), ("image", store.image), ("image_missing", store.image_missing)):
+        assert torch.equal(tensors[name], torch.from_numpy(np.array(array)))
+        assert mapping_of(tensors[name])[0] == str(path / f"{name}.npy")
+    float(tensors["text"].sum())  # every page read
+    again = FeatureStore.open(path).tensor("text")
+    file, fields = mapping_of(again)
+    assert file == str(path / "text.npy") and again.data_ptr() != tensors["text"].data_ptr()
+    # clean file pages: the page cache's, shared by every process and open, no private copy
+    assert fields["Anonymous"] == 0 and fields["Private_Dirty"] == 0
+
+
+def test_text_only_store_has_no_image_tensors_and_dtypes_are_checked(tmp_path, text_cfg):
+    write_toy(tmp_path / "ds", images=False)
+    store = FeatureStore.open(ensure_features(tmp_path / "ds", text_cfg))
+    assert store.tensor("image") is None and store.tensor("image_missing") is None
+    with pytest.raises(ValueError, match="image_missing is served as torch.bool, not torch.float32"):
+        store.tensor("image_missing", torch.float32)
+    with pytest.raises(ValueError, match="no array 'hashes'"):
+        store.tensor("hashes")
+
+
+def test_bfloat16_companion_is_torchs_rounding_written_once_and_rebuilt_when_stale(tmp_path, text_cfg):
+    write_toy(tmp_path / "ds")
+    path = ensure_features(tmp_path / "ds", text_cfg)
+    store = FeatureStore.open(path)
+    t = store.tensor("text", torch.bfloat16)
+    assert t.dtype == torch.bfloat16 and torch.equal(t, torch.from_numpy(np.array(store.text)).to(torch.bfloat16))
+    [companion] = path.glob("text-bf16-*.npy")
+    assert mapping_of(t)[0] == str(companion)
+    written = companion.stat().st_mtime_ns
+    assert torch.equal(FeatureStore.open(path).tensor("text", torch.bfloat16), t)
+    assert companion.stat().st_mtime_ns == written  # reused, not rewritten
+    # the float32 array replaced by other content: the old companion no longer belongs to it
+    new = np.array(store.text) * np.float32(1 / 3)
+    np.save(tmp_path / "new.npy", new)
+    os.replace(tmp_path / "new.npy", path / "text.npy")
+    fresh = FeatureStore.open(path).tensor("text", torch.bfloat16)
+    assert torch.equal(fresh, torch.from_numpy(new).to(torch.bfloat16)) and not torch.equal(fresh, t)
+    [rebuilt] = path.glob("text-bf16-*.npy")
+    assert rebuilt != companion and not list(path.glob(".*tmp*"))
+    assert torch.equal(t, torch.from_numpy(np.array(store.text)).to(torch.bfloat16))  # old mapping still valid
+
+
+BF16_RACE = """
+import hashlib, logging, sys, time
+import torch
+from mmm4rec.data.features import FeatureStore
+logging.basicConfig(level=logging.INFO)
+store = FeatureStore.open(sys.argv[1])
+while time.time() < float(sys.argv[2]):  # start together
+    pass
+print(hashlib.sha256(store.tensor("text", torch.bfloat16).view(torch.int16).numpy().tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_ranks_asking_at_once_get_one_companion_written_by_one_process(tmp_path, text_cfg):
+    write_toy(tmp_path / "ds", images=False)
+    path = ensure_features(tmp_path / "ds", text_cfg)
+    big = np.random.default_rng(0).standard_normal((13, 1_000_000), dtype=np.float32)  # 52 MB: a slow conversion
+    np.save(path / "text.npy", big)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["dims"]["text"] = big.shape[1]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    start = time.time() + 4
+    procs = [subprocess.Popen([PYTHON, "-c", BF16_RACE, str(path), str(start)], cwd=REPO, env=run_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    rounded = torch.from_numpy(big).to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+    assert outs[0][0] == outs[1][0] == f"{hashlib.sha256(rounded).hexdigest()}\n"
+    assert sum(err.count("wrote the bfloat16 companion") for _, err in outs) == 1
+    assert len(list(path.glob("text-bf16-*.npy"))) == 1 and not list(path.glob(".*tmp*"))
