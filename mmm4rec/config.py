@@ -114,6 +114,7 @@ class EncoderConfig:
     image: Optional[str] = None  # None: text-only features
     batch_size: int = 64
     max_text_tokens: int = 128
+    max_image_pixels: int = 40_000_000  # larger images are bad input (checked before decoding)
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
   python tools/download_images.py --meta raw/meta_Office_Products.json.gz --out raw/images/office
 
-Saves <item id>.<jpg|png|webp> (the extension follows the bytes; non-images are refused). Timeouts and retries
-with exponential backoff; files already present are skipped, so an interrupted run resumes.
+Saves <item id>.<jpg|png|webp> (the extension follows the bytes; non-images are refused; an id holding anything
+but letters, digits and "-._~" is percent-encoded, so every file stays inside --out). Only http(s) URLs are
+fetched (others are counted as refused). Timeouts and retries with exponential backoff; files already present
+are skipped, so an interrupted run resumes.
 """
 import argparse
 import json

@@ -7,7 +7,8 @@ Formats read (plain or .gz):
   asin, title, brand, category, description, imageURL, imageURLHighRes.
 - 2023 reviews JSONL: user_id, parent_asin, timestamp (milliseconds; truncated to seconds).
 - 2023 metadata JSONL: parent_asin, title, store, categories, features, description, images.
-Images come from a local folder per domain, ``<item id>.jpg|jpeg|png|webp`` (tools/download_images.py fetches them).
+Images come from a local folder per domain, ``<image_stem(item id)>.jpg|jpeg|png|webp`` (tools/download_images.py
+fetches them; the stem is the id itself for ordinary ids, percent-encoded where it holds anything else).
 Keys are domain-qualified ("office:B000123"); items without a title-bearing metadata record are dropped before
 k-core filtering (their text would be empty).
 """
@@ -22,13 +23,14 @@ import logging
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator, Mapping, Optional
 
-from .dataset import write_dataset
+from .dataset import check_output, write_dataset
 from .interactions import build_sequences
 from .schema import BadRecords, DataError, ItemRecord, Manifest
 from .shards import decode_image, image_ext, sha256_file
@@ -43,6 +45,15 @@ LICENCE = (
 )
 DESCRIPTION_CHARS = 1000  # encoders read ~128 tokens; longer descriptions only bloat the shards
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+URL_SCHEMES = ("http", "https")
+
+
+def image_stem(item: str) -> str:
+    """The file name (without extension) of an item's image: the id percent-encoded (RFC 3986 unreserved
+    characters stay, so ASINs keep their names) and a leading dot too (no hidden files). Injective, and never
+    holds a slash, so no id leads outside the folder."""
+    stem = urllib.parse.quote(item, safe="")
+    return f"%2E{stem[1:]}" if stem.startswith(".") else stem
 
 
 @dataclass
@@ -158,7 +169,7 @@ def _local_image(folder: Optional[Path], item: str, bad: BadRecords) -> Optional
     if folder is None:
         return None
     for suffix in IMAGE_SUFFIXES:
-        path = folder / f"{item}{suffix}"
+        path = folder / f"{image_stem(item)}{suffix}"
         if path.is_file():
             data = path.read_bytes()
             try:
@@ -176,6 +187,7 @@ def prepare(domains: list[DomainSource], out_dir: str | Path, name: str, shard_s
     """Each domain is filtered on its own (k-core per category); users are keyed per domain."""
     if len({d.name for d in domains}) != len(domains):
         raise DataError("domain names must be unique")
+    check_output(out_dir)  # before reading the sources, not after
     bad = BadRecords(strict)
     items: list[ItemRecord] = []
     seqs = []
@@ -236,17 +248,22 @@ def _fetch(url: str, timeout: float, retries: int, backoff: float) -> bytes:
 
 def download_images(urls: Mapping[str, str], out_dir: str | Path, timeout: float = 20.0, retries: int = 3,
                     backoff: float = 1.0, workers: int = 8) -> dict[str, int]:
-    """Save each item's image as ``<out_dir>/<item>.<ext>`` (ext from the bytes; non-images are refused).
-    Items with a file already are skipped, so an interrupted run resumes. Returns counts by outcome."""
+    """Save each item's image as ``<out_dir>/<image_stem(item)>.<ext>`` (ext from the bytes; non-images are
+    refused). Only http(s) URLs are fetched (others count as ``refused``: metadata must not make the tool read
+    local files). Items with a file already are skipped, so an interrupted run resumes. Returns counts by outcome."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     def one(item: str, url: str) -> str:
-        if any((out / f"{item}{s}").exists() for s in IMAGE_SUFFIXES):
+        stem = image_stem(item)
+        if any((out / f"{stem}{s}").exists() for s in IMAGE_SUFFIXES):
             return "present"
+        if urllib.parse.urlsplit(url).scheme.lower() not in URL_SCHEMES:
+            log.warning("%s: %s: not an http(s) URL, refused", item, url)
+            return "refused"
         try:
             data = _fetch(url, timeout, retries, backoff)
-            target = out / f"{item}.{image_ext(data)}"
+            target = out / f"{stem}.{image_ext(data)}"
         except (OSError, DataError, ValueError) as e:  # URLError and HTTPError are OSErrors
             log.warning("%s: %s: %s", item, url, e)
             return "failed"
@@ -255,7 +272,7 @@ def download_images(urls: Mapping[str, str], out_dir: str | Path, timeout: float
         part.replace(target)
         return "downloaded"
 
-    counts = {"downloaded": 0, "present": 0, "failed": 0}
+    counts = {"downloaded": 0, "present": 0, "failed": 0, "refused": 0}
     with ThreadPoolExecutor(workers) as pool:
         for outcome in pool.map(lambda kv: one(*kv), urls.items()):
             counts[outcome] += 1

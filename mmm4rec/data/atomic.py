@@ -1,28 +1,71 @@
-"""Replacing a folder so that readers see the old or the new version, never half of one."""
+"""Replacing a folder so that readers see the old or the new version, never half of one — and only a folder this
+project wrote: every folder ``replace_folder`` creates holds a marker file, and a folder without one (a user's
+folder named by mistake as an output) is refused, never deleted."""
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import shutil
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
+
+from .schema import DataError
+
+MARKER = ".mmm4rec"
+MARKER_TEXT = "Written by mmm4rec, which may replace this folder as a whole.\n"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A kind of folder this project writes, to recognise one written before the marker existed: it holds
+    ``manifest`` (JSON with this ``format``) and nothing but entries matching ``entries``."""
+
+    manifest: str
+    format: str
+    entries: tuple[str, ...]  # fnmatch patterns
+
+    def matches(self, path: Path) -> bool:
+        try:
+            ours = json.loads((path / self.manifest).read_text()).get("format") == self.format
+        except (OSError, ValueError, AttributeError):
+            return False
+        return ours and all(any(fnmatch.fnmatchcase(p.name, e) for e in self.entries) for p in path.iterdir())
+
+
+def check_replaceable(path: str | os.PathLike, layout: Optional[Layout] = None) -> None:
+    """DataError unless ``path`` is absent, an empty folder, or a folder this project wrote (its marker, or a
+    ``layout`` folder from before the marker)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if path.is_dir() and ((path / MARKER).is_file() or not any(path.iterdir()) or (layout and layout.matches(path))):
+        return
+    raise DataError(f"{path}: not written by mmm4rec (no {MARKER} marker) and not empty; refusing to replace it, "
+                    "choose a new or empty folder")
 
 
 @contextmanager
-def replace_folder(path: str | os.PathLike, keep: tuple[str, ...] = ()) -> Iterator[Path]:
-    """Yield an empty sibling folder to fill; on success it takes the place of ``path``.
+def replace_folder(path: str | os.PathLike, keep: tuple[str, ...] = (), layout: Optional[Layout] = None
+                   ) -> Iterator[Path]:
+    """Yield an empty sibling folder (holding only the marker) to fill; on success it takes the place of ``path``.
 
-    Entries named in ``keep`` move from the old folder into the new one (a dataset keeps its feature stores).
-    If the block raises, the temp folder is removed and ``path`` is untouched. The swap is two renames: a crash
-    between them leaves the complete old version under a hidden ``.<name>.old-*`` name and no half folder.
+    ``path`` must pass ``check_replaceable`` (checked first, before any work). Entries named in ``keep`` move from
+    the old folder into the new one (a dataset keeps its feature stores). If the block raises, the temp folder is
+    removed and ``path`` is untouched. The swap is two renames: a crash between them leaves the complete old
+    version under a hidden ``.<name>.old-*`` name and no half folder.
     """
     path = Path(path)
+    check_replaceable(path, layout)
     path.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
     tmp = path.parent / f".{path.name}.tmp-{token}"
     tmp.mkdir()
     try:
+        (tmp / MARKER).write_text(MARKER_TEXT)
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -14,21 +14,24 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .atomic import replace_folder
-from .schema import MIN_INTERACTIONS, DataError, InvalidRecord, ItemRecord, Manifest, SeqRecord, check_seq, domain_of
+from .atomic import Layout, check_replaceable, replace_folder
+from .schema import (DATASET_FORMAT, MANIFEST, MIN_INTERACTIONS, DataError, InvalidRecord, ItemRecord, Manifest,
+                     SeqRecord, check_seq, domain_of)
 from .shards import sha256_file, write_items, write_seqs
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "dataset.json"
 DEFAULT_SHARD_SIZE = 1000
+# What a dataset folder written before the ownership marker holds (it may then still be replaced).
+LAYOUT = Layout(MANIFEST, DATASET_FORMAT, (MANIFEST, "items-*.tar", "seqs-*.tar", "features"))
 
 
 def load_manifest(dataset_dir: str | os.PathLike, verify: bool = False) -> Manifest:
-    """Read ``dataset.json``; check every shard exists with the recorded size, and with ``verify`` its sha256.
+    """Read ``dataset.json``; check its shape, the counts the shard list implies, that every shard exists with
+    the recorded size, and with ``verify`` its sha256.
 
-    Raises DataError naming the file at fault. The size check is a stat per shard (cheap enough for every
-    launch); hashing reads every byte, so it is opt-in.
+    Raises DataError naming the file (and the key) at fault. The size check is a stat per shard (cheap enough
+    for every launch); hashing reads every byte, so here it is opt-in (the readers verify each shard they read).
     """
     path = Path(dataset_dir) / MANIFEST
     try:
@@ -37,10 +40,7 @@ def load_manifest(dataset_dir: str | os.PathLike, verify: bool = False) -> Manif
         raise DataError(f"{path}: no dataset manifest (write one with a tools/prepare_*.py converter)") from None
     except ValueError as e:
         raise DataError(f"{path}: not valid JSON: {e}") from None
-    try:
-        manifest = Manifest.from_json(data, path.parent.resolve())
-    except (KeyError, TypeError) as e:
-        raise DataError(f"{path}: not a dataset manifest, bad or missing {e}") from None
+    manifest = Manifest.from_json(data, path)
     for shard in manifest.items + manifest.seqs:
         if not shard.path.is_file():
             raise DataError(f"{shard.path}: shard listed in {path} is missing")
@@ -52,8 +52,15 @@ def load_manifest(dataset_dir: str | os.PathLike, verify: bool = False) -> Manif
     return manifest
 
 
-class _Counts:
-    """Per-domain users / items / interactions and the leave-one-out sample counts, accumulated while streaming."""
+def check_output(out_dir: str | os.PathLike) -> None:
+    """DataError unless ``write_dataset`` may replace ``out_dir`` (absent, empty, or a dataset folder it wrote):
+    converters call it before reading their sources."""
+    check_replaceable(out_dir, LAYOUT)
+
+
+class Counts:
+    """Per-domain users / items / interactions and the leave-one-out sample counts, accumulated while streaming
+    (by the writer for dataset.json, by the stage-2 index pass to check it)."""
 
     def __init__(self) -> None:
         self.per_domain: dict[str, dict[str, int]] = defaultdict(lambda: {"users": 0, "items": 0, "interactions": 0})
@@ -90,6 +97,26 @@ class _Counts:
             "pretrain_samples": self.pretrain_samples,
         }
 
+    def totals(self) -> list[tuple[list[str], int]]:
+        """The dataset.json values that only the records determine, as (key path, value)."""
+        out = [(["counts", "interactions"], sum(d["interactions"] for d in self.per_domain.values())),
+               (["split", "train_samples"], self.train_samples), (["split", "pretrain_samples"], self.pretrain_samples)]
+        for domain in sorted(self.per_domain):
+            out += [(["counts", "per_domain", domain, key], self.per_domain[domain][key])
+                    for key in ("users", "interactions")]
+        return out
+
+
+def check_totals(manifest: Manifest, totals: list[tuple[list[str], int]]) -> None:
+    """DataError naming dataset.json and the key when a count it states differs from the records' ``totals``."""
+    listed = {"counts": manifest.counts, "split": manifest.split}
+    for keys, value in totals:
+        node: Any = listed
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node != value:
+            raise DataError(f"{manifest.path}: {'.'.join(keys)} = {node}, but the sequence records hold {value}")
+
 
 def write_dataset(out_dir: str | os.PathLike, *, name: str, items: Iterable[ItemRecord], seqs: Iterable[SeqRecord],
                   provenance: dict[str, Any], licence: str, shard_size: int = DEFAULT_SHARD_SIZE) -> Manifest:
@@ -99,7 +126,7 @@ def write_dataset(out_dir: str | os.PathLike, *, name: str, items: Iterable[Item
     Converters must produce valid data, so any problem here is a DataError, never a skip. ``items`` is consumed
     before ``seqs``, which may therefore be a generator that depends on the items having been written.
     """
-    counts = _Counts()
+    counts = Counts()
     keys: set[str] = set()
 
     def checked_items() -> Iterator[ItemRecord]:
@@ -125,7 +152,7 @@ def write_dataset(out_dir: str | os.PathLike, *, name: str, items: Iterable[Item
             counts.seq(rec)
             yield rec
 
-    with replace_folder(out_dir, keep=("features",)) as tmp:
+    with replace_folder(out_dir, keep=("features",), layout=LAYOUT) as tmp:
         item_shards = write_items(tmp, checked_items(), shard_size)
         seq_shards = write_seqs(tmp, checked_seqs(), shard_size)
         if not keys or not counts.counts()["users"]:

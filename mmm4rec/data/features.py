@@ -40,7 +40,7 @@ import transformers
 from mmm4rec.config import EncoderConfig
 from mmm4rec.encoders import Encoders, build_encoders, encoder_identity, encoder_slug, identity_matches
 
-from .atomic import replace_folder
+from .atomic import Layout, check_replaceable, replace_folder
 from .dataset import load_manifest
 from .schema import PAD_KEY, BadRecords, DataError, ItemRecord, Manifest, ShardInfo, content_hash
 from .shards import iter_item_records
@@ -52,6 +52,10 @@ TEXT, IMAGE, MISSING, ITEMS, HASHES, MANIFEST = (
     "text.npy", "image.npy", "image_missing.npy", "items.json", "hashes.npy", "manifest.json")
 ARRAYS = {"text": TEXT, "image": IMAGE, "image_missing": MISSING}
 BF16_LOCK = ".bf16.lock"
+# What a store written before the ownership marker holds (it may then still be replaced): its files, bf16
+# companions and the stage-2 index caches kept next to it.
+LAYOUT = Layout(MANIFEST, STORE_FORMAT, (TEXT, IMAGE, MISSING, ITEMS, HASHES, MANIFEST, "*-bf16-*.npy", BF16_LOCK,
+                                         "stage2-index-*"))
 NO_HASH = bytes(16)
 T = TypeVar("T")
 
@@ -72,7 +76,11 @@ class FeatureStore:
             manifest = json.loads((path / MANIFEST).read_text())
             if manifest.get("format") != STORE_FORMAT:
                 raise ValueError(f"format {manifest.get('format')!r} is not {STORE_FORMAT!r}")
-            keys = json.loads((path / ITEMS).read_text())
+            index_bytes = (path / ITEMS).read_bytes()
+            if hashlib.sha256(index_bytes).hexdigest() != manifest.get("items_sha256"):
+                raise ValueError(f"{path / ITEMS} does not match the item index recorded in {path / MANIFEST} "
+                                 "(edited, replaced, or written by an older version)")
+            keys = json.loads(index_bytes)
             text = np.load(path / TEXT, mmap_mode="r")
             with_image = manifest["encoder"]["image"] is not None
             image = np.load(path / IMAGE, mmap_mode="r") if with_image else None
@@ -238,10 +246,23 @@ class _Plan:
     token: str = ""
 
 
+def _dataset_of(store_dir: Path) -> Optional[str]:
+    """The dataset name a (possibly broken) store's manifest records, if it can be read."""
+    try:
+        return json.loads((store_dir / MANIFEST).read_text())["dataset"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _plan(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, strict: bool) -> _Plan:
     token = uuid.uuid4().hex[:8]
+    check_replaceable(store_dir, LAYOUT)  # before hours of encoding, not at the final swap
     if not store_dir.exists():
         return _Plan("build", "no feature store yet, building it", token)
+    owner = _dataset_of(store_dir)
+    if owner not in (None, dataset.name):
+        raise DataError(f"{store_dir}: the feature store of dataset {owner!r}, not of {dataset.name!r} "
+                        f"({dataset.path}); point data.features (--features) at another folder")
     try:
         old = FeatureStore.open(store_dir)
     except DataError as e:
@@ -305,7 +326,8 @@ class _ShardEncoder:
                 encoded[name].append(rows)
             batch.clear()
 
-        for _, rec in iter_item_records([shard], bad, check_images=self.cfg.image is not None):
+        for _, rec in iter_item_records([shard], bad, check_images=self.cfg.image is not None,
+                                        max_image_pixels=self.cfg.max_image_pixels):
             h = np.frombuffer(content_hash(rec.text.encode()) + (content_hash(rec.image) if rec.image else NO_HASH),
                               dtype=np.uint8).reshape(2, 16)
             old_id = self._reusable(rec.key, h)
@@ -359,7 +381,7 @@ def _merge(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, parts: Path, 
     ids = {k: i for i, k in enumerate(keys)}
     names = ("text", "image") if cfg.image else ("text",)
     dims: dict[str, int] = {}
-    with replace_folder(store_dir) as tmp:
+    with replace_folder(store_dir, layout=LAYOUT) as tmp:
         out: dict[str, np.ndarray] = {}
         for idx, info in enumerate(infos):
             with np.load(parts / f"{idx:06d}.npz") as part:
@@ -378,7 +400,8 @@ def _merge(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, parts: Path, 
         for array in out.values():
             array.flush()
         del out
-        (tmp / ITEMS).write_text(json.dumps(keys, ensure_ascii=False))
+        index_bytes = json.dumps(keys, ensure_ascii=False).encode()
+        (tmp / ITEMS).write_bytes(index_bytes)
         missing_images = int(np.load(tmp / MISSING)[1:].sum()) if cfg.image else None
         manifest = {
             "format": STORE_FORMAT,
@@ -386,6 +409,7 @@ def _merge(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, parts: Path, 
             "encoder": encoder_identity(cfg),  # after loading: a hub name now resolves to its cached commit
             "dims": {"text": dims["text"], "image": dims.get("image")},
             "num_items": len(keys) - 1,
+            "items_sha256": hashlib.sha256(index_bytes).hexdigest(),  # open() checks items.json against it
             "missing_images": missing_images,
             "content_hashes": {"file": HASHES, "how": "sha256[:16] of the text (UTF-8) and of the image bytes"},
             "bad_records": bad.as_dict(),

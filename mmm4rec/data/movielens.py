@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .dataset import write_dataset
+from .dataset import check_output, write_dataset
 from .interactions import build_sequences
 from .schema import DataError, ItemRecord, Manifest
 from .shards import sha256_file
@@ -196,6 +196,7 @@ def read(raw_dir: str | Path, variant: str) -> Ratings:
 
 # --------------------------------------------------------------------------------------------------------- convert
 def prepare(raw_dir: str | Path, variant: str, out_dir: str | Path, shard_size: int = 1000, k: int = 5) -> Manifest:
+    check_output(out_dir)  # before reading the sources, not after
     ratings = read(raw_dir, variant)
     known = [m in ratings.movies for m in ratings.items]
     if not all(known):

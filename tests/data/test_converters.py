@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_helpers import FIXTURES, image_bytes
+from data_helpers import FIXTURES, http_server, image_bytes
 from PIL import Image
 
 from mmm4rec.data import amazon, movielens, synthetic
@@ -195,20 +195,21 @@ def test_amazon_local_images_and_bad_image(tmp_path):
     assert [Image.open(io.BytesIO(r.image)).format for r in items[:3]] == ["JPEG", "PNG", "WEBP"]
 
 
-def test_download_images_from_local_urls(tmp_path):
+def test_download_images_over_http(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "1.jpg").write_bytes(image_bytes(fmt="JPEG"))
     (src / "2.jpg").write_bytes(b"<html>not an image</html>")
     meta = tmp_path / "meta.json"
-    meta.write_text("\n".join(repr({"asin": a, "title": "t", "imageURLHighRes": [u]}) for a, u in [
-        ("A1", (src / "1.jpg").as_uri()), ("A2", (src / "2.jpg").as_uri()), ("A3", (src / "none.jpg").as_uri())]))
-    urls = amazon.image_urls(meta, BadRecords(strict=True))
-    assert list(urls) == ["A1", "A2", "A3"]
-    counts = amazon.download_images(urls, tmp_path / "out", retries=1, backoff=0, workers=2)
-    assert counts == {"downloaded": 1, "present": 0, "failed": 2}
-    assert (tmp_path / "out" / "A1.jpg").read_bytes() == (src / "1.jpg").read_bytes()
-    assert amazon.download_images(urls, tmp_path / "out", retries=0, backoff=0)["present"] == 1
+    with http_server(src) as base:
+        meta.write_text("\n".join(repr({"asin": a, "title": "t", "imageURLHighRes": [f"{base}/{f}"]})
+                                  for a, f in [("A1", "1.jpg"), ("A2", "2.jpg"), ("A3", "none.jpg")]))
+        urls = amazon.image_urls(meta, BadRecords(strict=True))
+        assert list(urls) == ["A1", "A2", "A3"]
+        counts = amazon.download_images(urls, tmp_path / "out", retries=1, backoff=0, workers=2)
+        assert counts == {"downloaded": 1, "present": 0, "failed": 2, "refused": 0}  # not an image; 404
+        assert (tmp_path / "out" / "A1.jpg").read_bytes() == (src / "1.jpg").read_bytes()
+        assert amazon.download_images(urls, tmp_path / "out", retries=0, backoff=0)["present"] == 1
 
 
 # -------------------------------------------------------------------------------------------------- synthetic

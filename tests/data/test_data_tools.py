@@ -1,8 +1,8 @@
-"""The command-line tools are thin: one smoke run each on fixtures (no network)."""
+"""The command-line tools are thin: one smoke run each on fixtures (no network beyond 127.0.0.1)."""
 import json
 import subprocess
 
-from data_helpers import FIXTURES, PYTHON, REPO, image_bytes, run_env
+from data_helpers import FIXTURES, PYTHON, REPO, http_server, image_bytes, run_env
 
 from mmm4rec.data.dataset import load_manifest
 
@@ -43,10 +43,11 @@ def test_make_synthetic(tmp_path):
     assert out["counts"]["users"] == 30 and out["split"]["protocol"] == "leave-one-out"
 
 
-def test_download_images_local_file(tmp_path):
-    (tmp_path / "a.png").write_bytes(image_bytes())
+def test_download_images(tmp_path):
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "a.png").write_bytes(image_bytes())
     meta = tmp_path / "meta.jsonl"
-    image = {"large": (tmp_path / "a.png").as_uri()}
-    meta.write_text(json.dumps({"parent_asin": "P1", "title": "t", "images": [image]}))
-    out = json.loads(tool("download_images.py", "--meta", meta, "--out", tmp_path / "img", "--retries", 0).stdout)
+    with http_server(tmp_path / "www") as base:
+        meta.write_text(json.dumps({"parent_asin": "P1", "title": "t", "images": [{"large": f"{base}/a.png"}]}))
+        out = json.loads(tool("download_images.py", "--meta", meta, "--out", tmp_path / "img", "--retries", 0).stdout)
     assert out["downloaded"] == 1 and (tmp_path / "img" / "P1.png").is_file()

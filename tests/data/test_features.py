@@ -11,8 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from data_helpers import PYTHON, REPO, run_env, toy_items, truncated_jpeg, write_toy
-from test_shards import item, raw_shard
+from data_helpers import PYTHON, REPO, item, raw_shard, run_env, toy_items, truncated_jpeg, write_toy
 
 from mmm4rec.config import EncoderConfig
 from mmm4rec.data import features
@@ -164,6 +163,7 @@ def _dataset_with_raw_shards(tmp_path, shards: list[list[dict]]):
         path = raw_shard(tmp_path / "ds" / f"items-{n:06d}.tar", samples)
         infos.append(ShardInfo(path.name, len(samples), path.stat().st_size, sha256_file(path)).to_json())
     data["shards"]["items"] = infos
+    data["counts"]["items"] = data["counts"]["per_domain"]["toy"]["items"] = sum(len(s) for s in shards)
     (tmp_path / "ds" / "dataset.json").write_text(json.dumps(data))
     return load_manifest(tmp_path / "ds")
 

@@ -1,35 +1,16 @@
 """Shard writing and reading, the manifest, and every bad-input case of the readers (strict error naming the
 shard and the record, or a counted skip)."""
-import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import webdataset as wds
-from data_helpers import T0, image_bytes, toy_items, write_toy
+from data_helpers import T0, image_bytes, item, raw_shard, seq, toy_items, write_toy
 
 from mmm4rec.data import tar_reader
 from mmm4rec.data.dataset import load_manifest, write_dataset
-from mmm4rec.data.schema import BadRecords, DataError, SeqRecord
-from mmm4rec.data.shards import iter_item_records, iter_seq_records
-
-
-def raw_shard(path: Path, samples: list[dict]) -> Path:
-    """A shard written without the library's validation, to hold bad input."""
-    with wds.TarWriter(str(path), encoder=False) as w:
-        for n, sample in enumerate(samples):
-            w.write({"__key__": f"{n:09d}", **{k: v if isinstance(v, bytes) else json.dumps(v).encode()
-                                                for k, v in sample.items()}})
-    return path
-
-
-def seq(user: str, items: list[str], ts: list) -> dict:
-    return {"json": {"user": user, "domain": "toy", "items": items, "timestamps": ts}}
-
-
-def item(key: str, text: bytes = b"Title: x", **members) -> dict:
-    return {"json": {"key": key}, "txt": text, **members}
+from mmm4rec.data.schema import BadRecords, DataError, SeqRecord, ShardInfo
+from mmm4rec.data.shards import iter_item_records, iter_seq_records, sha256_file
 
 
 # ------------------------------------------------------------------------------------------------ round trip
@@ -91,10 +72,13 @@ def test_truncated_tar(tmp_path):
     with pytest.raises(DataError, match=f"{shard}: corrupt or truncated"):
         list(iter_seq_records([shard], BadRecords(strict=True)))
     bad = BadRecords(strict=False)
-    got = list(iter_seq_records(m.seqs, bad))
+    got = list(iter_seq_records([s.path for s in m.seqs], bad))  # by path: no checksum to compare
     assert bad.as_dict() == {"corrupt_shard": 1} and 0 < len(got) < 8
     with pytest.raises(DataError, match="bytes but .* lists"):
         load_manifest(tmp_path / "ds")
+    # a shard the manifest lists is damaged data, whatever the strictness: its checksum no longer matches
+    with pytest.raises(DataError, match=f"{shard}: its sha256 does not match the one in dataset.json"):
+        list(iter_seq_records(m.seqs, BadRecords(strict=False)))
 
 
 def test_tar_cut_at_a_member_boundary_is_caught(tmp_path):
@@ -102,7 +86,7 @@ def test_tar_cut_at_a_member_boundary_is_caught(tmp_path):
     shard = m.seqs[0].path
     shard.write_bytes(shard.read_bytes()[:2048])  # two whole members: tarfile alone would end quietly
     with pytest.raises(DataError, match="truncated tar after 1 samples: truncated: no end-of-archive marker"):
-        list(iter_seq_records(m.seqs[:1], BadRecords(strict=True)))
+        list(iter_seq_records([shard], BadRecords(strict=True)))
     # webdataset's reader (item shards) ends quietly there: the manifest's count catches it
     items = m.items[0].path
     first_two = list(tar_reader.samples(str(items)))[:2]
@@ -111,8 +95,9 @@ def test_tar_cut_at_a_member_boundary_is_caught(tmp_path):
     for _ in range(members):
         pos += 512 + (int(data[pos + 124 : pos + 136].rstrip(b"\0 ") or b"0", 8) + 511) // 512 * 512
     items.write_bytes(data[:pos])
+    lying = ShardInfo(items.name, 4, pos, sha256_file(items), path=items)  # right checksum, wrong count
     with pytest.raises(DataError, match="read 2 samples, the manifest lists 4"):
-        list(iter_item_records(m.items[:1], BadRecords(strict=True)))
+        list(iter_item_records([lying], BadRecords(strict=True)))
 
 
 def test_fast_reader_equals_webdataset(tmp_path):
@@ -154,18 +139,21 @@ def test_missing_shard_and_bad_manifest(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- bad sequences
+ABC = ["toy:a", "toy:b", "toy:c"]
+
+
 @pytest.mark.parametrize("sample, reason, message", [
-    (seq("toy:u1", ["a", "b", "c"], [3, 2, 1]), "unsorted_timestamps", "user 'toy:u1': timestamp 2 follows 3"),
-    (seq("toy:u1", ["a", "b", "c"], [-1, 2, 3]), "bad_timestamps", "user 'toy:u1': negative timestamp"),
-    (seq("toy:u1", ["a", "b", "c"], [1.5, 2, 3]), "bad_timestamps", "user 'toy:u1': timestamps must be integer"),
-    (seq("toy:u1", ["a", "a", "c"], [1, 1, 3]), "duplicate_event", "user 'toy:u1': the same item appears twice"),
-    (seq("toy:u1", ["a", "b"], [1, 2]), "too_short", "user 'toy:u1': 2 interactions"),
-    ({"json": {"user": "toy:u1", "items": ["a", "b", "c"]}}, "bad_record", "user 'toy:u1': needs the fields"),
+    (seq("toy:u1", ABC, [3, 2, 1]), "unsorted_timestamps", "user 'toy:u1': timestamp 2 follows 3"),
+    (seq("toy:u1", ABC, [-1, 2, 3]), "bad_timestamps", "user 'toy:u1': negative timestamp"),
+    (seq("toy:u1", ABC, [1.5, 2, 3]), "bad_timestamps", "user 'toy:u1': timestamps must be integer"),
+    (seq("toy:u1", ABC[:1] + ABC[::2], [1, 1, 3]), "duplicate_event", "user 'toy:u1': the same item appears twice"),
+    (seq("toy:u1", ABC[:2], [1, 2]), "too_short", "user 'toy:u1': 2 interactions"),
+    ({"json": {"user": "toy:u1", "items": ABC}}, "bad_record", "user 'toy:u1': needs the fields"),
     ({"json": b"{not json"}, "bad_record", "sample 000000001: no valid .json member"),
 ])
 def test_bad_sequences(tmp_path, sample, reason, message):
-    shard = raw_shard(tmp_path / "seqs-000000.tar", [seq("toy:ok", ["a", "b", "c"], [1, 2, 3]), sample,
-                                                      seq("toy:ok2", ["a", "b", "c"], [1, 2, 3])])
+    shard = raw_shard(tmp_path / "seqs-000000.tar", [seq("toy:ok", ABC, [1, 2, 3]), sample,
+                                                      seq("toy:ok2", ABC, [1, 2, 3])])
     with pytest.raises(DataError, match=f"seqs-000000.tar: {message}"):
         list(iter_seq_records([shard], BadRecords(strict=True)))
     bad = BadRecords(strict=False)
