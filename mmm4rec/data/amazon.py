@@ -32,7 +32,7 @@ from typing import IO, Any, Iterator, Mapping, Optional
 
 from .dataset import check_output, write_dataset
 from .interactions import build_sequences
-from .schema import BadRecords, DataError, ItemRecord, Manifest
+from .schema import MAX_TIMESTAMP, BadRecords, DataError, ItemRecord, Manifest
 from .shards import decode_image, image_ext, sha256_file
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,15 @@ def read_meta(path: Path, bad: BadRecords) -> dict[str, ItemMeta]:
 def read_reviews(path: Path, bad: BadRecords) -> tuple[list[str], list[str], list[int]]:
     """(users, items, Unix seconds) from a 2018 ratings CSV or a 2023 reviews JSONL (told apart by content)."""
     users, items, stamps = [], [], []
+
+    def add(user: str, item: str, seconds: int, where: str) -> None:
+        if not 0 <= seconds <= MAX_TIMESTAMP:  # e.g. a 1e30 sentinel: not a time, and beyond int64
+            bad.report("bad_timestamps", f"{where}: timestamp {seconds} s is not between 1970 and the year 9999")
+            return
+        users.append(user)
+        items.append(item)
+        stamps.append(seconds)
+
     with _open(path) as f:
         first = next((line for line in f if line.strip()), "")
     if first.lstrip().startswith("{"):
@@ -142,12 +151,10 @@ def read_reviews(path: Path, bad: BadRecords) -> tuple[list[str], list[str], lis
             try:
                 user, stamp = str(rec["user_id"]), int(rec["timestamp"])
                 item = str(rec.get("parent_asin") or rec["asin"])
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, OverflowError):
                 bad.report("bad_record", f"{path}: review without user_id/parent_asin/timestamp: {str(rec)[:80]}")
                 continue
-            users.append(user)
-            items.append(item)
-            stamps.append(stamp // 1000)
+            add(user, item, stamp // 1000, f"{path}: user {user!r}")
         return users, items, stamps
     with _open(path) as f:
         for lineno, row in enumerate(csv.reader(f), 1):
@@ -155,13 +162,12 @@ def read_reviews(path: Path, bad: BadRecords) -> tuple[list[str], list[str], lis
                 continue
             try:
                 item, user, _, stamp = row
-                stamps.append(int(float(stamp)))
-            except ValueError:
+                seconds = int(float(stamp))
+            except (ValueError, OverflowError):  # int(float("inf")) overflows
                 if lineno > 1:  # a header line is fine
                     bad.report("bad_record", f"{path}:{lineno}: expected item,user,rating,timestamp")
                 continue
-            users.append(user)
-            items.append(item)
+            add(user, item, seconds, f"{path}:{lineno}")
     return users, items, stamps
 
 

@@ -1,18 +1,19 @@
 """Silent-garbage findings: a feature store whose item index was edited, shards edited in place (same size),
-manifest counts that do not match the shards, out-of-range timestamps, and sequences whose domain contradicts
-their items."""
+manifest counts that do not match the shards, out-of-range timestamps (in shards and in converter input), and
+sequences whose domain contradicts their items."""
 import json
 
 import numpy as np
 import pytest
 
 from mmm4rec.config import EncoderConfig
+from mmm4rec.data import amazon
 from mmm4rec.data.dataset import load_manifest
 from mmm4rec.data.features import FeatureStore, ensure_features
 from mmm4rec.data.schema import BadRecords, DataError, InvalidRecord, seq_record
 from mmm4rec.data.shards import iter_seq_records
 from mmm4rec.data.stream import SeqIndex, TrainStream
-from tests.data.data_helpers import raw_shard, seq, write_toy
+from tests.data.data_helpers import REPO, raw_shard, seq, write_toy
 
 MINILM = EncoderConfig(batch_size=16)
 
@@ -152,3 +153,14 @@ def test_a_domain_that_contradicts_the_item_keys_is_a_bad_record(tmp_path):
     bad = BadRecords(strict=False)
     assert [r.user for _, r in iter_seq_records([shard], bad)] == ["toy:u2"]
     assert bad.as_dict() == {"bad_record": 1}
+
+
+def test_a_converter_counts_out_of_range_timestamps_instead_of_crashing(tmp_path):
+    fixtures = REPO / "tests" / "fixtures" / "amazon"
+    reviews = tmp_path / "Office_Products.csv"
+    reviews.write_text((fixtures / "2018" / "Office_Products.csv").read_text()
+                       + "B000000003,A01USER,5.0,1e30\nB000000004,A01USER,5.0,-5\n")
+    office = amazon.DomainSource("office", reviews, fixtures / "2018" / "meta_Office_Products.json")
+    m = amazon.prepare([office], tmp_path / "office", "office")
+    assert m.provenance["skipped"] == {"bad_timestamps": 2}
+    assert m.counts["interactions"] == 36  # as without the two rows
