@@ -13,7 +13,6 @@ import operator
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import repeat
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping, Optional
 
@@ -103,9 +102,9 @@ def check_seq(rec: SeqRecord) -> None:
     """Validate a sequence in place (timestamps become an int64 array); raise InvalidRecord with the first problem.
 
     The checks run on Python lists: the stage-2 stream validates every user of every epoch, and for histories of
-    tens of events a handful of numpy calls costs more than the C-level list builtins used here. Every value check
-    comes before the order checks: a sentinel such as 10**30 for every event is a bad timestamp, not the
-    duplicated event its equal values would otherwise look like.
+    tens of events a handful of numpy calls costs more than the C-level list builtins used here. Out-of-range
+    values are reported before order problems: a sentinel such as 10**30 for every event is a bad timestamp, not
+    the duplicated event its equal values look like (the range is read off the ends of a sorted list).
     """
     n = len(rec.items)
     ts = rec.timestamps.tolist() if isinstance(rec.timestamps, np.ndarray) else list(rec.timestamps)
@@ -114,18 +113,23 @@ def check_seq(rec: SeqRecord) -> None:
     if n < MIN_INTERACTIONS:
         raise InvalidRecord("too_short", f"{n} interactions, leave-one-out needs at least {MIN_INTERACTIONS}")
     prefix = rec.domain + ":"
-    if not all(map(str.startswith, rec.items, repeat(prefix))):
-        key = next(k for k in rec.items if not k.startswith(prefix))
-        raise InvalidRecord("bad_record", f"item {key!r} is not of domain {rec.domain!r}")
+    # Every key starts with the prefix iff the NUL-joined keys hold n NULs and n NUL+prefix: two C-level scans,
+    # a quarter of the cost of a startswith call per key.
+    joined = "\0" + "\0".join(rec.items)
+    if joined.count("\0") != n or joined.count("\0" + prefix) != n:
+        key = next(k for k in rec.items if not k.startswith(prefix) or "\0" in k)
+        raise InvalidRecord("bad_record", f"item {key!r} is not a key of domain {rec.domain!r}")
     if set(map(type, ts)) != {int}:  # JSON floats, strings, booleans
         kinds = sorted({type(t).__name__ for t in ts} - {"int"})
         raise InvalidRecord("bad_timestamps", f"timestamps must be integer seconds, got {', '.join(kinds)}")
-    if min(ts) < 0:
-        raise InvalidRecord("bad_timestamps", f"negative timestamp {min(ts)}")
-    if max(ts) > MAX_TIMESTAMP:
-        raise InvalidRecord("bad_timestamps", f"timestamp {max(ts)} is after the year 9999 (not Unix seconds)")
     later = ts[1:]
-    if any(map(operator.gt, ts, later)):
+    unsorted = any(map(operator.gt, ts, later))
+    low, high = (min(ts), max(ts)) if unsorted else (ts[0], ts[-1])
+    if low < 0:
+        raise InvalidRecord("bad_timestamps", f"negative timestamp {low}")
+    if high > MAX_TIMESTAMP:
+        raise InvalidRecord("bad_timestamps", f"timestamp {high} is after the year 9999 (not Unix seconds)")
+    if unsorted:
         i = next(i for i, (a, b) in enumerate(zip(ts, later)) if a > b)
         raise InvalidRecord("unsorted_timestamps", f"timestamp {ts[i + 1]} follows {ts[i]} (position {i + 1})")
     # The same item twice at the same second is a duplicated event; only equal timestamps can produce one.

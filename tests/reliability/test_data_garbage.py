@@ -146,9 +146,12 @@ def test_a_domain_that_contradicts_the_item_keys_is_a_bad_record(tmp_path):
     with pytest.raises(InvalidRecord) as e:
         seq_record({**GOOD, "items": ["toy:a", "other:b", "toy:c"]})
     assert e.value.reason == "bad_record" and "'other:b'" in e.value.problem and "'toy'" in e.value.problem
+    for sneaky in (["toy:a", "toy:b", "other:c\0toy:d"], ["toy:a", "toy:b", "toytoy:c"], ["toy:a", "toy:b", "toy"]):
+        with pytest.raises(InvalidRecord, match="is not a key of domain 'toy'"):
+            seq_record({**GOOD, "items": sneaky})
     shard = raw_shard(tmp_path / "seqs-000000.tar", [seq("toy:u1", ["toy:a", "other:b", "toy:c"], [1, 2, 3]),
                                                       seq("toy:u2", ["toy:a", "toy:b", "toy:c"], [1, 2, 3])])
-    with pytest.raises(DataError, match=r"seqs-000000.tar: user 'toy:u1': item 'other:b' is not of domain 'toy'"):
+    with pytest.raises(DataError, match=r"seqs-000000.tar: user 'toy:u1': item 'other:b' is not a key of domain 'toy'"):
         list(iter_seq_records([shard], BadRecords(strict=True)))
     bad = BadRecords(strict=False)
     assert [r.user for _, r in iter_seq_records([shard], bad)] == ["toy:u2"]
