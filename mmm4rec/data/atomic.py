@@ -51,7 +51,7 @@ def check_replaceable(path: str | os.PathLike, layout: Optional[Layout] = None) 
 @contextmanager
 def replace_folder(path: str | os.PathLike, keep: tuple[str, ...] = (), layout: Optional[Layout] = None
                    ) -> Iterator[Path]:
-    """Yield an empty sibling folder (holding only the marker) to fill; on success it takes the place of ``path``.
+    """Yield an empty sibling folder to fill; on success it gets the marker and takes the place of ``path``.
 
     ``path`` must pass ``check_replaceable`` (checked first, before any work). Entries named in ``keep`` move from
     the old folder into the new one (a dataset keeps its feature stores). If the block raises, the temp folder is
@@ -65,8 +65,8 @@ def replace_folder(path: str | os.PathLike, keep: tuple[str, ...] = (), layout: 
     tmp = path.parent / f".{path.name}.tmp-{token}"
     tmp.mkdir()
     try:
-        (tmp / MARKER).write_text(MARKER_TEXT)
         yield tmp
+        (tmp / MARKER).write_text(MARKER_TEXT)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

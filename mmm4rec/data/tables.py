@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from .amazon import _local_image, download_images
-from .dataset import write_dataset
+from .dataset import check_output, write_dataset
 from .interactions import build_sequences
-from .schema import BadRecords, DataError, InvalidRecord, ItemRecord, Manifest, SeqRecord
+from .schema import MAX_TIMESTAMP, BadRecords, DataError, InvalidRecord, ItemRecord, Manifest, SeqRecord
 from .shards import decode_image, image_ext, sha256_file
 
 log = logging.getLogger(__name__)
@@ -313,8 +313,8 @@ def _seconds(value: Any) -> int:
         seconds = math.floor((value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp())
     else:
         seconds = _integer(value)
-    if not 0 <= seconds < 2 ** 63:
-        raise InvalidRecord("bad_timestamps", f"timestamp {value!r} is negative or beyond int64")
+    if not 0 <= seconds <= MAX_TIMESTAMP:  # the range every sequence record must keep (schema.check_seq)
+        raise InvalidRecord("bad_timestamps", f"timestamp {value!r} is not between 1970 and the year 9999")
     return seconds
 
 
@@ -410,7 +410,7 @@ class _Images:
             url = self.catalogue.items[self.catalogue.id(domain, raw)].meta.get("image_url")
             if url:
                 by_folder.setdefault(self.folder_for(domain), {})[raw] = url
-        counts = {"downloaded": 0, "present": 0, "failed": 0}
+        counts = {"downloaded": 0, "present": 0, "failed": 0, "refused": 0}
         for folder, urls in by_folder.items():
             for outcome, n in download_images(urls, folder).items():
                 counts[outcome] += n
@@ -510,6 +510,7 @@ def prepare(interactions: str | os.PathLike, items: str | os.PathLike, out_dir: 
     """
     if not text_fields:
         raise DataError("no text fields: name the item columns that form the item text")
+    check_output(out_dir)  # before reading the tables, not after
     bad = BadRecords(strict)
     inter_table, item_table = Table(interactions), Table(items)
     domain = None if columns.domain else (name or inter_table.path.name.split(".")[0])

@@ -246,7 +246,7 @@ def test_images_from_paths_and_downloaded_urls(tmp_path, image_server):
     m = tables.prepare(inter, items, tmp_path / "out", text_fields=fields, columns=Columns(image="image"),
                        images=tmp_path / "downloads", download=True)
     assert m.name == "inter"  # the interaction file's name when none is given
-    assert m.provenance["image_download"] == {"downloaded": 1, "present": 0, "failed": 1}
+    assert m.provenance["image_download"] == {"downloaded": 1, "present": 0, "failed": 1, "refused": 0}
     assert m.provenance["images_with_file"] == 3 and m.provenance["skipped"] == {"bad_image": 2}
     got = {r.key: r for r in read_all(m)[0]}
     assert [got[f"inter:{i}"].image for i in "123456"] == [png, jpeg, None, webp, None, None]
@@ -289,12 +289,12 @@ def test_missing_columns(tmp_path):
                    r"items.csv: no image column 'poster'")
 
 
-@pytest.mark.parametrize("stamp", ["978301000.5", "yesterday", "", "-5"])
+@pytest.mark.parametrize("stamp", ["978301000.5", "yesterday", "", "-5", "978301000000"])
 def test_non_integer_timestamps(tmp_path, stamp):
     inter, items = movie_tables(tmp_path, "ml-100k")
     edit_row(inter, 3, 2, stamp)
     one_line_error(lambda: converted(tmp_path, inter, items), rf"inter.csv:3: (timestamp '{stamp}' is not integer "
-                   rf"Unix seconds|empty timestamp|timestamp '-5' is negative)")
+                   rf"Unix seconds|empty timestamp|timestamp '{stamp}' is not between 1970 and the year 9999)")
     m = converted(tmp_path, inter, items, strict=False)
     assert m.provenance["skipped"] == {"bad_timestamps": 1} and m.provenance["filtering"]["ml-100k"]["rows"] == 50
 

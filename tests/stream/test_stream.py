@@ -90,7 +90,7 @@ def test_exactly_once_over_two_ranks_and_two_workers(dataset, split, users):
         for b in rank:
             for u, p, w in zip(b["user"].tolist(), b["position"].tolist(), b["weight"].tolist()):
                 weighted[(u, p)] += w > 0
-    assert set(weighted.values()) == {1} and len(weighted) == index.total(split)
+    assert set(weighted.values()) == {1} and len(weighted) == index.total(split, users)
     steps = [ranks[0][i : i + 2] + ranks[1][i : i + 2] for i in range(0, len(ranks[0]), 2)]  # accumulation 2
     for step in steps:
         w = torch.cat([b["weight"] for b in step])
