@@ -244,13 +244,12 @@ class Manifest:
         _field(data, "format", "", f"{DATASET_FORMAT!r}", lambda v: v == DATASET_FORMAT)
         counts = _field(data, "counts", "", "an object", _is_object)
         per_domain = _field(counts, "per_domain", "counts", "an object", _is_object)
-        for where, entry in [("counts", counts)] + [(f"counts.per_domain.{d}", _field(
-                per_domain, d, "counts.per_domain", "an object", _is_object)) for d in per_domain]:
-            for key in ("users", "items", "interactions"):
-                _field(entry, key, where, COUNT, _is_count)
+        _counts(counts, "counts", ("users", "items", "interactions"))
+        for domain in per_domain:
+            entry = _field(per_domain, domain, "counts.per_domain", "an object", _is_object)
+            _counts(entry, f"counts.per_domain.{domain}", ("users", "items", "interactions"))
         split = _field(data, "split", "", "an object", _is_object)
-        for key in ("test_users", "valid_users", "train_samples", "pretrain_samples"):
-            _field(split, key, "split", COUNT, _is_count)
+        _counts(split, "split", ("test_users", "valid_users", "train_samples", "pretrain_samples"))
         shards = _field(data, "shards", "", "an object", _is_object)
         manifest = cls(
             name=_field(data, "name", "", "a string", _is_string),
@@ -272,27 +271,30 @@ class Manifest:
     def _check_counts(self) -> None:
         """The counts that follow from the shard list alone: one item per item sample, one user per sequence."""
         c = self.counts
-        problems = [(c["users"] != sum(s.count for s in self.seqs),
-                     f"counts.users = {c['users']}, but the sequence shards hold {sum(s.count for s in self.seqs)}"),
-                    (c["items"] != sum(s.count for s in self.items),
-                     f"counts.items = {c['items']}, but the item shards hold {sum(s.count for s in self.items)}")]
-        problems += [(self.split[k] != c["users"], f"split.{k} = {self.split[k]}, but counts.users = {c['users']}")
-                     for k in ("valid_users", "test_users")]
+        for key, shards, what in (("users", self.seqs, "sequence"), ("items", self.items, "item")):
+            held = sum(s.count for s in shards)
+            if c[key] != held:
+                raise _BadManifest(f"counts.{key} = {c[key]}, but the {what} shards hold {held}")
+        for key in ("valid_users", "test_users"):
+            if self.split[key] != c["users"]:
+                raise _BadManifest(f"split.{key} = {self.split[key]}, but counts.users = {c['users']}")
         for key in ("users", "items", "interactions"):
             total = sum(d[key] for d in c["per_domain"].values())
-            problems.append((total != c[key], f"counts.per_domain: its {key} add up to {total}, but counts.{key} = "
-                                              f"{c[key]}"))
-        for wrong, message in problems:
-            if wrong:
-                raise _BadManifest(message)
+            if total != c[key]:
+                raise _BadManifest(f"counts.per_domain: its {key} add up to {total}, but counts.{key} = {c[key]}")
 
 
 class _BadManifest(Exception):
     pass
 
 
-COUNT = "a non-negative integer"
+_COUNT = "a non-negative integer"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _counts(obj: dict, where: str, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        _field(obj, key, where, _COUNT, _is_count)
 
 
 def _is_count(v: Any) -> bool:
@@ -339,6 +341,6 @@ def _shard(entry: Any, where: str, root: Path) -> ShardInfo:
     if not _is_object(entry):
         raise _BadManifest(f"{where} must be an object with name, count, bytes, sha256, got {entry!r:.60}")
     name = _field(entry, "name", where, "a relative path inside the dataset folder", _inside)
-    return ShardInfo(name, _field(entry, "count", where, COUNT, _is_count),
-                     _field(entry, "bytes", where, COUNT, _is_count),
+    return ShardInfo(name, _field(entry, "count", where, _COUNT, _is_count),
+                     _field(entry, "bytes", where, _COUNT, _is_count),
                      _field(entry, "sha256", where, "64 lowercase hex digits", _is_sha256), path=root / name)
