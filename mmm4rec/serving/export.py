@@ -22,7 +22,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -227,13 +226,11 @@ def _stored_candidates(file: Path, computed: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------ shared helpers
 def item_features(store: FeatureStore, dtype: torch.dtype = torch.float32) -> ItemFeatures:
-    """The store's arrays as the tensors a model holds (``dtype``: fp32, or bf16 for a bf16 step); a non-finite
-    row is an error naming its item."""
-    as_tensor = lambda a: None if a is None else torch.from_numpy(np.array(a, dtype=np.float32)).to(dtype)  # noqa
-    feats = ItemFeatures(
-        text=as_tensor(store.text), image=as_tensor(store.image),
-        image_missing=None if store.image_missing is None else torch.from_numpy(np.array(store.image_missing)),
-    )
+    """The store's arrays as the tensors a model holds, memory-mapped from the store (shared between processes,
+    never copied; ``dtype`` fp32, or bf16 for a bf16 step from the store's bf16 companion). A non-finite row is an
+    error naming its item."""
+    feats = ItemFeatures(text=store.tensor("text", dtype), image=store.tensor("image", dtype),
+                         image_missing=store.tensor("image_missing"))
     if not (torch.isfinite(feats.text).all() and (feats.image is None or torch.isfinite(feats.image).all())):
         store.verify()  # names the first bad item
     return feats
