@@ -42,6 +42,7 @@ from mmm4rec.encoders import Encoders, build_encoders, encoder_identity, encoder
 
 from .atomic import Layout, check_replaceable, replace_folder
 from .dataset import load_manifest
+from .remote import DatasetLike, DatasetSource
 from .schema import PAD_KEY, BadRecords, DataError, ItemRecord, Manifest, ShardInfo, content_hash
 from .shards import iter_item_records
 
@@ -195,8 +196,25 @@ def _describe(identity: dict[str, Any]) -> str:
     return ", ".join(parts + [f"max_text_tokens={identity['max_text_tokens']}", f"procedure={identity['procedure']}"])
 
 
-def default_features_dir(dataset_dir: str | os.PathLike, encoder_cfg: EncoderConfig) -> Path:
-    return Path(dataset_dir) / "features" / encoder_slug(encoder_cfg)
+def default_features_dir(dataset: DatasetLike, encoder_cfg: EncoderConfig,
+                         manifest: Optional[Manifest] = None) -> Path:
+    """``<dataset>/features/<encoder slug>`` for a local dataset; for a remote one the same under its local cache
+    folder (``DatasetSource.cache_folder``, which reads the manifest unless it is given): a remote dataset's
+    store is never written back to where the dataset came from."""
+    source = DatasetSource.of(dataset)
+    if source.is_local:
+        folder = Path(source.base)
+    else:
+        folder = source.cache_folder(manifest or load_manifest(source))
+    return folder / "features" / encoder_slug(encoder_cfg)
+
+
+def _local_store(features_dir: str | os.PathLike) -> Path:
+    """data.features as a folder on this machine (the store is memory-mapped; a URL is refused)."""
+    if DatasetSource.of(features_dir).kind != "local":
+        raise DataError(f"data.features={os.fspath(features_dir)!r}: a feature store is a local folder (it is "
+                        "memory-mapped); leave data.features empty for the default, next to or cached for the dataset")
+    return Path(features_dir)
 
 
 # ---------------------------------------------------------------------------------------------------- distribution
@@ -423,18 +441,21 @@ def _merge(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, parts: Path, 
     return manifest
 
 
-def ensure_features(dataset_dir: str | os.PathLike, encoder_cfg: EncoderConfig,
+def ensure_features(location: DatasetLike, encoder_cfg: EncoderConfig,
                     features_dir: str | os.PathLike | None = None, strict: bool = False) -> Path:
     """Return the path of an up-to-date feature store for the dataset, building or updating it if needed.
 
-    Call it on every rank once torch.distributed is initialised (or in a plain process). The store is fresh when
-    its encoder identity and the dataset's item-shard digest match; a different encoder means a full rebuild
-    (logged); changed item shards mean an update that encodes only new or changed items. Bad items follow
-    ``strict`` and are counted in the store manifest's ``bad_records``.
+    ``location``: a local folder, a URL or a DatasetSource (mmm4rec.data.remote); a remote dataset's store goes
+    to its local cache folder unless ``features_dir`` names one. Call it on every rank once torch.distributed is
+    initialised (or in a plain process). The store is fresh when its encoder identity and the dataset's
+    item-shard digest match; a different encoder means a full rebuild (logged); changed item shards mean an
+    update that encodes only new or changed items. Bad items follow ``strict`` and are counted in the store
+    manifest's ``bad_records``.
     """
     started = time.time()
-    dataset = load_manifest(dataset_dir)
-    store_dir = Path(features_dir) if features_dir else default_features_dir(dataset_dir, encoder_cfg)
+    source = DatasetSource.of(location)
+    dataset = load_manifest(source)
+    store_dir = _local_store(features_dir) if features_dir else default_features_dir(source, encoder_cfg, dataset)
     group = _Group()
     plan = group.run(lambda: _plan(store_dir, dataset, encoder_cfg, strict), rank0_only=True)
     if group.rank == 0:
