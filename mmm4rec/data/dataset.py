@@ -37,8 +37,9 @@ def load_manifest(dataset: DatasetLike, verify: bool = False) -> Manifest:
     """
     source = DatasetSource.of(dataset)
     path = source.manifest_path
+    raw = source.read_manifest()
     try:
-        data = json.loads(source.read_manifest())
+        data = json.loads(raw)
     except ValueError as e:
         raise DataError(f"{path}: not valid JSON: {e}") from None
     manifest = Manifest.from_json(data, source)

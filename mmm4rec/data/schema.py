@@ -8,7 +8,6 @@ drops unknown item occurrences from a sequence). The reasons are listed in docs/
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import operator
 import re
@@ -376,15 +375,38 @@ def _shard(entry: Any, where: str, source: "DatasetSource") -> list[ShardInfo]:
     n = len(columns[0])
     if any(len(c) != n for c in columns):
         raise _BadManifest(f"{where}: count, bytes and sha256 must list as many values ({[len(c) for c in columns]})")
-    try:  # at most n + 1 names: a pattern like {0..999999999} must not fill the memory
-        names = list(itertools.islice(braceexpand(name), n + 1))
-    except ValueError as e:  # unbalanced braces
-        raise _BadManifest(f"{where}.name: {name!r} is not a brace pattern ({e})") from None
-    if len(names) != n:
-        got = f"more than {n}" if len(names) > n else len(names)
-        raise _BadManifest(f"{where}.name: {name!r} expands to {got} names, but count lists {n} values")
+    size = _pattern_size(name)
+    if size is None:
+        raise _BadManifest(f"{where}.name: {name!r} is not a brace pattern of numeric ranges ({{000..009}}) and "
+                           "lists ({a,b})")
+    if size != n:
+        raise _BadManifest(f"{where}.name: {name!r} expands to {size} names, but count lists {n} values")
+    names = list(braceexpand(name, escape=False))  # as many names as the manifest lists values: bounded
     for one in names:
         if not _inside(one):
             raise _BadManifest(f"{where}.name: {one!r} (from {name!r}) must be {_INSIDE}")
     return [ShardInfo(one, count, size, sha, path=source.where(one), source=source)
             for one, count, size, sha in zip(names, *columns)]
+
+
+_BRACES = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?")
+
+
+def _pattern_size(pattern: str) -> Optional[int]:
+    """How many names a brace pattern expands to, counted without expanding it: braceexpand builds the whole
+    product before yielding the first name, so a manifest's ``{0..999999999}`` would fill the memory. Only
+    numeric ranges (with an optional step) and comma lists, not nested; None for anything else."""
+    if "{" in _BRACES.sub("", pattern) or "}" in _BRACES.sub("", pattern):
+        return None  # nested or unbalanced
+    size = 1
+    for group in _BRACES.findall(pattern):
+        bounds = _RANGE.fullmatch(group)
+        if bounds:
+            first, last, step = int(bounds[1]), int(bounds[2]), abs(int(bounds[3] or 1)) or 1
+            size *= abs(last - first) // step + 1
+        elif ".." in group:
+            return None  # letter ranges and the like
+        else:
+            size *= len(group.split(","))
+    return size
