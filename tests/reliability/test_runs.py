@@ -148,9 +148,9 @@ def test_a_full_disk_while_exporting_is_an_error_naming_the_path(monkeypatch, tm
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(trainer_module, "write_export", full_disk)
+    monkeypatch.setattr(trainer_module.Trainer, "_whole_model", lambda self: "the model")
     t = trainer_module.Trainer.__new__(trainer_module.Trainer)
-    t.model, t.env, t.data, t.provenance = None, DistEnv(), type("D", (), {"store": None})(), {}
-    t.engine = type("E", (), {"zero_optimization_stage": lambda self: 1})()
+    t.env, t.data, t.provenance = DistEnv(), type("D", (), {"store": None})(), {}
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "model.safetensors").write_bytes(b"the previous export")
     with pytest.raises(trainer_module.CheckpointError, match=r"export.tmp: writing the export failed \(No space"):
