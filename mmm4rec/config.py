@@ -54,7 +54,7 @@ class ModelConfig:
     norm_eps: float = 1e-12
     temperature: float = 0.8
     id_bias: bool = True
-    # ablation switches (MODEL_SPEC §6–§8)
+    # ablation switches (docs/model.md §14)
     shared: bool = True  # the same TiSSD encodes text and images
     time: bool = True  # time path in every SSD block
     learnable_filter: bool = True  # CL_c ("w/o LF" when off)
