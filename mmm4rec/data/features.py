@@ -262,6 +262,7 @@ class _Plan:
     mode: str  # "fresh" (nothing to do), "update" (encode changed items only) or "build" (from scratch)
     reason: str
     token: str = ""
+    reuse: str = ""  # the store whose unchanged rows an update copies ("": the store being updated)
 
 
 def _dataset_of(store_dir: Path) -> Optional[str]:
@@ -272,10 +273,14 @@ def _dataset_of(store_dir: Path) -> Optional[str]:
         return None
 
 
-def _plan(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, strict: bool) -> _Plan:
+def _plan(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, strict: bool, earlier: list[Path]) -> _Plan:
     token = uuid.uuid4().hex[:8]
     check_replaceable(store_dir, LAYOUT)  # before hours of encoding, not at the final swap
     if not store_dir.exists():
+        for old_dir in earlier:
+            if _same_dataset_and_encoder(old_dir, dataset, cfg):
+                return _Plan("update", f"no feature store yet; encoding the items that changed since {old_dir}",
+                             token, reuse=str(old_dir))
         return _Plan("build", "no feature store yet, building it", token)
     owner = _dataset_of(store_dir)
     if owner not in (None, dataset.name):
@@ -295,6 +300,26 @@ def _plan(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, strict: bool) 
         raise DataError(f"{store_dir}: built leniently and skipped bad input {old.manifest['bad_records']}; "
                         "strict mode refuses it (fix the data or run without strict)")
     return _Plan("fresh", "up to date")
+
+
+def _earlier_stores(source: DatasetSource, dataset: Manifest, store_dir: Path) -> list[Path]:
+    """The stores of a remote dataset's earlier cache folders (same name, other item contents), newest first;
+    none for a store outside the cache (a local dataset's, or data.features)."""
+    if source.is_local or not store_dir.is_relative_to(own := source.cache_folder(dataset)):
+        return []
+    stores = [folder / store_dir.relative_to(own) for folder in source.earlier_cache_folders(dataset)]
+    stores = [s for s in stores if (s / MANIFEST).is_file()]
+    return sorted(stores, key=lambda s: (s / MANIFEST).stat().st_mtime_ns, reverse=True)
+
+
+def _same_dataset_and_encoder(store_dir: Path, dataset: Manifest, cfg: EncoderConfig) -> bool:
+    """Whether the store opens and was built for a dataset of this name with this encoder."""
+    try:
+        store = FeatureStore.open(store_dir)
+    except DataError:
+        return False
+    return store.manifest["dataset"]["name"] == dataset.name and identity_matches(encoder_identity(cfg),
+                                                                                   store.manifest["encoder"])
 
 
 class _ShardEncoder:
@@ -449,15 +474,17 @@ def ensure_features(location: DatasetLike, encoder_cfg: EncoderConfig,
     to its local cache folder unless ``features_dir`` names one. Call it on every rank once torch.distributed is
     initialised (or in a plain process). The store is fresh when its encoder identity and the dataset's
     item-shard digest match; a different encoder means a full rebuild (logged); changed item shards mean an
-    update that encodes only new or changed items. Bad items follow ``strict`` and are counted in the store
-    manifest's ``bad_records``.
+    update that encodes only new or changed items (for a remote dataset whose items changed, the new cache
+    folder's store starts as an update of the newest earlier one). Bad items follow ``strict`` and are counted in
+    the store manifest's ``bad_records``.
     """
     started = time.time()
     source = DatasetSource.of(location)
     dataset = load_manifest(source)
     store_dir = _local_store(features_dir) if features_dir else default_features_dir(source, encoder_cfg, dataset)
     group = _Group()
-    plan = group.run(lambda: _plan(store_dir, dataset, encoder_cfg, strict), rank0_only=True)
+    plan = group.run(lambda: _plan(store_dir, dataset, encoder_cfg, strict,
+                                   _earlier_stores(source, dataset, store_dir)), rank0_only=True)
     if group.rank == 0:
         log.info("%s: %s", store_dir, plan.reason)
     if plan.mode == "fresh":
@@ -466,7 +493,7 @@ def ensure_features(location: DatasetLike, encoder_cfg: EncoderConfig,
     try:
         def encode_my_shards() -> None:
             parts.mkdir(parents=True, exist_ok=True)
-            old = FeatureStore.open(store_dir) if plan.mode == "update" else None
+            old = FeatureStore.open(plan.reuse or store_dir) if plan.mode == "update" else None
             encode = _ShardEncoder(encoder_cfg, old, strict)
             for idx in range(group.rank, len(dataset.items), group.world):
                 encode(dataset.items[idx], parts / f"{idx:06d}")

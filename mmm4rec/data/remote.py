@@ -175,9 +175,16 @@ class DatasetSource:
         """The local folder for a remote dataset's feature store and stage-2 index, keyed by its item content
         (``items_digest``: the same items give the same store, whatever the URL; any change, a new folder). Only
         the digest and a cleaned-up dataset name make up the path: a manifest cannot point it elsewhere."""
-        root = Path(self.cache).expanduser() if self.cache else default_cache()
-        name = re.sub(r"[^A-Za-z0-9._-]+", "-", manifest.name).strip(".-")[:64] or "dataset"
-        return root / "datasets" / f"{name}-{manifest.items_digest[:16]}"
+        return self._cache_root() / f"{_cache_name(manifest)}-{manifest.items_digest[:16]}"
+
+    def earlier_cache_folders(self, manifest: "Manifest") -> list[Path]:
+        """The other cache folders of a dataset of this name (written for its earlier item contents): a new
+        folder's store may reuse the rows of the items that did not change."""
+        own = self.cache_folder(manifest)
+        return sorted(f for f in self._cache_root().glob(f"{_cache_name(manifest)}-{'[0-9a-f]' * 16}") if f != own)
+
+    def _cache_root(self) -> Path:
+        return (Path(self.cache).expanduser() if self.cache else default_cache()) / "datasets"
 
 
 def get_url(url: str, retry: Retry = Retry()) -> bytes:
@@ -201,6 +208,10 @@ def _with_retries(where: Union[Path, str], read_once: Callable[[], bytes], retry
 def default_cache() -> Path:
     """~/.cache/mmm4rec (or under $XDG_CACHE_HOME)."""
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "mmm4rec"
+
+
+def _cache_name(manifest: "Manifest") -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", manifest.name).strip(".-")[:64] or "dataset"
 
 
 def sha256_hex(data: bytes) -> str:

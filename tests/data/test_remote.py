@@ -9,6 +9,7 @@ import logging
 import shutil
 import socket
 import struct
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from mmm4rec.data.schema import BadRecords, DataError
 from mmm4rec.data.shards import iter_item_records, iter_seq_records
 from mmm4rec.data.stream import SeqIndex
 from tests.conftest import run
-from tests.data.data_helpers import write_toy
+from tests.data.data_helpers import PYTHON, REPO, run_env, toy_items, write_toy
 
 FAST = Retry(retries=3, backoff_s=0.01, timeout_s=0.5)  # retried quickly; a stalled read gives up in 0.5 s
 
@@ -261,6 +262,64 @@ def test_a_feature_store_url_is_refused(toy, server, tmp_path):
     assert one_line(e).startswith(f"data.features='{server.url}/store': a feature store is a local folder")
 
 
+# ------------------------------------------------------------------------------- the local cache of a remote dataset
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def same_index_files(got: Path, want: Path) -> bool:
+    with np.load(got) as a, np.load(want) as b:
+        return sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in b.files)
+
+
+@pytest.fixture
+def text_cfg(tiny_models) -> EncoderConfig:
+    return EncoderConfig(text=tiny_models["bert"], batch_size=3)
+
+
+def test_a_remote_store_and_index_are_cached_locally_and_equal_the_local_ones(toy, server, tmp_path, text_cfg):
+    served = snapshot(toy.parent)
+    local_copy = shutil.copytree(toy, tmp_path / "local")
+    local = FeatureStore.open(ensure_features(local_copy, text_cfg))
+    local_index = SeqIndex.load_or_build(local_copy, local.index, local.path)
+    source = remote(server, cache=str(tmp_path / "cache"))
+    digest = load_manifest(toy).items_digest
+
+    path = ensure_features(source, text_cfg)
+    assert path == default_features_dir(source, text_cfg) == (tmp_path / "cache" / "datasets" / f"toy-{digest[:16]}"
+                                                              / "features" / local.path.name)
+    store = FeatureStore.open(path)
+    assert store.keys == local.keys and store.manifest["dataset"] == local.manifest["dataset"]
+    assert np.array_equal(store.text, local.text) and np.array_equal(store.hashes, local.hashes)
+    index = SeqIndex.load_or_build(source, store.index, path)
+    assert index.cache.parent == path and index.cache.name == local_index.cache.name
+    assert same_index_files(index.cache, local_index.cache)
+    assert snapshot(toy.parent) == served  # nothing was written where the data is served from
+
+    server.requests.clear()  # a second run: both come from the cache, no shard is fetched
+    assert ensure_features(source, text_cfg) == path
+    assert SeqIndex.load_or_build(source, store.index, path).cache == index.cache
+    assert set(server.requests) == {"/toy/dataset.json"}
+
+
+def test_changed_remote_items_get_a_new_cache_folder_that_reuses_unchanged_rows(toy, server, tmp_path, text_cfg):
+    source = remote(server, cache=str(tmp_path / "cache"))
+    first = FeatureStore.open(ensure_features(source, text_cfg))
+    first_files = snapshot(first.path)
+    items = toy_items(12)
+    items[4].text = "Title: a changed text"
+    write_toy(toy, items=items)  # the served dataset is rewritten: other item content, another cache folder
+
+    second = FeatureStore.open(ensure_features(source, text_cfg))
+    assert second.path.parents[1].name == f"toy-{load_manifest(toy).items_digest[:16]}" != first.path.parents[1].name
+    build = second.manifest["last_build"]
+    assert (build["mode"], build["encoded"], build["reused"]) == ("update", 1, 11)
+    assert str(first.path) in build["reason"]
+    for key, i in first.index.items():
+        assert np.array_equal(second.text[second.index[key]], first.text[i]) == (key != "toy:i004")
+    assert snapshot(first.path) == first_files  # the earlier content's store stays as it was
+
+
 # ---------------------------------------------------------------------------------------------- brace patterns
 def as_pattern(data: dict, kind: str, pattern: str) -> None:
     shards = data["shards"][kind]
@@ -374,6 +433,19 @@ def test_a_pipe_command_never_runs_a_name_from_the_manifest(toy, tmp_path):
     assert not pwned.exists()
 
 
+def test_inspect_dataset_reads_a_pipe_only_with_allow_pipe(toy):
+    def inspect(*args) -> subprocess.CompletedProcess:
+        return subprocess.run([PYTHON, str(REPO / "tools" / "inspect_dataset.py"), *args], capture_output=True,
+                              text=True, env=run_env(), timeout=120)
+
+    piped = f"pipe:cat {toy}/{{name}}"
+    refused, allowed = inspect(piped), inspect(piped, "--allow-pipe", "--verify")
+    assert refused.returncode == 1 and refused.stderr == (
+        f"error: data.dataset={piped!r}: a pipe: location runs a shell command; allow it with data.allow_pipe=true\n")
+    assert allowed.returncode == 0 and allowed.stdout.startswith("toy: 6 users, 12 items"), allowed.stderr
+    assert "seqs: 2 shards, 6 samples" in allowed.stdout and "checksums verified" in allowed.stdout
+
+
 @pytest.mark.parametrize("override, message", [("data.retries=-1", "data.retries must be >= 0, got -1"),
                                                ("data.timeout_s=0", "data.timeout_s must be a finite number > 0")])
 def test_retry_settings_are_checked(override, message):
@@ -382,8 +454,6 @@ def test_retry_settings_are_checked(override, message):
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
 
 
 @pytest.mark.slow
@@ -420,8 +490,6 @@ def test_a_training_run_from_a_url_equals_the_local_one(tiny_dataset, tmp_path):
     assert store.manifest["dataset"] == local_store.manifest["dataset"]
     index_files = sorted(p.name for p in store.path.glob("stage2-index-*.npz"))
     assert index_files == [local_index.cache.name]
-    with np.load(store.path / index_files[0]) as got, np.load(local_index.cache) as want:
-        assert sorted(got.files) == sorted(want.files)
-        assert all(np.array_equal(got[k], want[k]) for k in want.files)
+    assert same_index_files(store.path / index_files[0], local_index.cache)
     assert (server.count("/tiny/dataset.json") >= 1
             and all(server.count(f"/tiny/{s.name}") >= 1 for s in manifest.items + manifest.seqs))
