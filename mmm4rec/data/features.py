@@ -277,8 +277,9 @@ def _plan(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, strict: bool, 
     token = uuid.uuid4().hex[:8]
     check_replaceable(store_dir, LAYOUT)  # before hours of encoding, not at the final swap
     if not store_dir.exists():
+        identity = encoder_identity(cfg) if earlier else None
         for old_dir in earlier:
-            if _same_dataset_and_encoder(old_dir, dataset, cfg):
+            if _built_alike(old_dir, dataset, identity):
                 return _Plan("update", f"no feature store yet; encoding the items that changed since {old_dir}",
                              token, reuse=str(old_dir))
         return _Plan("build", "no feature store yet, building it", token)
@@ -312,14 +313,13 @@ def _earlier_stores(source: DatasetSource, dataset: Manifest, store_dir: Path) -
     return sorted(stores, key=lambda s: (s / MANIFEST).stat().st_mtime_ns, reverse=True)
 
 
-def _same_dataset_and_encoder(store_dir: Path, dataset: Manifest, cfg: EncoderConfig) -> bool:
-    """Whether the store opens and was built for a dataset of this name with this encoder."""
+def _built_alike(store_dir: Path, dataset: Manifest, identity: dict[str, Any]) -> bool:
+    """Whether the store opens and was built for a dataset of this name by the encoder of this identity."""
     try:
         store = FeatureStore.open(store_dir)
     except DataError:
         return False
-    return store.manifest["dataset"]["name"] == dataset.name and identity_matches(encoder_identity(cfg),
-                                                                                   store.manifest["encoder"])
+    return store.manifest["dataset"]["name"] == dataset.name and identity_matches(identity, store.manifest["encoder"])
 
 
 class _ShardEncoder:
