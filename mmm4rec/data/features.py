@@ -289,8 +289,8 @@ def _plan(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, strict: bool, 
                         f"({dataset.path}); point data.features (--features) at another folder")
     try:
         old = FeatureStore.open(store_dir)
-    except DataError as e:
-        return _Plan("build", f"{e}; rebuilding it", token)
+    except DataError as e:  # the log line names the folder already
+        return _Plan("build", f"{str(e).removeprefix(f'{store_dir}: ')}; rebuilding it", token)
     identity = encoder_identity(cfg)
     if not identity_matches(identity, old.manifest["encoder"]):
         return _Plan("build", f"built with {_describe(old.manifest['encoder'])} but {_describe(identity)} "
