@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 DATASET_FORMAT = "mmm4rec-dataset/1"
 MANIFEST = "dataset.json"
-MIN_INTERACTIONS = 3  # leave-one-out needs a training, a validation and a test target (MODEL_SPEC §11)
+MIN_INTERACTIONS = 3  # leave-one-out needs a training, a validation and a test target (docs/model.md §11)
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z: larger values are not Unix seconds (milliseconds?)
 PAD_KEY = "<pad>"  # item id 0
 
