@@ -9,7 +9,8 @@ first pass finds each user's log-sum-exp, a second recomputes each block's logit
 
 ``item_parallel_cross_entropy`` is the same loss when every rank holds a shard of the candidates (Megatron's
 vocab-parallel CE, with data-parallel users): ranks score ALL ranks' users against their own shard, the per-user
-max, sum of exponentials and target logit are all-reduced, and each rank keeps the gradients of its shard.
+log-sum-exp and target logit are all-reduced, and each rank keeps the gradients of its shard; chunked the same
+way, so a rank holds one (world · b × chunk) block at a time.
 
 Both return Σ_i w_i · CE_i (w: per-user weights, e.g. 1/b for a mean) and accumulate in fp32 (fp64 for fp64
 inputs) whatever the inputs' dtype.
@@ -42,38 +43,49 @@ def _block_grads(logits, lse, weight, target_col, scale):
     return grad
 
 
-class _ChunkedCE(torch.autograd.Function):
+def _statistics(user, cand, col, chunk: int):
+    """Per user over this process's candidates, one chunk at a time: the log-sum-exp of the logits and the
+    target's logit (0 where ``col`` is -1: the target is not among them); with one chunk, also its logits."""
+    starts = range(0, cand.shape[0], chunk)
+    if len(starts) == 1:
+        logits = _logits(user, cand)
+        inside = col >= 0
+        target = torch.where(inside, logits.gather(1, col.clamp(min=0)[:, None])[:, 0], 0.0)
+        return torch.logsumexp(logits, dim=-1), target, logits
+    lse = torch.full((len(user),), float("-inf"), dtype=_acc(user), device=user.device)
+    target = torch.zeros(len(user), dtype=_acc(user), device=user.device)
+    for s in starts:
+        logits = _logits(user, cand[s : s + chunk])
+        lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=-1))
+        c = col - s  # -1 (not here) stays negative
+        inside = (c >= 0) & (c < logits.shape[1])
+        target += torch.where(inside, logits.gather(1, c.clamp(0, logits.shape[1] - 1)[:, None])[:, 0], 0.0)
+    return lse, target, None
+
+
+class _FusedCE(torch.autograd.Function):
+    """Σ w·CE over chunks of candidates, gradients computed in the forward pass (backward only scales them).
+    ``parallel``: the candidates are this rank's shard, every rank holds the same (gathered) users, and the
+    per-user log-sum-exp and target logit are all-reduced before the gradient pass."""
+
     @staticmethod
-    def forward(ctx, user, cand, target, weight, chunk: int):
-        n = cand.shape[0]
-        starts = range(0, n, chunk)
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+    def forward(ctx, user, cand, col, weight, chunk: int, parallel: bool, grad_scale: float):
         with torch.no_grad():
-            if len(starts) == 1:  # one block: logits once, gradients from them
-                logits = _logits(user, cand)
-                lse = torch.logsumexp(logits, dim=-1)
-                target_logit = logits.gather(1, target[:, None])[:, 0]
-                blocks = [logits]
-            else:  # pass 1: running log-sum-exp over the blocks (and the target's logit where it lies)
-                lse = torch.full((len(user),), float("-inf"), dtype=_acc(user), device=user.device)
-                target_logit = torch.zeros(len(user), dtype=_acc(user), device=user.device)
-                for s in starts:
-                    logits = _logits(user, cand[s : s + chunk])
-                    lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=-1))
-                    col = target - s
-                    inside = (col >= 0) & (col < logits.shape[1])
-                    target_logit += torch.where(inside, logits.gather(1, col.clamp(0, logits.shape[1] - 1)[:, None])[:, 0], 0.0)
-                blocks = None
+            lse, target_logit, logits = _statistics(user, cand, col, chunk)
+            if parallel:
+                m = distributed.all_reduce(lse.clone(), "max")  # in place: lse is still needed
+                lse = m + torch.log(distributed.all_reduce(torch.exp(lse - m), "sum"))
+                target_logit = distributed.all_reduce(target_logit, "sum")
             loss = (weight * (lse - target_logit)).sum()
-            if need_grad:  # pass 2 (or the one block): gradients now, so backward only scales them
+            if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:  # recomputing each chunk's logits (or the one)
                 grad_user = torch.zeros(user.shape, dtype=_acc(user), device=user.device)
                 grad_cand = torch.empty(cand.shape, dtype=_acc(user), device=cand.device)
-                for k, s in enumerate(starts):
+                for s in range(0, cand.shape[0], chunk):
                     block = cand[s : s + chunk]
-                    logits = blocks[k] if blocks is not None else _logits(user, block)
-                    col = target - s
-                    col = torch.where((col >= 0) & (col < logits.shape[1]), col, -1)
-                    g = _block_grads(logits, lse, weight, col, 1.0)
+                    block_logits = _logits(user, block) if logits is None else logits
+                    c = col - s
+                    g = _block_grads(block_logits, lse, weight, torch.where((c >= 0) & (c < len(block)), c, -1),
+                                     grad_scale)
                     grad_user += g @ block.to(g.dtype)
                     grad_cand[s : s + chunk] = g.t() @ user.to(g.dtype)
                 ctx.save_for_backward(grad_user.to(user.dtype), grad_cand.to(cand.dtype))
@@ -82,7 +94,8 @@ class _ChunkedCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_user, grad_cand = ctx.saved_tensors
-        return grad_user * grad_loss.to(grad_user.dtype), grad_cand * grad_loss.to(grad_cand.dtype), None, None, None
+        return (grad_user * grad_loss.to(grad_user.dtype), grad_cand * grad_loss.to(grad_cand.dtype),
+                None, None, None, None, None)
 
 
 def chunked_cross_entropy(user: torch.Tensor, cand: torch.Tensor, target: torch.Tensor,
@@ -91,37 +104,11 @@ def chunked_cross_entropy(user: torch.Tensor, cand: torch.Tensor, target: torch.
     Equal to ``F.cross_entropy(user @ cand.T, target, reduction=…)`` in value and gradients (tested in fp64)."""
     if weight is None:
         weight = torch.full((len(user),), 1.0 / len(user), device=user.device)
-    return _ChunkedCE.apply(user, cand, target, weight.to(_acc(user)), chunk)
-
-
-class _ItemParallelCE(torch.autograd.Function):
-    """Forward on every rank with the same gathered users; returns the global Σ w·CE. Backward returns this rank's
-    share: the gradient of its candidate shard, and its shard's contribution to every gathered user's gradient
-    (the all-gather's backward sums those over ranks)."""
-
-    @staticmethod
-    def forward(ctx, users, cand, target_col, weight, grad_scale: float):
-        with torch.no_grad():
-            logits = _logits(users, cand)
-            m = distributed.all_reduce(logits.max(dim=-1).values, "max")
-            sum_exp = distributed.all_reduce(torch.exp(logits - m[:, None]).sum(-1), "sum")
-            lse = m + torch.log(sum_exp)
-            inside = target_col >= 0
-            local_target = logits.gather(1, target_col.clamp(min=0)[:, None])[:, 0]
-            target_logit = distributed.all_reduce(torch.where(inside, local_target, 0.0), "sum")
-            loss = (weight * (lse - target_logit)).sum()
-            g = _block_grads(logits, lse, weight, target_col, grad_scale)
-            ctx.save_for_backward((g @ cand.to(g.dtype)).to(users.dtype), (g.t() @ users.to(g.dtype)).to(cand.dtype))
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_users, grad_cand = ctx.saved_tensors
-        return grad_users * grad_loss.to(grad_users.dtype), grad_cand * grad_loss.to(grad_cand.dtype), None, None, None
+    return _FusedCE.apply(user, cand, target, weight.to(_acc(user)), chunk, False, 1.0)
 
 
 def item_parallel_cross_entropy(user: torch.Tensor, cand: torch.Tensor, first_id: int, target: torch.Tensor,
-                                weight: torch.Tensor) -> torch.Tensor:
+                                weight: torch.Tensor, chunk: int = 32768) -> torch.Tensor:
     """The full-item CE of the GLOBAL batch with candidates sharded over ranks.
 
     ``cand``: this rank's candidate rows, item ids first_id, first_id+1, …; ``target``: item ids; ``weight``: per
@@ -134,4 +121,6 @@ def item_parallel_cross_entropy(user: torch.Tensor, cand: torch.Tensor, first_id
     targets, weights = distributed.all_gather(target), distributed.all_gather(weight.to(_acc(user)))
     col = targets - first_id
     col = torch.where((col >= 0) & (col < cand.shape[0]), col, -1)
-    return _ItemParallelCE.apply(users, cand, col, weights, float(world)) / world
+    # backward: this rank's shard's gradient, and its shard's share of every gathered user's gradient (the
+    # all-gather's backward sums those over ranks)
+    return _FusedCE.apply(users, cand, col, weights, chunk, True, float(world)) / world

@@ -28,5 +28,5 @@ class FullSoftmax(nn.Module):
             cand, first = cand[1:], 1
         weight = sample_weights(batch, user)
         if model.sharded:
-            return item_parallel_cross_entropy(user, cand, first, batch.targets, weight)
+            return item_parallel_cross_entropy(user, cand, first, batch.targets, weight, self.chunk)
         return chunked_cross_entropy(user, cand, batch.targets - first, weight, self.chunk)

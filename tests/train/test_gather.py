@@ -81,7 +81,7 @@ def item_parallel_worker(rank, results):
             getattr(model, name).copy_(torch.randn(getattr(model, name).shape, generator=torch.Generator()
                                                    .manual_seed(7), dtype=torch.float64))
     batch = dataclasses.replace(parts[rank], weight=torch.full((5,), 2 / 10, dtype=torch.float64))  # W·A/n
-    loss = loss_fn("full", item_parallel=True)(model, batch)
+    loss = loss_fn("full", item_parallel=True, ce_chunk=3)(model, batch)  # several chunks per shard
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     for g in grads.values():  # what DeepSpeed does with them: average over ranks
