@@ -282,13 +282,23 @@ def features_path(args) -> Path:
 
 
 def extrapolate(points: list[tuple[int, float]], x: int) -> float | None:
-    """Linear through the two largest measured sizes (one point: proportional); None without any."""
-    if not points:
+    """Linear through the two largest measured sizes; None with fewer (one point cannot tell the fixed cost of
+    the libraries and the process from the part that grows with the catalogue)."""
+    if len(points) < 2:
         return None
-    if len(points) == 1:
-        return points[0][1] * x / points[0][0]
     (x0, y0), (x1, y1) = sorted(points)[-2:]
     return y1 + (y1 - y0) * (x - x1) / (x1 - x0)
+
+
+def available_gib(args, need: float) -> float:
+    """MemAvailable minus the margin, in GiB, once it covers ``need`` — or its best value within
+    --wait-for-memory-s (other jobs on the machine come and go)."""
+    deadline, best = time.monotonic() + args.wait_for_memory_s, 0.0
+    while True:
+        best = max(best, mem_available() / GIB - args.memory_margin_gb)
+        if best >= need or time.monotonic() > deadline:
+            return best
+        time.sleep(5)
 
 
 def refusal(args, config: Config, items: int, done: list[dict]) -> str | None:
@@ -297,11 +307,13 @@ def refusal(args, config: Config, items: int, done: list[dict]) -> str | None:
     rows = lambda r: config.rows_per_rank(r["items"])  # noqa: E731
     anon = extrapolate([(rows(r), max(m["peak_anon"] for m in r["memory_gib_per_rank"])) for r in ok],
                        config.rows_per_rank(items))
-    available = mem_available() / GIB - args.memory_margin_gb
-    if anon is not None and anon * config.world > available:
-        return (f"not run: predicted peak anonymous memory {anon:.1f} GiB per rank × {config.world} rank(s) "
-                f"(linear in the rows a rank holds, from the sizes below) > {available:.1f} GiB available "
-                f"(MemAvailable minus the {args.memory_margin_gb} GB margin)")
+    if anon is not None:
+        available = available_gib(args, anon * config.world)
+        if anon * config.world > available:
+            return (f"not run: predicted peak anonymous memory {anon:.1f} GiB per rank × {config.world} rank(s) "
+                    f"(linear in the rows a rank holds, from the two sizes below) > {available:.1f} GiB available "
+                    f"(MemAvailable minus the {args.memory_margin_gb} GB margin, best within "
+                    f"{args.wait_for_memory_s:.0f} s)")
     wall = extrapolate([(rows(r), r["wall_s"]) for r in ok], config.rows_per_rank(items))
     if wall is not None and wall > args.config_timeout:
         return f"not run: predicted {wall:.0f} s (linear from the sizes below) > --config-timeout {args.config_timeout} s"
@@ -429,7 +441,10 @@ def main():
     p.add_argument("--negatives", type=int, default=1024)
     p.add_argument("--eval-users", type=int, default=1024)
     p.add_argument("--only", nargs="*", default=[], help="configuration names to run (default: all)")
-    p.add_argument("--memory-margin-gb", type=float, default=2.0)
+    p.add_argument("--memory-margin-gb", type=float, default=2.0,
+                   help="a configuration is killed when MemAvailable falls below this")
+    p.add_argument("--wait-for-memory-s", type=float, default=300.0,
+                   help="how long a configuration waits for the memory it is predicted to need")
     p.add_argument("--config-timeout", type=float, default=600.0)
     p.add_argument("--json")
     args = p.parse_args()
