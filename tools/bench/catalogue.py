@@ -120,8 +120,8 @@ class MemoryPeaks:
         self._thread.start()
 
     @staticmethod
-    def now() -> dict[str, int]:
-        fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    def now(status: Path = Path("/proc/self/status")) -> dict[str, int]:
+        fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
         return {k: int(fields[k].split()[0]) * 1024 for k in ("RssAnon", "RssFile")}
 
     def _sample(self) -> None:
@@ -256,7 +256,8 @@ def launch(args, config: Config, items: int, log: Path) -> dict:
             time.sleep(0.2)
             lowest = min(lowest, mem_available())
             if lowest < args.memory_margin_gb * GIB:
-                why = f"killed: MemAvailable fell below {args.memory_margin_gb} GB"
+                why = (f"killed: MemAvailable fell below {args.memory_margin_gb} GB while its processes held "
+                       f"{group_anon(proc.pid) / GIB:.1f} GiB (RssAnon)")
             elif time.perf_counter() - start > args.config_timeout:
                 why = f"killed: ran past --config-timeout {args.config_timeout} s"
             if why:
@@ -267,6 +268,33 @@ def launch(args, config: Config, items: int, log: Path) -> dict:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         return {**row, "status": why or f"failed (exit {proc.returncode})", "log_tail": tail}
     return {**row, "status": "ok", **json.loads(out.read_text())}
+
+
+def group_anon(pgid: int) -> int:
+    """RssAnon of every process in process group ``pgid`` (a torchrun job: the launcher and its workers)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                total += MemoryPeaks.now(stat.with_name("status"))["RssAnon"]
+        except (OSError, ValueError, KeyError, IndexError):  # gone meanwhile, or a kernel thread
+            continue
+    return total
+
+
+def run(args, config: Config, items: int, need_gib: float) -> dict:
+    """launch(), once memory for it is available; a run killed for memory (other jobs share the machine) gets one
+    more try, and its row keeps the first try's status."""
+    log = Path(args.scratch) / (f"{config.task}-{items}-w{config.world}{'-sharded' if config.sharded else ''}-"
+                                f"{config.name.split()[0]}.log")
+    earlier = []
+    for _ in range(2):
+        available_gib(args, need_gib)
+        row = launch(args, config, items, log)
+        if not row["status"].startswith("killed: MemAvailable"):
+            break
+        earlier.append(row["status"])
+    return {**row, "earlier_tries": earlier} if earlier else row
 
 
 def free_port() -> int:
@@ -301,26 +329,29 @@ def available_gib(args, need: float) -> float:
         time.sleep(5)
 
 
-def refusal(args, config: Config, items: int, done: list[dict]) -> str | None:
-    """Why a configuration is not started, predicted from the same configuration at the smaller sizes."""
+def refusal(args, config: Config, items: int, done: list[dict]) -> tuple[str | None, float]:
+    """Why a configuration is not started (None: it is), predicted from the same configuration at the smaller
+    sizes, and the memory it needs (GiB, all ranks; without a prediction, a little more than the libraries')."""
     ok = [r for r in done if r["status"] == "ok"]
     rows = lambda r: config.rows_per_rank(r["items"])  # noqa: E731
     anon = extrapolate([(rows(r), max(m["peak_anon"] for m in r["memory_gib_per_rank"])) for r in ok],
                        config.rows_per_rank(items))
+    need = config.world * (anon if anon is not None else 1.5)
     if anon is not None:
-        available = available_gib(args, anon * config.world)
-        if anon * config.world > available:
+        available = available_gib(args, need)
+        if need > available:
             return (f"not run: predicted peak anonymous memory {anon:.1f} GiB per rank × {config.world} rank(s) "
                     f"(linear in the rows a rank holds, from the two sizes below) > {available:.1f} GiB available "
                     f"(MemAvailable minus the {args.memory_margin_gb} GB margin, best within "
-                    f"{args.wait_for_memory_s:.0f} s)")
+                    f"{args.wait_for_memory_s:.0f} s)"), need
     wall = extrapolate([(rows(r), r["wall_s"]) for r in ok], config.rows_per_rank(items))
     if wall is not None and wall > args.config_timeout:
-        return f"not run: predicted {wall:.0f} s (linear from the sizes below) > --config-timeout {args.config_timeout} s"
+        return (f"not run: predicted {wall:.0f} s (linear from the sizes below) > --config-timeout "
+                f"{args.config_timeout} s"), need
     previous = [r for r in done if r["status"] != "ok"]
     if previous:
-        return f"not run: the same configuration at {previous[-1]['items']:,} items did not complete"
-    return None
+        return f"not run: the same configuration at {previous[-1]['items']:,} items did not complete", need
+    return None, need
 
 
 def summarise(row: dict) -> str:
@@ -384,7 +415,6 @@ def targets(rows: list[dict], sizes: list[int]) -> dict:
 def drive(args) -> None:
     from mmm4rec.provenance import cpu_isa
 
-    scratch = Path(args.scratch)
     write_features(features_path(args), max(args.sizes))
     rows = []
     for items in sorted(args.sizes):
@@ -392,12 +422,9 @@ def drive(args) -> None:
             if config.name not in args.only and args.only:
                 continue
             same = [r for r in rows if r["config"] == config.name and r["world"] == config.world]
-            why = refusal(args, config, items, same)
+            why, need = refusal(args, config, items, same)
             row = {"config": config.name, "items": items, "world": config.world}
-            row.update({"status": why} if why else launch(args, config, items,
-                                                          scratch / f"{config.task}-{items}-w{config.world}"
-                                                                    f"{'-sharded' if config.sharded else ''}"
-                                                                    f"-{config.name.split()[0]}.log"))
+            row.update({"status": why} if why else run(args, config, items, need))
             rows.append(finish(row))
             print(f"{items:>11,} {config.name:<26} {config.world} proc  {summarise(row)}", flush=True)
     if not args.keep_features:
