@@ -237,8 +237,8 @@ def mem_available() -> int:
 
 
 def launch(args, config: Config, items: int, log: Path) -> dict:
-    """One configuration as its own torchrun job, watched: killed (with its process group) when MemAvailable falls
-    below the margin or the time limit passes."""
+    """One configuration as its own torchrun job, watched: killed (torchrun and its workers) when MemAvailable
+    falls below the margin or the time limit passes."""
     out = log.with_suffix(".json")
     out.unlink(missing_ok=True)
     cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(config.world), "--master_port",
@@ -257,11 +257,15 @@ def launch(args, config: Config, items: int, log: Path) -> dict:
             lowest = min(lowest, mem_available())
             if lowest < args.memory_margin_gb * GIB:
                 why = (f"killed: MemAvailable fell below {args.memory_margin_gb} GB while its processes held "
-                       f"{group_anon(proc.pid) / GIB:.1f} GiB (RssAnon)")
+                       f"{sum(map(anon_of, tree(proc.pid))) / GIB:.1f} GiB (RssAnon)")
             elif time.perf_counter() - start > args.config_timeout:
                 why = f"killed: ran past --config-timeout {args.config_timeout} s"
             if why:
-                os.killpg(proc.pid, signal.SIGKILL)
+                for pid in tree(proc.pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
                 proc.wait()
     row = {"wall_s": round(time.perf_counter() - start, 1), "min_mem_available_gib": round(lowest / GIB, 2), "load_average_1min_at_start": round(load, 2)}
     if why or proc.returncode or not out.exists():
@@ -270,16 +274,30 @@ def launch(args, config: Config, items: int, log: Path) -> dict:
     return {**row, "status": "ok", **json.loads(out.read_text())}
 
 
-def group_anon(pgid: int) -> int:
-    """RssAnon of every process in process group ``pgid`` (a torchrun job: the launcher and its workers)."""
-    total = 0
+def tree(root: int) -> list[int]:
+    """``root`` and its descendants: torchrun starts every worker in a session of its own, so the launcher's
+    process group does not hold them."""
+    children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
-                total += MemoryPeaks.now(stat.with_name("status"))["RssAnon"]
-        except (OSError, ValueError, KeyError, IndexError):  # gone meanwhile, or a kernel thread
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):  # gone meanwhile
             continue
-    return total
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def anon_of(pid: int) -> int:
+    """RssAnon of process ``pid`` (0 once it is gone)."""
+    try:
+        return MemoryPeaks.now(Path(f"/proc/{pid}/status"))["RssAnon"]
+    except (OSError, KeyError):
+        return 0
 
 
 def run(args, config: Config, items: int, need_gib: float) -> dict:
