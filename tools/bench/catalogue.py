@@ -19,7 +19,7 @@ the machine has available, or more time than --config-timeout; a running one is 
 below --memory-margin-gb. Either way the row says why. Linux only (/proc).
 
     .venv/bin/python tools/bench/catalogue.py [--sizes 100000 1000000 10000000] [--scratch /tmp/catalogue]
-        [--steps 3] [--keep-features] [--json docs/results/catalogue.json]
+        [--steps 3] [--skip-at-largest "full/1" ...] [--keep-features] [--json docs/results/catalogue.json]
 """
 from __future__ import annotations
 
@@ -355,6 +355,11 @@ def refusal(args, config: Config, items: int, done: list[dict]) -> tuple[str | N
     anon = extrapolate([(rows(r), max(m["peak_anon"] for m in r["memory_gib_per_rank"])) for r in ok],
                        config.rows_per_rank(items))
     need = config.world * (anon if anon is not None else 1.5)
+    wall = extrapolate([(rows(r), r["wall_s"]) for r in ok], config.rows_per_rank(items))
+    if items == max(args.sizes) and f"{config.name}/{config.world}" in args.skip_at_largest and anon is not None:
+        return (f"not run: left out at the largest size by --skip-at-largest (the time budget); predicted "
+                f"{wall:.0f} s wall and {anon:.1f} GiB peak anonymous memory per rank (linear in the rows a rank "
+                f"holds, from the two sizes below)"), need
     if anon is not None:
         available = available_gib(args, need)
         if need > available:
@@ -362,7 +367,6 @@ def refusal(args, config: Config, items: int, done: list[dict]) -> tuple[str | N
                     f"(linear in the rows a rank holds, from the two sizes below) > {available:.1f} GiB available "
                     f"(MemAvailable minus the {args.memory_margin_gb} GB margin, best within "
                     f"{args.wait_for_memory_s:.0f} s)"), need
-    wall = extrapolate([(rows(r), r["wall_s"]) for r in ok], config.rows_per_rank(items))
     if wall is not None and wall > args.config_timeout:
         return (f"not run: predicted {wall:.0f} s (linear from the sizes below) > --config-timeout "
                 f"{args.config_timeout} s"), need
@@ -491,6 +495,9 @@ def main():
     p.add_argument("--wait-for-memory-s", type=float, default=300.0,
                    help="how long a configuration waits for the memory it is predicted to need")
     p.add_argument("--config-timeout", type=float, default=600.0)
+    p.add_argument("--skip-at-largest", nargs="*", default=[], metavar="NAME/WORLD",
+                   help='configurations not run at the largest size, e.g. "full/1"; their rows give the time and '
+                        "memory predicted from the smaller sizes")
     p.add_argument("--json")
     args = p.parse_args()
     if args.what == "worker":
