@@ -54,7 +54,7 @@ class ModelConfig:
     norm_eps: float = 1e-12
     temperature: float = 0.8
     id_bias: bool = True
-    # ablation switches (MODEL_SPEC §6–§8)
+    # ablation switches (docs/model.md §14)
     shared: bool = True  # the same TiSSD encodes text and images
     time: bool = True  # time path in every SSD block
     learnable_filter: bool = True  # CL_c ("w/o LF" when off)
@@ -119,7 +119,9 @@ class EncoderConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = ""  # folder holding dataset.json and the shards
+    # Folder holding dataset.json and the shards (or that manifest file): a path, file://, http(s)://, s3://, gs://
+    # (fsspec backends), or a pipe: command (docs/data_format.md, "Remote datasets").
+    dataset: str = ""
     features: str = ""  # the feature store folder itself; default: <dataset>/features/<encoder slug>
     batch_size: int = 256  # micro-batch per process
     num_workers: int = 0
@@ -135,6 +137,12 @@ class DataConfig:
     train_users: float = 1.0
     # Pre-training: share of users held out of training, whose validation targets give the validation signal.
     holdout_users: float = 0.0
+    # Remote datasets: their feature stores and stage-2 indexes live in this local folder ("" = ~/.cache/mmm4rec),
+    # a transient read failure (reset, timeout, HTTP 5xx) is retried `retries` times with backoff.
+    cache: str = ""
+    allow_pipe: bool = False  # let data.dataset be a pipe: command (it runs a shell command)
+    retries: int = 5
+    timeout_s: float = 60.0  # per connection attempt and socket read
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
 
@@ -214,13 +222,14 @@ class RunConfig:
                     "data.partitions": (d.partitions, 0), "data.shuffle_buffer": (d.shuffle_buffer, 1),
                     "eval.batch_size": (e.batch_size, 1), "eval.item_chunk": (e.item_chunk, 1),
                     "eval.every_steps": (e.every_steps, 0), "data.encoder.max_image_pixels": (d.encoder.max_image_pixels, 1),
-                    "data.encoder.batch_size": (d.encoder.batch_size, 1)}
+                    "data.encoder.batch_size": (d.encoder.batch_size, 1), "data.retries": (d.retries, 0)}
         for key, (value, low) in at_least.items():
             if value < low:
                 raise ConfigError(f"{key} must be >= {low}, got {value}")
         for key, value in {"train.lr": t.lr, "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
-                           "train.collective_timeout_s": t.collective_timeout_s}.items():
-            positive = key == "train.collective_timeout_s"
+                           "train.collective_timeout_s": t.collective_timeout_s,
+                           "data.timeout_s": d.timeout_s}.items():
+            positive = key in ("train.collective_timeout_s", "data.timeout_s")
             if not (math.isfinite(value) and value >= 0) or (positive and value == 0):
                 raise ConfigError(f"{key} must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
         if not 0 <= t.min_lr_ratio <= 1:

@@ -135,6 +135,8 @@ def init(timeout_s: float = 300.0) -> DistEnv:
     """Normalise the environment and start the default process group (gloo on CPU, nccl on GPU) if N > 1.
     ``timeout_s`` bounds every collective on that group; the Watchdog covers the groups DeepSpeed makes."""
     _refuse_silent_single_process()
+    if not torch.cuda.is_available():  # DeepSpeed then picks its CPU accelerator without warning about it
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     env = DistEnv.from_environ()
     env.export()
     if env.device.type == "cuda":

@@ -21,10 +21,7 @@ import html
 import json
 import logging
 import re
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +29,7 @@ from typing import IO, Any, Iterator, Mapping, Optional
 
 from .dataset import check_output, write_dataset
 from .interactions import build_sequences
+from .remote import Retry, get_url
 from .schema import MAX_TIMESTAMP, BadRecords, DataError, ItemRecord, Manifest
 from .shards import decode_image, image_ext, sha256_file
 
@@ -235,23 +233,6 @@ def image_urls(meta_path: Path, bad: BadRecords) -> dict[str, str]:
     return {item: m.image_urls[0] for item, m in read_meta(meta_path, bad).items() if m.image_urls}
 
 
-def _fetch(url: str, timeout: float, retries: int, backoff: float) -> bytes:
-    """GET with a timeout; retries with exponential backoff on network errors and 5xx/429, not on other 4xx."""
-    for attempt in range(retries + 1):
-        try:
-            req = urllib.request.Request(url, headers={"User-Agent": "mmm4rec-download-images"})
-            with urllib.request.urlopen(req, timeout=timeout) as response:
-                return response.read()
-        except urllib.error.HTTPError as e:
-            if (e.code < 500 and e.code != 429) or attempt == retries:
-                raise
-        except (urllib.error.URLError, TimeoutError, ConnectionError):
-            if attempt == retries:
-                raise
-        time.sleep(backoff * 2 ** attempt)
-    raise AssertionError("unreachable")
-
-
 def download_images(urls: Mapping[str, str], out_dir: str | Path, timeout: float = 20.0, retries: int = 3,
                     backoff: float = 1.0, workers: int = 8) -> dict[str, int]:
     """Save each item's image as ``<out_dir>/<image_stem(item)>.<ext>`` (ext from the bytes; non-images are
@@ -268,9 +249,13 @@ def download_images(urls: Mapping[str, str], out_dir: str | Path, timeout: float
             log.warning("%s: %s: not an http(s) URL, refused", item, url)
             return "refused"
         try:
-            data = _fetch(url, timeout, retries, backoff)
+            data = get_url(url, Retry(retries=retries, backoff_s=backoff, timeout_s=timeout))
+        except DataError as e:  # names the URL
+            log.warning("%s: %s", item, e)
+            return "failed"
+        try:
             target = out / f"{stem}.{image_ext(data)}"
-        except (OSError, DataError, ValueError) as e:  # URLError and HTTPError are OSErrors
+        except DataError as e:
             log.warning("%s: %s: %s", item, url, e)
             return "failed"
         part = target.with_name(target.name + ".part")

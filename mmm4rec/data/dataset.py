@@ -1,7 +1,7 @@
 """A dataset folder: item shards, sequence shards and ``dataset.json``.
 
 Converters write one with ``write_dataset`` (streaming: only the item keys are held in memory); everything else
-opens it with ``load_manifest``.
+opens it with ``load_manifest``, from a local folder or from wherever mmm4rec.data.remote reads.
 """
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import json
 import logging
 import os
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from .atomic import Layout, check_replaceable, replace_folder
+from .remote import DatasetLike, DatasetSource, sha256_hex
 from .schema import (DATASET_FORMAT, MANIFEST, MIN_INTERACTIONS, DataError, InvalidRecord, ItemRecord, Manifest,
                      SeqRecord, check_seq, domain_of)
 from .shards import sha256_file, write_items, write_seqs
@@ -26,30 +26,40 @@ DEFAULT_SHARD_SIZE = 1000
 LAYOUT = Layout(MANIFEST, DATASET_FORMAT, (MANIFEST, "items-*.tar", "seqs-*.tar", "features"))
 
 
-def load_manifest(dataset_dir: str | os.PathLike, verify: bool = False) -> Manifest:
-    """Read ``dataset.json``; check its shape, the counts the shard list implies, that every shard exists with
-    the recorded size, and with ``verify`` its sha256.
+def load_manifest(dataset: DatasetLike, verify: bool = False) -> Manifest:
+    """Read the manifest of ``dataset`` (a local folder, a URL or a DatasetSource, see mmm4rec.data.remote);
+    check its shape, the counts the shard list implies, that every shard of a local dataset exists with the
+    recorded size, and with ``verify`` every shard's sha256.
 
     Raises DataError naming the file (and the key) at fault. The size check is a stat per shard (cheap enough
-    for every launch); hashing reads every byte, so here it is opt-in (the readers verify each shard they read).
+    for every launch; a remote shard's is checked when it is read, with its sha256); hashing reads every byte,
+    so here it is opt-in (the readers verify each shard they read).
     """
-    path = Path(dataset_dir) / MANIFEST
+    source = DatasetSource.of(dataset)
+    path = source.manifest_path
+    raw = source.read_manifest()
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: no dataset manifest (write one with a tools/prepare_*.py converter)") from None
+        data = json.loads(raw)
     except ValueError as e:
         raise DataError(f"{path}: not valid JSON: {e}") from None
-    manifest = Manifest.from_json(data, path)
+    manifest = Manifest.from_json(data, source)
     for shard in manifest.items + manifest.seqs:
-        if not shard.path.is_file():
-            raise DataError(f"{shard.path}: shard listed in {path} is missing")
-        size = shard.path.stat().st_size
-        if size != shard.bytes:
-            raise DataError(f"{shard.path}: {size} bytes but {path} lists {shard.bytes} (truncated or replaced)")
-        if verify and sha256_file(shard.path) != shard.sha256:
-            raise DataError(f"{shard.path}: sha256 does not match {path} (corrupted or replaced)")
+        if source.is_local:
+            if not shard.path.is_file():
+                raise DataError(f"{shard.path}: shard listed in {path} is missing")
+            size = shard.path.stat().st_size
+            if size != shard.bytes:
+                raise DataError(f"{shard.path}: {size} bytes but {path} lists {shard.bytes} (truncated or replaced)")
+        if verify:
+            digest = sha256_file(shard.path) if source.is_local else sha256_hex(source.read(shard.name))
+            if digest != shard.sha256:
+                raise DataError(f"{shard.path}: sha256 does not match {path} (corrupted or replaced)")
     return manifest
+
+
+def dataset_digest(dataset: DatasetLike) -> str:
+    """sha256 of the dataset's manifest bytes: what a run trained on (no shard is touched)."""
+    return sha256_hex(DatasetSource.of(dataset).read_manifest())
 
 
 def check_output(out_dir: str | os.PathLike) -> None:

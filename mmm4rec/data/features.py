@@ -42,6 +42,7 @@ from mmm4rec.encoders import Encoders, build_encoders, encoder_identity, encoder
 
 from .atomic import Layout, check_replaceable, replace_folder
 from .dataset import load_manifest
+from .remote import DatasetLike, DatasetSource
 from .schema import PAD_KEY, BadRecords, DataError, ItemRecord, Manifest, ShardInfo, content_hash
 from .shards import iter_item_records
 
@@ -195,8 +196,25 @@ def _describe(identity: dict[str, Any]) -> str:
     return ", ".join(parts + [f"max_text_tokens={identity['max_text_tokens']}", f"procedure={identity['procedure']}"])
 
 
-def default_features_dir(dataset_dir: str | os.PathLike, encoder_cfg: EncoderConfig) -> Path:
-    return Path(dataset_dir) / "features" / encoder_slug(encoder_cfg)
+def default_features_dir(dataset: DatasetLike, encoder_cfg: EncoderConfig,
+                         manifest: Optional[Manifest] = None) -> Path:
+    """``<dataset>/features/<encoder slug>`` for a local dataset; for a remote one the same under its local cache
+    folder (``DatasetSource.cache_folder``, which reads the manifest unless it is given): a remote dataset's
+    store is never written back to where the dataset came from."""
+    source = DatasetSource.of(dataset)
+    if source.is_local:
+        folder = Path(source.base)
+    else:
+        folder = source.cache_folder(manifest or load_manifest(source))
+    return folder / "features" / encoder_slug(encoder_cfg)
+
+
+def _local_store(features_dir: str | os.PathLike) -> Path:
+    """data.features as a folder on this machine (the store is memory-mapped; a URL is refused)."""
+    if DatasetSource.of(features_dir).kind != "local":
+        raise DataError(f"data.features={os.fspath(features_dir)!r}: a feature store is a local folder (it is "
+                        "memory-mapped); leave data.features empty for the default, next to or cached for the dataset")
+    return Path(features_dir)
 
 
 # ---------------------------------------------------------------------------------------------------- distribution
@@ -244,6 +262,7 @@ class _Plan:
     mode: str  # "fresh" (nothing to do), "update" (encode changed items only) or "build" (from scratch)
     reason: str
     token: str = ""
+    reuse: str = ""  # the store whose unchanged rows an update copies ("": the store being updated)
 
 
 def _dataset_of(store_dir: Path) -> Optional[str]:
@@ -254,10 +273,15 @@ def _dataset_of(store_dir: Path) -> Optional[str]:
         return None
 
 
-def _plan(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, strict: bool) -> _Plan:
+def _plan(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, strict: bool, earlier: list[Path]) -> _Plan:
     token = uuid.uuid4().hex[:8]
     check_replaceable(store_dir, LAYOUT)  # before hours of encoding, not at the final swap
     if not store_dir.exists():
+        identity = encoder_identity(cfg) if earlier else None
+        for old_dir in earlier:
+            if _built_alike(old_dir, dataset, identity):
+                return _Plan("update", f"no feature store yet; encoding the items that changed since {old_dir}",
+                             token, reuse=str(old_dir))
         return _Plan("build", "no feature store yet, building it", token)
     owner = _dataset_of(store_dir)
     if owner not in (None, dataset.name):
@@ -265,8 +289,8 @@ def _plan(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, strict: bool) 
                         f"({dataset.path}); point data.features (--features) at another folder")
     try:
         old = FeatureStore.open(store_dir)
-    except DataError as e:
-        return _Plan("build", f"{e}; rebuilding it", token)
+    except DataError as e:  # the log line names the folder already
+        return _Plan("build", f"{str(e).removeprefix(f'{store_dir}: ')}; rebuilding it", token)
     identity = encoder_identity(cfg)
     if not identity_matches(identity, old.manifest["encoder"]):
         return _Plan("build", f"built with {_describe(old.manifest['encoder'])} but {_describe(identity)} "
@@ -277,6 +301,25 @@ def _plan(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, strict: bool) 
         raise DataError(f"{store_dir}: built leniently and skipped bad input {old.manifest['bad_records']}; "
                         "strict mode refuses it (fix the data or run without strict)")
     return _Plan("fresh", "up to date")
+
+
+def _earlier_stores(source: DatasetSource, dataset: Manifest, store_dir: Path) -> list[Path]:
+    """The stores of a remote dataset's earlier cache folders (same name, other item contents), newest first;
+    none for a store outside the cache (a local dataset's, or data.features)."""
+    if source.is_local or not store_dir.is_relative_to(own := source.cache_folder(dataset)):
+        return []
+    stores = [folder / store_dir.relative_to(own) for folder in source.earlier_cache_folders(dataset)]
+    stores = [s for s in stores if (s / MANIFEST).is_file()]
+    return sorted(stores, key=lambda s: (s / MANIFEST).stat().st_mtime_ns, reverse=True)
+
+
+def _built_alike(store_dir: Path, dataset: Manifest, identity: dict[str, Any]) -> bool:
+    """Whether the store opens and was built for a dataset of this name by the encoder of this identity."""
+    try:
+        store = FeatureStore.open(store_dir)
+    except DataError:
+        return False
+    return store.manifest["dataset"]["name"] == dataset.name and identity_matches(identity, store.manifest["encoder"])
 
 
 class _ShardEncoder:
@@ -423,20 +466,25 @@ def _merge(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, parts: Path, 
     return manifest
 
 
-def ensure_features(dataset_dir: str | os.PathLike, encoder_cfg: EncoderConfig,
+def ensure_features(location: DatasetLike, encoder_cfg: EncoderConfig,
                     features_dir: str | os.PathLike | None = None, strict: bool = False) -> Path:
     """Return the path of an up-to-date feature store for the dataset, building or updating it if needed.
 
-    Call it on every rank once torch.distributed is initialised (or in a plain process). The store is fresh when
-    its encoder identity and the dataset's item-shard digest match; a different encoder means a full rebuild
-    (logged); changed item shards mean an update that encodes only new or changed items. Bad items follow
-    ``strict`` and are counted in the store manifest's ``bad_records``.
+    ``location``: a local folder, a URL or a DatasetSource (mmm4rec.data.remote); a remote dataset's store goes
+    to its local cache folder unless ``features_dir`` names one. Call it on every rank once torch.distributed is
+    initialised (or in a plain process). The store is fresh when its encoder identity and the dataset's
+    item-shard digest match; a different encoder means a full rebuild (logged); changed item shards mean an
+    update that encodes only new or changed items (for a remote dataset whose items changed, the new cache
+    folder's store starts as an update of the newest earlier one). Bad items follow ``strict`` and are counted in
+    the store manifest's ``bad_records``.
     """
     started = time.time()
-    dataset = load_manifest(dataset_dir)
-    store_dir = Path(features_dir) if features_dir else default_features_dir(dataset_dir, encoder_cfg)
+    source = DatasetSource.of(location)
+    dataset = load_manifest(source)
+    store_dir = _local_store(features_dir) if features_dir else default_features_dir(source, encoder_cfg, dataset)
     group = _Group()
-    plan = group.run(lambda: _plan(store_dir, dataset, encoder_cfg, strict), rank0_only=True)
+    plan = group.run(lambda: _plan(store_dir, dataset, encoder_cfg, strict,
+                                   _earlier_stores(source, dataset, store_dir)), rank0_only=True)
     if group.rank == 0:
         log.info("%s: %s", store_dir, plan.reason)
     if plan.mode == "fresh":
@@ -445,7 +493,7 @@ def ensure_features(dataset_dir: str | os.PathLike, encoder_cfg: EncoderConfig,
     try:
         def encode_my_shards() -> None:
             parts.mkdir(parents=True, exist_ok=True)
-            old = FeatureStore.open(store_dir) if plan.mode == "update" else None
+            old = FeatureStore.open(plan.reuse or store_dir) if plan.mode == "update" else None
             encode = _ShardEncoder(encoder_cfg, old, strict)
             for idx in range(group.rank, len(dataset.items), group.world):
                 encode(dataset.items[idx], parts / f"{idx:06d}")

@@ -1,4 +1,4 @@
-"""From user histories to training and evaluation samples (MODEL_SPEC §11), vectorised over many users at once.
+"""From user histories to training and evaluation samples (docs/model.md §11), vectorised over many users at once.
 
 Leave-one-out on a chronological history i_0 … i_{n-1} (n ≥ 3):
 - ``pretrain``: every prefix — targets at positions 1 … n-1;

@@ -14,15 +14,19 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Union
 
 import numpy as np
+from braceexpand import braceexpand
+
+if TYPE_CHECKING:
+    from .remote import DatasetSource
 
 log = logging.getLogger(__name__)
 
 DATASET_FORMAT = "mmm4rec-dataset/1"
 MANIFEST = "dataset.json"
-MIN_INTERACTIONS = 3  # leave-one-out needs a training, a validation and a test target (MODEL_SPEC §11)
+MIN_INTERACTIONS = 3  # leave-one-out needs a training, a validation and a test target (docs/model.md §11)
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z: larger values are not Unix seconds (milliseconds?)
 PAD_KEY = "<pad>"  # item id 0
 
@@ -185,7 +189,13 @@ class ShardInfo:
     count: int  # samples
     bytes: int
     sha256: str
-    path: Optional[Path] = field(default=None, compare=False, repr=False)  # where it is on this machine
+    # Where it is: a path on this machine, or the URL of a remote dataset's shard (read through ``source``).
+    path: Optional[Union[Path, str]] = field(default=None, compare=False, repr=False)
+    source: Optional["DatasetSource"] = field(default=None, compare=False, repr=False)
+
+    @property
+    def remote(self) -> bool:
+        return self.source is not None and not self.source.is_local
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "count": self.count, "bytes": self.bytes, "sha256": self.sha256}
@@ -203,7 +213,7 @@ class Manifest:
     seqs: list[ShardInfo]
     provenance: dict[str, Any]  # converter, args, source files with sha256, filtering statistics
     licence: str
-    root: Optional[Path] = field(default=None, compare=False, repr=False)
+    source: Optional["DatasetSource"] = field(default=None, compare=False, repr=False)  # where it was read from
 
     @property
     def items_digest(self) -> str:
@@ -226,19 +236,24 @@ class Manifest:
         }
 
     @property
-    def path(self) -> Path:
-        return self.root / MANIFEST
+    def root(self) -> Union[Path, str]:
+        """The dataset folder: a local path or a URL."""
+        return Path(self.source.base) if self.source.is_local else self.source.base
+
+    @property
+    def path(self) -> Union[Path, str]:
+        return self.source.manifest_path
 
     @classmethod
-    def from_json(cls, data: Any, path: Path) -> "Manifest":
-        """Parse a decoded dataset.json (at ``path``); DataError naming the file and the key at fault."""
+    def from_json(cls, data: Any, source: "DatasetSource") -> "Manifest":
+        """Parse a decoded dataset.json read from ``source``; DataError naming the file and the key at fault."""
         try:
-            return cls._parse(data, path.parent.resolve())
+            return cls._parse(data, source)
         except _BadManifest as e:
-            raise DataError(f"{path}: {e}") from None
+            raise DataError(f"{source.manifest_path}: {e}") from None
 
     @classmethod
-    def _parse(cls, data: Any, root: Path) -> "Manifest":
+    def _parse(cls, data: Any, source: "DatasetSource") -> "Manifest":
         if not isinstance(data, dict):
             raise _BadManifest(f"not a dataset manifest: expected a JSON object, got {type(data).__name__}")
         _field(data, "format", "", f"{DATASET_FORMAT!r}", lambda v: v == DATASET_FORMAT)
@@ -257,13 +272,11 @@ class Manifest:
                            lambda v: type(v) is list and all(map(_is_string, v))),
             counts=counts,
             split=split,
-            items=[_shard(s, f"shards.items[{n}]", root)
-                   for n, s in enumerate(_field(shards, "items", "shards", "a list", _is_list))],
-            seqs=[_shard(s, f"shards.seqs[{n}]", root)
-                  for n, s in enumerate(_field(shards, "seqs", "shards", "a list", _is_list))],
+            items=_shard_list(shards, "items", source),
+            seqs=_shard_list(shards, "seqs", source),
             provenance=_field(data, "provenance", "", "an object", _is_object),
             licence=_field(data, "licence", "", "a string", _is_string),
-            root=root,
+            source=source,
         )
         manifest._check_counts()
         return manifest
@@ -319,11 +332,12 @@ def _is_sha256(v: Any) -> bool:
 
 def _inside(name: Any) -> bool:
     """A shard name is a relative path that stays inside the dataset folder (read lexically, before any file
-    is touched: a manifest must not make the readers open, or reveal the size of, a file elsewhere)."""
+    is touched: a manifest must not make the readers open, or reveal the size of, a file elsewhere). A first
+    segment with a colon is refused too: joined to a URL, ``http://elsewhere/x.tar`` would name another server."""
     if type(name) is not str or "\0" in name:
         return False
     parts = PurePosixPath(name).parts
-    return bool(parts) and not PurePosixPath(name).is_absolute() and ".." not in parts
+    return bool(parts) and not PurePosixPath(name).is_absolute() and ".." not in parts and ":" not in parts[0]
 
 
 def _field(obj: dict, key: str, where: str, want: str, ok: Callable[[Any], bool]) -> Any:
@@ -337,10 +351,62 @@ def _field(obj: dict, key: str, where: str, want: str, ok: Callable[[Any], bool]
     return value
 
 
-def _shard(entry: Any, where: str, root: Path) -> ShardInfo:
+def _shard_list(shards: dict, kind: str, source: "DatasetSource") -> list[ShardInfo]:
+    entries = _field(shards, kind, "shards", "a list", _is_list)
+    return [info for n, entry in enumerate(entries) for info in _shard(entry, f"shards.{kind}[{n}]", source)]
+
+
+_INSIDE = "a relative path inside the dataset folder"
+_SHARD_FIELDS = (("count", _COUNT, _is_count), ("bytes", _COUNT, _is_count),
+                 ("sha256", "64 lowercase hex digits", _is_sha256))
+
+
+def _shard(entry: Any, where: str, source: "DatasetSource") -> list[ShardInfo]:
+    """One entry of a shard list: a shard, or a brace pattern (``seqs-{000000..000009}.tar``, webdataset's
+    notation) whose count, bytes and sha256 are lists holding one value per name, in expansion order."""
     if not _is_object(entry):
         raise _BadManifest(f"{where} must be an object with name, count, bytes, sha256, got {entry!r:.60}")
-    name = _field(entry, "name", where, "a relative path inside the dataset folder", _inside)
-    return ShardInfo(name, _field(entry, "count", where, _COUNT, _is_count),
-                     _field(entry, "bytes", where, _COUNT, _is_count),
-                     _field(entry, "sha256", where, "64 lowercase hex digits", _is_sha256), path=root / name)
+    name = _field(entry, "name", where, _INSIDE, lambda v: type(v) is str and ("{" in v or _inside(v)))
+    if "{" not in name:
+        values = [_field(entry, key, where, want, ok) for key, want, ok in _SHARD_FIELDS]
+        return [ShardInfo(name, *values, path=source.where(name), source=source)]
+    columns = [_field(entry, key, where, f"a list of {want} (one per name of the pattern)",
+                      lambda v, ok=ok: _is_list(v) and all(map(ok, v))) for key, want, ok in _SHARD_FIELDS]
+    n = len(columns[0])
+    if any(len(c) != n for c in columns):
+        raise _BadManifest(f"{where}: count, bytes and sha256 must list as many values ({[len(c) for c in columns]})")
+    size = _pattern_size(name)
+    if size is None:
+        raise _BadManifest(f"{where}.name: {name!r} is not a brace pattern of numeric ranges ({{000..009}}) and "
+                           "lists ({a,b})")
+    if size != n:
+        raise _BadManifest(f"{where}.name: {name!r} expands to {size} names, but count lists {n} values")
+    names = list(braceexpand(name, escape=False))  # as many names as the manifest lists values: bounded
+    for one in names:
+        if not _inside(one):
+            raise _BadManifest(f"{where}.name: {one!r} (from {name!r}) must be {_INSIDE}")
+    return [ShardInfo(one, count, size, sha, path=source.where(one), source=source)
+            for one, count, size, sha in zip(names, *columns)]
+
+
+_BRACES = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?")
+
+
+def _pattern_size(pattern: str) -> Optional[int]:
+    """How many names a brace pattern expands to, counted without expanding it: braceexpand builds the whole
+    product before yielding the first name, so a manifest's ``{0..999999999}`` would fill the memory. Only
+    numeric ranges (with an optional step) and comma lists, not nested; None for anything else."""
+    if "{" in _BRACES.sub("", pattern) or "}" in _BRACES.sub("", pattern):
+        return None  # nested or unbalanced
+    size = 1
+    for group in _BRACES.findall(pattern):
+        bounds = _RANGE.fullmatch(group)
+        if bounds:
+            first, last, step = int(bounds[1]), int(bounds[2]), abs(int(bounds[3] or 1)) or 1
+            size *= abs(last - first) // step + 1
+        elif ".." in group:
+            return None  # letter ranges and the like
+        else:
+            size *= len(group.split(","))
+    return size

@@ -13,7 +13,7 @@ import os
 import tarfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Union
 
 import webdataset as wds
 from PIL import Image
@@ -112,15 +112,20 @@ def write_seqs(folder: Path, records: Iterable[SeqRecord], shard_size: int) -> l
 
 
 # ------------------------------------------------------------------------------------------------------------ read
-def _shard_samples(path: str, sha256: Optional[str], fast: bool) -> Iterator[dict[str, Any]]:
-    """Raw samples of one shard, after checking its bytes against ``sha256`` (the manifest's) when given.
+def _shard_samples(shard: ShardLike, fast: bool) -> Iterator[dict[str, Any]]:
+    """Raw samples of one shard, after checking its bytes against the manifest's sha256 when it is a ShardInfo.
 
-    ``fast`` reads with tar_reader (the stage-2 hot path): the whole shard is in memory anyway, so hashing it
-    costs no extra read, and the check runs on every read, not just once per index. webdataset (item shards,
-    possibly large) streams the file, so it is hashed in a first pass; stage 1 reads each item shard once.
+    ``fast`` reads a local shard with tar_reader (the stage-2 hot path): the whole shard is in memory anyway, so
+    hashing it costs no extra read, and the check runs on every read, not just once per index. webdataset (item
+    shards, possibly large) streams a local file, so it is hashed in a first pass; stage 1 reads each item shard
+    once. A remote shard is fetched whole (mmm4rec.data.remote, with retries) and read like a fast local one.
     """
-    if fast:
-        data = Path(path).read_bytes()
+    info = shard if isinstance(shard, ShardInfo) else None
+    path = str(info.path if info else shard)
+    sha256 = info.sha256 if info else None
+    remote = info is not None and info.remote
+    if fast or remote:
+        data = info.source.read(info.name) if remote else Path(path).read_bytes()
         digest = hashlib.sha256(data).hexdigest() if sha256 else None
         samples = tar_reader.parse(data)
     else:
@@ -144,7 +149,7 @@ def _samples(shards: Iterable[ShardLike], bad: BadRecords, fast: bool = False) -
         path = str(info.path if info else shard)
         n = 0
         try:
-            for sample in _shard_samples(path, info and info.sha256, fast):
+            for sample in _shard_samples(shard, fast):
                 n += 1
                 yield path, sample
         except DataError:

@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .dataset import Counts, check_totals, load_manifest
+from .remote import DatasetLike
 from .samples import Histories, Samples, expand, samples_per_user, seen_items
 from .schema import BadRecords, DataError, Manifest, SeqRecord, ShardInfo, map_items
 from .shards import iter_seq_records
@@ -195,9 +196,11 @@ class SeqIndex:
             check_totals(manifest, self.totals)
 
     @classmethod
-    def load_or_build(cls, dataset_dir: str | os.PathLike, item_index: dict[str, int], cache_dir: str | os.PathLike,
+    def load_or_build(cls, dataset: DatasetLike, item_index: dict[str, int], cache_dir: str | os.PathLike,
                       strict: bool = False) -> "SeqIndex":
-        manifest = load_manifest(dataset_dir)
+        """The index of ``dataset`` (a local folder, a URL or a DatasetSource), cached in ``cache_dir`` (a local
+        folder, normally the feature store's) under a key of the sequence shards' and item index's hashes."""
+        manifest = load_manifest(dataset)
         digest = hashlib.sha256("\n".join(item_index).encode()).hexdigest()
         path = Path(cache_dir) / f"stage2-index-{cls.key(manifest, digest)}{'-strict' if strict else ''}.npz"
         cached = _load_npz(path)

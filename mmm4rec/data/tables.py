@@ -122,7 +122,7 @@ def _pyarrow_parquet(path: Path) -> Any:
         import pyarrow.parquet
     except ImportError:
         raise DataError(f"{path}: reading Parquet needs the pyarrow package, which is not installed "
-                        "(pip install pyarrow)") from None
+                        "(pip install 'mmm4rec[parquet]' or pyarrow)") from None
     return pyarrow.parquet
 
 

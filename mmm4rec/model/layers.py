@@ -1,4 +1,4 @@
-"""Building blocks of MMM4Rec (MODEL_SPEC §4, §7, §8): TiSSD, Cross-SSD, the Fourier filter, FFN, gated RMSNorm.
+"""Building blocks of MMM4Rec (docs/model.md §4, §7, §8): TiSSD, Cross-SSD, the Fourier filter, FFN, gated RMSNorm.
 
 Sequence tensors are (batch, L, channels); time signals are (batch, heads, L) as in the paper.
 """

@@ -1,4 +1,4 @@
-"""MMM4Rec (arXiv 2506.02916), as specified in MODEL_SPEC.md.
+"""MMM4Rec (arXiv 2506.02916), as specified in docs/model.md.
 
     items ──adapters (+ID bias)──▶ X_t, X_v        timestamps ──gaps, LayerNorm_L──▶ D_t, D_v
     per layer:  P_t = FFN(LN(TiSSD(X_t, D_t) + X_t))          (text)
@@ -142,7 +142,7 @@ class MMM4Rec(SequentialRecommender):
 
 def _init_weights(module: nn.Module) -> None:
     """N(0, 0.02) for Linear/Embedding weights, zero biases, LayerNorm (1, 0); SSD parameters and convolutions
-    keep their own initialisation (MODEL_SPEC §4)."""
+    keep their own initialisation (docs/model.md §4)."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, std=0.02)
     if isinstance(module, nn.Linear) and module.bias is not None:

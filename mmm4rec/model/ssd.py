@@ -4,7 +4,7 @@
     h_t = exp(Δ_t A) h_{t-1} + Δ_t x_t B_tᵀ           (per head; head h reads group h // (H/G))
     y_t = C_t h_t + skip,  skip = D·Δ·x ("reference", reproduces the paper) or D·x ("mamba")
 
-Forms (MODEL_SPEC §5):
+Forms (docs/model.md §5):
 - ``quadratic``  the dual/attention form Y = (Λ ∘ C Bᵀ)(Δ·x); cheapest for short windows (L ≲ 64).
 - ``chunked``    Mamba-2's block decomposition: quadratic inside chunks, a recurrence over chunk states.
 - ``recurrence`` the sequential definition above; the slow test oracle.
@@ -27,7 +27,7 @@ from .precision import acc_dtype, as_dtype
 Form = Literal["auto", "quadratic", "chunked", "recurrence", "triton"]
 Skip = Literal["reference", "mamba"]
 
-QUADRATIC_MAX_LEN = 64  # above this the chunked (CPU) or Triton (CUDA) form is cheaper; see BENCHMARKS.md
+QUADRATIC_MAX_LEN = 64  # above this the chunked (CPU) or Triton (CUDA) form is cheaper; see docs/results/reference.md
 
 
 def ssd_scan(

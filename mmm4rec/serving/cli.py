@@ -23,6 +23,7 @@ from .. import __version__
 from ..config import ConfigError, load_config
 from ..data.atomic import replace_folder
 from ..data.features import FeatureStore, default_features_dir
+from ..data.remote import DatasetSource
 from ..data.schema import DataError
 from ..model import from_pretrained
 from .export import item_features, write_export
@@ -53,7 +54,7 @@ def export(args: argparse.Namespace) -> int:
     weights = run / args.weights
     if not (weights / "config.json").is_file():
         raise DataError(f"{weights}: no exported weights (config.json + model.safetensors)")
-    store_dir = args.features or cfg.data.features or default_features_dir(cfg.data.dataset, cfg.data.encoder)
+    store_dir = args.features or cfg.data.features or default_features_dir(DatasetSource.from_config(cfg.data), cfg.data.encoder)
     store = FeatureStore.open(store_dir)
     meta = json.loads((weights / "config.json").read_text())
     if meta.get("encoder") not in (None, store.manifest["encoder"]):

@@ -6,7 +6,6 @@ The same entry point serves ``python``, ``torchrun``, ``deepspeed`` (which adds 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -19,7 +18,9 @@ from safetensors.torch import load_file
 from .. import distributed
 from ..commands import print_config, resolved_config, training_parser
 from ..config import ConfigError, RunConfig, save_config
+from ..data.dataset import dataset_digest
 from ..data.features import FeatureStore, default_features_dir, ensure_features
+from ..data.remote import DatasetSource
 from ..data.schema import DataError
 from ..data.stream import SeqIndex, TrainStream
 from ..losses import Objective, build_loss
@@ -46,13 +47,9 @@ def resolve_run_dir(cfg: RunConfig, cli_run_dir: Optional[str]) -> Path:
     return Path(cli_run_dir or cfg.run_dir or Path("runs") / cfg.name).resolve()
 
 
-def dataset_hash(dataset: str) -> str:
+def dataset_hash(dataset: DatasetSource) -> str:
     """sha256 of the dataset's manifest: what a run trained on (recorded in run.json and summaries)."""
-    path = Path(dataset) / "dataset.json"
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        raise DataError(f"{path}: no dataset manifest (write one with a tools/prepare_*.py converter)") from None
+    return dataset_digest(dataset)
 
 
 def load_data(cfg: RunConfig, precision: str = "fp32", build: bool = True, shard: Optional[tuple[int, int]] = None
@@ -61,19 +58,20 @@ def load_data(cfg: RunConfig, precision: str = "fp32", build: bool = True, shard
     in the step's dtype (data.feature_dtype); ``shard`` = (rank, world) keeps only this rank's item rows."""
     if not cfg.data.dataset:
         raise ConfigError("data.dataset is not set: pass --set data.dataset=<folder with dataset.json>")
-    digest = dataset_hash(cfg.data.dataset)
+    dataset = DatasetSource.from_config(cfg.data)
+    digest = dataset_hash(dataset)
     if build:
-        store_dir = ensure_features(cfg.data.dataset, cfg.data.encoder, cfg.data.features or None,
+        store_dir = ensure_features(dataset, cfg.data.encoder, cfg.data.features or None,
                                     strict=cfg.data.strict)
     else:
-        store_dir = Path(cfg.data.features or default_features_dir(cfg.data.dataset, cfg.data.encoder))
+        store_dir = Path(cfg.data.features or default_features_dir(dataset, cfg.data.encoder))
     store = FeatureStore.open(store_dir)
     if not build:  # ensure_features has just checked it (hashing a local encoder folder is not free)
         store.check_compatible(cfg.data.encoder)
     features = item_features(store, feature_dtype(cfg, precision))
     if shard is not None:
         features = features.shard(*shard)
-    seq_index = SeqIndex.load_or_build(cfg.data.dataset, store.index, store_dir, strict=cfg.data.strict)
+    seq_index = SeqIndex.load_or_build(dataset, store.index, store_dir, strict=cfg.data.strict)
     bad = dict(store.manifest.get("bad_records") or {})
     for reason, n in seq_index.bad.items():
         bad[reason] = bad.get(reason, 0) + n
@@ -140,7 +138,7 @@ def _claim(cfg: RunConfig, env, run: RunDir) -> None:
     """Rank 0 locks the run directory and checks what it belongs to; every rank learns the outcome."""
     def claim():
         run.lock()
-        return run.claim(cfg, dataset_hash(cfg.data.dataset))
+        return run.claim(cfg, dataset_hash(DatasetSource.from_config(cfg.data)))
 
     continuing = distributed.on_main(claim)
     setup_logging(env, run.log)

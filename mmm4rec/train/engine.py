@@ -14,6 +14,7 @@ import torch
 from ..config import ConfigError, RunConfig
 from ..distributed import DistEnv
 from .checkpoint import install_safe_loading
+from .monitor import adopt_library_loggers
 from .optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ def initialize(objective: torch.nn.Module, cfg: RunConfig, env: DistEnv, ds_conf
     """-> DeepSpeed engine (owning the objective — model + loss —, optimiser, schedule and ZeRO partitioning)."""
     import deepspeed
 
+    adopt_library_loggers()
     deepspeed.init_distributed(dist_backend=env.backend, auto_mpi_discovery=False)
     try:
         engine, *_ = deepspeed.initialize(model=objective, optimizer=build_optimizer(objective, cfg.train),

@@ -41,16 +41,22 @@ def setup_logging(env: DistEnv, log_file: Optional[Path] = None) -> None:
         h.addFilter(noise)
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING, format=fmt, handlers=handlers,
                         force=True)
-    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "compilers"):  # compilers: DeepSpeed's aio probe
-        name = logging.getLogger(noisy)
-        name.setLevel(logging.WARNING)
-        name.handlers, name.propagate = [], True  # DeepSpeed installs its own stdout handler: use ours
+    adopt_library_loggers()
     try:  # transformers prints a progress bar per rank while loading weights; the log says what loads
         import transformers
 
         transformers.utils.logging.disable_progress_bar()
     except ImportError:
         pass
+
+
+def adopt_library_loggers() -> None:
+    """Route DeepSpeed's and torch.distributed's loggers through the run's handlers (and their noise filter), at
+    WARNING. DeepSpeed installs its own stdout handler when it is first imported: call again after that."""
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "compilers"):  # compilers: DeepSpeed's aio probe
+        logger = logging.getLogger(noisy)
+        logger.setLevel(logging.WARNING)
+        logger.handlers, logger.propagate = [], True
 
 
 def announce(env: DistEnv) -> None:

@@ -324,6 +324,8 @@ class Trainer:
     def _validate(self, epoch: int) -> bool:
         """Evaluate on the validation users, keep the best export; True when patience is exhausted."""
         p, e = self.progress, self.cfg.eval
+        if p.history and p.history[-1]["step"] == p.global_step:  # a step validation just before an epoch end
+            return p.bad_evals >= self.cfg.train.patience
         metrics = self._evaluate(self.model, self.validation, self._gather_params())
         value = metrics[e.metric]
         p.history.append({"epoch": epoch, "step": p.global_step, **metrics})

@@ -301,7 +301,7 @@ def test_fourier_fusion_matches_complex_reference():
         torch.nn.init.normal_(p)
     d_v, d_t = torch.randn(2, 3, 4, 8, dtype=torch.float64).unbind(0)
 
-    def cl(m, z):  # CL on a complex tensor, as MODEL_SPEC §7 writes it
+    def cl(m, z):  # CL on a complex tensor, as docs/model.md §7 writes it
         re = m.real.weight @ z.real.unsqueeze(-1) - m.imag.weight @ z.imag.unsqueeze(-1)
         im = m.imag.weight @ z.real.unsqueeze(-1) + m.real.weight @ z.imag.unsqueeze(-1)
         return torch.complex(re.squeeze(-1) + m.real.bias - m.imag.bias, im.squeeze(-1) + m.imag.bias + m.real.bias)

@@ -126,7 +126,7 @@ def test_triton_matches_quadratic_on_gpu_in_outputs_and_gradients(l, skip):
     def rel(a, b):
         return ((a - b).norm() / b.norm()).item()
 
-    # TF32 inside the kernel: ~3e-4 relative against float64; bf16 inputs ~3e-3 (BENCHMARKS.md)
+    # TF32 inside the kernel: ~3e-4 relative against float64; bf16 inputs ~3e-3 (docs/results/reference.md)
     for dtype, tol in ((torch.float32, 2e-3), (torch.bfloat16, 2e-2)):
         y, grads = results["triton", dtype]
         assert torch.isfinite(y).all()

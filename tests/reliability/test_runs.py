@@ -148,9 +148,9 @@ def test_a_full_disk_while_exporting_is_an_error_naming_the_path(monkeypatch, tm
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(trainer_module, "write_export", full_disk)
+    monkeypatch.setattr(trainer_module.Trainer, "_whole_model", lambda self: "the model")
     t = trainer_module.Trainer.__new__(trainer_module.Trainer)
-    t.model, t.env, t.data, t.provenance = None, DistEnv(), type("D", (), {"store": None})(), {}
-    t.engine = type("E", (), {"zero_optimization_stage": lambda self: 1})()
+    t.env, t.data, t.provenance = DistEnv(), type("D", (), {"store": None})(), {}
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "model.safetensors").write_bytes(b"the previous export")
     with pytest.raises(trainer_module.CheckpointError, match=r"export.tmp: writing the export failed \(No space"):
@@ -203,3 +203,30 @@ def test_a_frozen_rank_ends_the_job_within_twice_the_timeout(tiny_dataset, tmp_p
     stderr = proc.stderr.read()
     assert rc != 0 and took < 2 * timeout, (rc, took, stderr[-3000:])
     assert "made no progress" in stderr and f"rank 1 on" in stderr and f"pid {pid}" in stderr
+
+
+def test_sigterm_to_torchrun_checkpoints_every_rank_and_a_restart_resumes(tiny_dataset, tmp_path):
+    """torchrun forwards SIGTERM to its ranks and then exits 1 itself (its SignalException; docs/slurm.md and the
+    README say so): what matters is that every rank stopped at the same step with a complete checkpoint, and the
+    rerun continues from it."""
+    out = tmp_path / "run"
+    extra = ("--set", "train.epochs=1", "--set", "train.checkpoint_every=10", "--set", "data.batch_size=8")
+    cmd = launch_command("finetune.py", args(tiny_dataset, out, *extra), nproc=2, launcher="torchrun")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    marker = out / "checkpoints" / "step-00000010" / COMPLETE
+    deadline = time.time() + 180
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 1
+    stderr = proc.stderr.read()
+    stops = {line.split("preempted at step ")[1].split(":")[0] for line in stderr.splitlines() if "preempted at" in line}
+    assert stderr.count("preempted at step") == 2 and len(stops) == 1  # both ranks, at the same step
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    complete = json.loads((out / "checkpoints" / latest / COMPLETE).read_text())
+    assert complete["world_size"] == 2 and {"rng-rank0.pt", "rng-rank1.pt"} <= set(complete["files"])
+    rerun = run("finetune.py", args(tiny_dataset, out, *extra), nproc=2, launcher="torchrun")
+    assert f"(step {complete['step']})" in rerun.stderr
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 1

@@ -66,3 +66,19 @@ def test_no_recompiles_across_steps(name):
             loss.backward()
             opt.step()
     assert torch.isfinite(loss)
+
+
+@pytest.mark.slow
+def test_a_redirected_log_has_one_line_per_log_step_and_no_redraws(tiny_dataset, tmp_path):
+    """Under SLURM stderr is a file: no progress bar (its carriage-return redraws were 95% of such a log), one
+    line every train.log_every steps with step, epoch, loss, samples/s and ETA; known library noise filtered."""
+    from tests.conftest import run
+
+    proc = run("finetune.py", ["--config", "tiny", "--set", f"data.dataset={tiny_dataset}", "--set",
+                               "train.max_steps=20", "--set", "train.log_every=5", "--run-dir", str(tmp_path / "r")])
+    assert "\r" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "samples/s" in line]
+    assert len(lines) == 4 and all("loss" in line and "ETA" in line and "epoch 0" in line for line in lines)
+    assert "untested optimizer" not in proc.stderr and "Setting accelerator" not in proc.stderr
+    log = (tmp_path / "r" / "train.log").read_text()
+    assert "\r" not in log and log.count("samples/s") == 4

@@ -1,6 +1,7 @@
 """Distributed training end to end, in real processes under real launchers: same curve on 1 and 2 processes,
 exact resume after kill -9 and after SIGTERM, TensorBoard read-back, transfer, and the errors users get."""
 import json
+import os
 import signal
 import subprocess
 import time
@@ -82,22 +83,28 @@ def test_compiled_training_follows_the_eager_curve(tiny_dataset, tmp_path):
     assert eager.keys() == compiled.keys()
 
 
-# Two epochs, a checkpoint every 10 steps and at each epoch end; dropout on, so the RNG has to resume too.
-RESUMABLE = ["--set", "train.epochs=2", "--set", "train.checkpoint_every=10", "--set", "model.dropout=0.1"]
+# Two epochs, a checkpoint every 10 steps and at each epoch end; dropout on, so the RNG has to resume too; a
+# warm-up + cosine learning-rate schedule, so the scheduler's position has to resume too.
+RESUMABLE = ["--set", "train.epochs=2", "--set", "train.checkpoint_every=10", "--set", "model.dropout=0.1",
+             "--set", "train.schedule=cosine", "--set", "train.warmup_steps=5"]
+TWO_RANKS = ["--set", "train.zero_stage=2", "--set", "data.partitions=2", "--set", "data.batch_size=8"]
 
 
-def interrupt(dataset, run_dir: Path, after_step: int, sig: signal.Signals) -> subprocess.Popen:
-    """Start a RESUMABLE run and send it ``sig`` once its checkpoint of ``after_step`` is complete."""
-    cmd = launch_command("finetune.py", args(dataset, *RESUMABLE, "--run-dir", str(run_dir)))
+def interrupt(dataset, run_dir: Path, after_step: int, sig: signal.Signals, nproc: int = 1,
+              extra: tuple = ()) -> subprocess.Popen:
+    """Start a RESUMABLE run and send ``sig`` to its whole process group once its checkpoint of ``after_step`` is
+    complete (kill -9 of a torchrun job kills every rank too)."""
+    cmd = launch_command("finetune.py", args(dataset, *RESUMABLE, *extra, "--run-dir", str(run_dir)), nproc=nproc,
+                         launcher="python" if nproc == 1 else "torchrun")
     proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, start_new_session=True)
     marker = run_dir / "checkpoints" / f"step-{after_step:08d}" / "COMPLETE"
     deadline = time.time() + 240
     while not marker.exists():
         assert proc.poll() is None, f"run ended early:\n{proc.stderr.read()[-4000:]}"
         assert time.time() < deadline, "timed out"
         time.sleep(0.05)
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig) if sig == signal.SIGKILL else proc.send_signal(sig)
     return proc
 
 
@@ -124,6 +131,26 @@ def test_kill_9_mid_epoch_then_restart_equals_an_uninterrupted_run(tiny_dataset,
     log = (out / "train.log").read_text()
     assert "resumed from" in log
     assert_same_run(out, uninterrupted)
+    # TensorBoard: the resumed run dropped what the killed one logged past its checkpoint: no step twice
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("train/loss")]
+    assert steps == sorted(set(steps)) == list(range(1, steps[-1] + 1))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["wall_time_s"] > 0 and summary["provenance"]["dataset_hash"]
+
+
+def test_kill_9_of_a_two_process_zero_2_run_then_restart_equals_an_uninterrupted_one(tiny_dataset, tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run("finetune.py", args(tiny_dataset, *RESUMABLE, *TWO_RANKS, "--set", "train.epochs=1", "--run-dir",
+                            str(whole)), nproc=2, launcher="torchrun")
+    interrupt(tiny_dataset, killed, 20, signal.SIGKILL, nproc=2, extra=(*TWO_RANKS, "--set", "train.epochs=1")).wait()
+    run("finetune.py", args(tiny_dataset, *RESUMABLE, *TWO_RANKS, "--set", "train.epochs=1", "--run-dir",
+                            str(killed)), nproc=2, launcher="torchrun")
+    assert "resumed from" in (killed / "train.log").read_text()
+    assert_same_run(killed, whole)
 
 
 def test_sigterm_checkpoints_exits_zero_and_a_restart_resumes(tiny_dataset, tmp_path, uninterrupted):
@@ -165,7 +192,9 @@ def test_tensorboard_events_hold_the_scalars(uninterrupted):
     assert steps == list(range(1, summary["global_step"] + 1))  # log_every=1
     assert [e.step for e in acc.Scalars("valid/ndcg@10")] == [summary["global_step"] // 2, summary["global_step"]]
     assert acc.Scalars("test/ndcg@10")[-1].value == pytest.approx(summary["test"]["ndcg@10"])
-    assert acc.Scalars("train/lr")[0].value == pytest.approx(1e-3)
+    lr = [e.value for e in acc.Scalars("train/lr")]
+    assert lr[0] == pytest.approx(1e-3 * 2 / 5)  # warm-up: step 1 of 5 done
+    assert max(lr) == pytest.approx(1e-3) and lr[-1] < 0.05 * max(lr)  # then cosine down to ~0
 
 
 def test_transfer_from_pretraining_to_another_domain(tiny_dataset, other_dataset, tmp_path):
@@ -220,3 +249,23 @@ def test_a_checkpoint_of_another_model_is_refused(tiny_dataset, uninterrupted, t
     proc = run("finetune.py", args(tiny_dataset, *RESUMABLE, "--set", "model.d_state=4", "--set", "train.resume=force",
                                    "--run-dir", str(out)), check=False)
     assert proc.returncode == 2 and "belongs to a different model configuration" in proc.stderr
+
+
+def test_pretraining_validates_on_held_out_users_and_few_shot_fine_tuning_uses_a_share(tiny_dataset, tmp_path):
+    """data.holdout_users: pre-training never sees the held-out users and validates on them (full ranking), so a
+    pre-training run is chosen by validation, not by its loss; data.train_users: few-shot fine-tuning trains on a
+    seeded share of the users and is still evaluated on all of them."""
+    pre = tmp_path / "pre"
+    run("pretrain.py", args(tiny_dataset, "--set", "data.holdout_users=0.25", "--set", "train.max_steps=30",
+                            "--set", "eval.every_steps=10", "--set", "model.id_bias=false", "--run-dir", str(pre)))
+    summary = json.loads((pre / "summary.json").read_text())
+    history = summary["valid_history"]
+    assert [h["step"] for h in history] == [10, 20, 30]
+    assert 15 < history[0]["users"] < 45  # about a quarter of the 120 users
+    assert summary["best_step"] in (10, 20, 30) and (pre / "best" / "model.safetensors").exists()
+    fine = tmp_path / "fine"
+    proc = run("finetune.py", args(tiny_dataset, "--set", "data.train_users=0.3", "--set", "train.max_steps=5",
+                                   "--set", f"train.init_from={pre}", "--run-dir", str(fine)))
+    per_epoch = int(proc.stderr.split(" train samples of ")[0].rsplit(" ", 1)[1].replace(",", ""))
+    assert 0.15 * 2156 < per_epoch < 0.45 * 2156  # the full training split holds 2,156 samples
+    assert json.loads((fine / "summary.json").read_text())["test"]["users"] == 120

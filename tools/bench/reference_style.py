@@ -1,9 +1,9 @@
 """A benchmark baseline: MMM4Rec's math computed the way the public reference implementation computes it.
 
 Not used for training — it exists so throughput claims are ratios against a baseline run side by side, on the same
-machine, in the same process. Written from MODEL_SPEC.md, following the reference's computation pattern as
-BENCHMARKS.md describes it (its measured 165–177 samples/s at batch 256 on the 2-core test machine is the check
-that this baseline is representative):
+machine, in the same process. Written from docs/model.md, following the reference's computation pattern (docs/results/reference.md: its
+measured 165–177 samples/s at batch 256 on the 2-core test machine is the check that this baseline is
+representative):
 - adapters applied per sequence position (f[seq] @ W) and again to all items for the full softmax;
 - two separate score matmuls (text, image), stacked and summed; cross-entropy over all I+1 ids (padding included);
 - nn.Conv1d with padding K-1 and a slice for every causal convolution (Hardswish in the Cross-SSD, the reference's
