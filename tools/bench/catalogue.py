@@ -409,10 +409,13 @@ def targets(rows: list[dict], sizes: list[int]) -> dict:
     def ok(r):
         return r is not None and r["status"] == "ok"
 
+    def status(r):
+        return "not among --only" if r is None else r["status"]
+
     largest = max(sizes)
     out = {f"at {largest:,} items a sampled step and an item-parallel step both run (2 processes)": {
-        "sampled": find("sampled", 2, largest)["status"],
-        "item_parallel": find("full + item_parallel", 2, largest)["status"]}}
+        "sampled": status(find("sampled", 2, largest)),
+        "item_parallel": status(find("full + item_parallel", 2, largest))}}
     both = [n for n in sorted(sizes) if ok(find("full", 1, n)) and ok(find("full + item_parallel", 2, n))]
     if both:
         n = both[-1]
