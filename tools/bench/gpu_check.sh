@@ -3,11 +3,12 @@
 # every number. Each part runs under its own time limit and a failing part loses nothing of the others; results
 # land in $OUT as JSON with provenance (*_h200.json), beside the whole log and a summary of every part.
 #
-#   bash tools/bench/gpu_check.sh [bench|ml1m] [--dry-run]
+#   bash tools/bench/gpu_check.sh [bench|extra|ml1m] [--dry-run]
 #
-#   bench (default)  GPU tests, the model step (eager / compiled / CUDA graphs × fp32 / bf16, beside the
-#                    reference-style baseline and SASRec), the ML-1M pipeline against its step alone, evaluation
-#                    speed
+#   bench (default)  GPU tests, the model step at batch 1024 (eager / compiled / CUDA graphs × fp32 / bf16, beside
+#                    the reference-style baseline and SASRec), the ML-1M pipeline against its step alone,
+#                    evaluation speed
+#   extra            what does not fit beside them: the model step at batch 256, its op counts, the SSD forms
 #   ml1m             MMM4Rec and SASRec on ML-1M at the ml1m_gpu preset (window 200, full ranking) for as long as
 #                    the budget allows: test metrics with and without seen items masked, GPU against CPU
 #                    evaluation; an unfinished run is packed into $OUT, and carried back in .carry/ml1m-state/ it
@@ -25,9 +26,9 @@ repo=$PWD
 mode=bench dry=0
 for arg in "$@"; do
   case $arg in
-    bench|ml1m) mode=$arg ;;
+    bench|extra|ml1m) mode=$arg ;;
     --dry-run) dry=1 ;;
-    *) echo "usage: $0 [bench|ml1m] [--dry-run]" >&2; exit 2 ;;
+    *) echo "usage: $0 [bench|extra|ml1m] [--dry-run]" >&2; exit 2 ;;
   esac
 done
 [ "${DEVICE:-cuda}" = cpu ] && dry=1
@@ -158,29 +159,37 @@ gpu_tests() {
 MINILM_TEST=tests/train/test_evaluation.py::test_gpu_training_and_evaluation_agree_with_cpu_evaluation
 
 bench() {
-  local dev=cuda
-  local step_sizes=(--batches 1024 --bf16) step_small=(--batches 256 --bf16)
-  local pipe=(--variants bf16 bf16+compile --batch 1024 --workers 4 --steps 60)
-  local evals=() compile=(--compile)
+  local dev=cuda sizes=(--batches 1024 --bf16 --compile)
+  local pipe=(--variants bf16 bf16+compile --batch 1024 --workers 4 --steps 60) evals=()
   if [ $dry = 1 ]; then  # bf16 is emulated on this CPU (~25x slower): fp32 only
-    dev=cpu step_sizes=(--batches 8 --steps 1) step_small=(--batches 4 --steps 1)
+    dev=cpu sizes=(--batches 8 --steps 1 $(dry_compile))
     pipe=(--variants fp32 --batch 16 --workers 1 --steps 2) evals=(--items 1000 10000 --users 16)
-    # inductor's C++ compilation of the step takes minutes per variant on this shared CPU: DRY_COMPILE=1 adds it
-    [ "${DRY_COMPILE:-0}" = 1 ] || compile=()
   fi
   gpu_tests
-  step model_step 170 "$py" tools/bench/model_step.py --device $dev "${step_sizes[@]}" "${compile[@]}" \
-    --json "$out/model_step_$tag.json"
+  step model_step 170 "$py" tools/bench/model_step.py --device $dev "${sizes[@]}" --json "$out/model_step_$tag.json"
   step pipeline 100 "$py" tools/bench/pipeline.py --dataset "$dataset" --zero 2 "${pipe[@]}" \
     --json "$out/pipeline_$tag.json"
   step eval_speed 60 "$py" tools/bench/eval_speed.py --device $dev "${evals[@]}" --json "$out/eval_speed_$tag.json"
-  step model_step_small_batch 120 "$py" tools/bench/model_step.py --device $dev "${step_small[@]}" "${compile[@]}" \
+}
+
+extra() {
+  local dev=cuda sizes=(--batches 256 --bf16 --compile) ssd=(--lengths 20 50 200)
+  if [ $dry = 1 ]; then
+    dev=cpu sizes=(--batches 4 --steps 1 $(dry_compile)) ssd=(--lengths 20 80 --batch 4 --repeats 1)
+  fi
+  step model_step_small_batch 200 "$py" tools/bench/model_step.py --device $dev "${sizes[@]}" \
     --json "$out/model_step_small_batch_$tag.json"
-  if (( ${#compile[@]} )); then  # one of its counts is of the compiled step
-    step step_ops 60 "$py" tools/bench/model_step.py --device $dev --count-ops --json "$out/step_ops_$tag.json"
+  if [ $dry = 0 ] || [ -n "$(dry_compile)" ]; then  # one of its counts is of the compiled step
+    step step_ops 100 "$py" tools/bench/model_step.py --device $dev --count-ops --json "$out/step_ops_$tag.json"
   else
     note step_ops "skipped (it compiles; DRY_COMPILE=1)" 0 0
   fi
+  # Triton autotunes each (length, dtype) cold in its warm-up
+  step ssd_forms 200 "$py" tools/bench/ssd_forms.py --device $dev "${ssd[@]}" --json "$out/ssd_forms_$tag.json"
+}
+
+dry_compile() {  # inductor's C++ compilation of the step takes minutes per variant on this shared CPU: opt-in
+  [ "${DRY_COMPILE:-0}" = 1 ] && echo --compile
 }
 
 # -------------------------------------------------------------------------------------------------------- ml1m
@@ -189,16 +198,18 @@ ml1m() {
   # the preset's patience of 2 epochs, counted in validations (4 an epoch): a short call still ends validated
   local sets=(--set "data.dataset=$dataset" --set "train.epochs=${EPOCHS:-20}" --set eval.every_steps=240
               --set train.patience=8)
-  local evaluation_reserve=$([ $dry = 1 ] && echo 300 || echo 150)  # evaluations, packing, the summary
+  # four GPU and two CPU evaluations (each a fresh process), packing, the summary
+  local evaluation_reserve=$([ $dry = 1 ] && echo 300 || echo 200)
   if [ $dry = 1 ]; then  # a tiny synthetic dataset: ML-1M at the paper's width takes hours on this CPU
     dataset=$work/data/tiny
     [ -f "$dataset/features/minilm/manifest.json" ] || {
       "$py" tools/make_synthetic.py --users 100 --items 50 --images none --out "$dataset" > /dev/null &&
       "$py" launchers/extract_features.py --dataset "$dataset" > /dev/null; }
     sets=(--set "data.dataset=$dataset" --set train.epochs=1 --set model.max_len=20 --set data.batch_size=32
-          --set data.num_workers=0 --set eval.batch_size=128 --set eval.every_steps=4)
+          --set data.num_workers=0 --set eval.batch_size=128 --set eval.every_steps=4 --set train.precision=fp32)
   fi
   mkdir -p "$runs"
+  model_sets sasrec > /dev/null  # before the runs start side by side: each calls it in its own subshell
   restore_state "$runs"
   # the runs carried back continue; without any, both start
   local models=(${ML1M_MODELS:-$(ls "$carry"/ml1m-state/*.part00 2> /dev/null | sed 's/.*ml1m_state_//; s/\.tar.*//')})
@@ -219,11 +230,13 @@ ml1m() {
   for m in "${models[@]}"; do pack_state "$runs" "$m"; done
 }
 
-model_sets() {  # the overrides that make a run SASRec (as tools/bench/movielens.py's "SASRec (ID)")
-  [ "$1" = sasrec ] && "$py" -c "
+model_sets() {  # NAME: the overrides that make a run SASRec (tools/bench/movielens.py's "SASRec (ID)"), read once
+  [ "$1" = sasrec ] || return 0
+  [ -n "${sasrec_sets:-}" ] || sasrec_sets=$("$py" -c "
 import sys; sys.path.insert(0, 'tools/bench')
 from movielens import VARIANTS
-print(' '.join(f'--set {s}' for s in VARIANTS['SASRec (ID)']))"
+print(' '.join(f'--set {s}' for s in VARIANTS['SASRec (ID)']))")
+  echo "$sasrec_sets"
 }
 
 train_one() {  # NAME LIMIT SETS...: a fine-tuning run, stopped by SIGTERM at LIMIT (it checkpoints and exits 0)
