@@ -17,8 +17,9 @@
 #
 # Needs the folder tools/bench/gpu_prepare.sh makes (CARRY, default .carry). BUDGET_S bounds the whole script
 # (default 530 s on the GPU); ML1M_MODELS chooses the ml1m runs (default: the carried ones, else mmm4rec and
-# sasrec); MMM4REC_GIT_REVISION names the revision of a tree copied without (or with a stale) git history; PYTHON
-# the interpreter; WORK the scratch folder.
+# sasrec); EPOCHS their train.epochs (default 20; keep it across calls: a run continues only with the config it
+# started with); DRY_COMPILE=1 adds torch.compile to a dry run; MMM4REC_GIT_REVISION names the revision of a
+# tree copied without (or with a stale) git history; PYTHON the interpreter; WORK the scratch folder.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 repo=$PWD
@@ -45,6 +46,7 @@ reserve=15  # kept for the summary
 py=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 mkdir -p "$out" "$work"
 : > "$work/steps.tsv"
+rm -f "$work/environment.json" "$work/gpu_tests.xml" "$work/deselected.txt"  # an earlier call's, not this one's
 exec > >(tee -a "$out/gpu_check_$tag.log") 2>&1
 log_pid=$!
 SECONDS=0
@@ -205,8 +207,10 @@ ml1m() {
     [ -f "$dataset/features/minilm/manifest.json" ] || {
       "$py" tools/make_synthetic.py --users 100 --items 50 --images none --out "$dataset" > /dev/null &&
       "$py" launchers/extract_features.py --dataset "$dataset" > /dev/null; }
-    sets=(--set "data.dataset=$dataset" --set train.epochs=1 --set model.max_len=20 --set data.batch_size=32
-          --set data.num_workers=0 --set eval.batch_size=128 --set eval.every_steps=4 --set train.precision=fp32)
+    # it ends by the epochs or the budget, not by early stopping (EPOCHS=20 BUDGET_S=420: an unfinished run)
+    sets=(--set "data.dataset=$dataset" --set "train.epochs=${EPOCHS:-1}" --set train.patience=100
+          --set model.max_len=20 --set data.batch_size=32 --set data.num_workers=0 --set eval.batch_size=128
+          --set eval.every_steps=4 --set train.precision=fp32)
   fi
   mkdir -p "$runs"
   model_sets sasrec > /dev/null  # before the runs start side by side: each calls it in its own subshell
