@@ -139,20 +139,22 @@ def main():
     p.add_argument("--zero", type=int, default=1, help="ZeRO stage")
     p.add_argument("--workers", type=int, default=0, help="loader worker processes")
     p.add_argument("--users", type=int, default=4000, help="synthetic users")
-    p.add_argument("--workdir")
+    p.add_argument("--workdir", help="scratch folder for the synthetic data (default: a new one)")
     p.add_argument("--json")
     args = p.parse_args()
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-pipeline-"))
     env = distributed.init()  # the device the launchers would use: CUDA when present
     result = {**provenance(), "device": str(env.device), "dataset": args.dataset or "synthetic", "batch": args.batch,
               "length": args.length, "zero_stage": args.zero, "loader_workers": args.workers, "samples_per_s": {}}
-    if not args.dataset:
+    dataset = args.dataset
+    if not dataset:
+        work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-pipeline-"))
         folder, fp32_features, source = synthetic(args, work)
+        dataset = str(folder)
         base = reference_style(args, folder, fp32_features, source.item_index, work, env.device)
         result["samples_per_s"]["reference-style loader + model, fp32"] = {"pipeline": round(base, 1)}
         print(f"reference-style (JSONL loader, eager fp32, torch NAdam): {base:9.1f} samples/s", flush=True)
     for variant in args.variants:
-        cfg = run_config(args, variant, args.dataset or str(work / "data"))
+        cfg = run_config(args, variant, dataset)
         precision = step_precision(cfg, env.device)
         if args.dataset:
             data = load_data(cfg, precision)  # features in the step's dtype, as the launchers load them
