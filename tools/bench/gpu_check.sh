@@ -220,7 +220,7 @@ ml1m() {
   (( ${#models[@]} )) || models=(mmm4rec sasrec)
   local limit=$(( budget - SECONDS - evaluation_reserve ))
   (( limit < 30 )) && limit=30
-  banner "training ${models[*]} side by side for up to $limit s (SIGTERM then: checkpoint at the next log step)"
+  banner "training ${models[*]} (at once, on one device) for up to $limit s (SIGTERM then: checkpoint at the next log step)"
   local pids=()
   for m in "${models[@]}"; do
     if [ -f "$runs/$m/summary.json" ]; then echo "$m: finished in an earlier call"; continue; fi
