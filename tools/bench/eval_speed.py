@@ -94,7 +94,7 @@ def paper_config_end_to_end(users: int, device: torch.device) -> dict:
 
     def ours(bf16: bool, tables):  # evaluate(): item tables once per pass, then per batch: encode + count
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            user = model.encode(batch, tables)
+            user = model(batch, tables)
         return target_ranks(user.float(), tables.scores.float(), batch.targets, 65536)
 
     base = users_per_s(reference, users, 2, device)
