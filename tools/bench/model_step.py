@@ -78,7 +78,7 @@ def training_step(cfg: ModelConfig, features: ItemFeatures, batch: Batch, bf16: 
     return step
 
 
-def throughput(args, device, features, gen) -> list[dict]:
+def throughput(args, device, features, gen, save) -> list[dict]:
     compile_modes = (["default"] + (["reduce-overhead"] if device.type == "cuda" else [])) if args.compile else []
     precisions = [False, True] if args.bf16 else [False]
     variants = [("reference-style", {}, [False], None)]
@@ -99,10 +99,11 @@ def throughput(args, device, features, gen) -> list[dict]:
                 rows.append({"batch": b, "variant": label, "precision": "bf16" if bf16 else "fp32",
                              "samples_per_s": round(sps, 1), "ratio": round(sps / base, 3)})
                 print(f"{b:>6} {label:<32} {rows[-1]['precision']:<9} {sps:>10.1f} {sps / base:>17.2f}x", flush=True)
+                save({"rows": rows})
     return rows
 
 
-def op_counts(args, device, features, gen) -> dict:
+def op_counts(args, device, features, gen, save) -> dict:
     enable_kernel_events()
     batch = make_batch(64, args.length, ITEMS, gen).to(device)
     cfg = lambda **kw: from_dict(ModelConfig, {"max_len": args.length, **kw})  # noqa: E731
@@ -118,6 +119,7 @@ def op_counts(args, device, features, gen) -> dict:
         c = out[label]
         print(f"{label:<32} aten ops {c['aten_ops']:>5}  generated kernels {c['generated_kernels']:>4}  "
               f"dispatched {c['dispatched']:>5}", flush=True)
+        save({"ops_per_step": out})
     base = out["reference-style (eager)"]["aten_ops"]
     for c in out.values():
         c["vs_baseline_eager"] = round(c["dispatched"] / base, 3)
@@ -141,11 +143,17 @@ def main():
     features = paper_features(gen, device)
     prov = provenance()
     print(f"{prov['machine']}; L={args.length}")
-    result = {"ops_per_step": op_counts(args, device, features, gen)} if args.count_ops else {
-        "rows": throughput(args, device, features, gen)}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**prov, "device": str(device), "length": args.length, **result}, f, indent=2)
+
+    def save(result: dict) -> None:
+        """The JSON rewritten after every row: a run stopped at a time limit keeps what it measured."""
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({**prov, "device": str(device), "length": args.length, **result}, f, indent=2)
+
+    if args.count_ops:
+        save({"ops_per_step": op_counts(args, device, features, gen, save)})
+    else:
+        throughput(args, device, features, gen, save)
 
 
 if __name__ == "__main__":
