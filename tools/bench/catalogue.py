@@ -444,7 +444,7 @@ def drive(args) -> None:
     rows = []
     for items in sorted(args.sizes):
         for config in CONFIGS:
-            if config.name not in args.only and args.only:
+            if args.only and not {config.name, f"{config.name}/{config.world}"} & set(args.only):
                 continue
             same = [r for r in rows if r["config"] == config.name and r["world"] == config.world]
             why, need = refusal(args, config, items, same)
@@ -492,7 +492,8 @@ def main():
                    help=f"and more (up to {MAX_TIMED_STEPS}) until they add up to this many seconds")
     p.add_argument("--negatives", type=int, default=1024)
     p.add_argument("--eval-users", type=int, default=1024)
-    p.add_argument("--only", nargs="*", default=[], help="configuration names to run (default: all)")
+    p.add_argument("--only", nargs="*", default=[], metavar="NAME[/WORLD]",
+                   help='configurations to run, by name (every world) or as "full/1" (default: all)')
     p.add_argument("--memory-margin-gb", type=float, default=2.0,
                    help="a configuration is killed when MemAvailable falls below this")
     p.add_argument("--wait-for-memory-s", type=float, default=300.0,
