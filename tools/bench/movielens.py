@@ -502,26 +502,32 @@ def user_vector_change(model, stream) -> float:
     return (moved / norm) ** 0.5
 
 
-def timeless(args) -> None:
-    """Score a run's export with its timestamps and with all of them zeroed, unmasked and masked, through the
-    same evaluation code (test split; a pre-training run: its held-out users' validation targets). Writes
-    <run>/timeless.json."""
+def load_run(run: Path):
+    """A finished run's config, data, process environment, best export (loaded) and the split its scores use
+    (test; a pre-training run: its held-out users' validation targets)."""
     from mmm4rec import distributed
     from mmm4rec.config import load_config
     from mmm4rec.model import from_pretrained
     from mmm4rec.train.cli import holdout, load_data
-    from mmm4rec.train.evaluation import evaluate
     from mmm4rec.train.rundir import export_of
-    from mmm4rec.train.trainer import eval_stream
 
-    run = Path(args.run)
     cfg = load_config(str(run / "config.yaml"))
     env = distributed.init()
     data = load_data(cfg, build=False)
     export = export_of(run)
     model = from_pretrained(export, data.features, expect=cfg.model)
-    pretraining = cfg.train.task == "pretrain"
-    split, users = ("valid", holdout(cfg)) if pretraining else ("test", None)
+    split, users = ("valid", holdout(cfg)) if cfg.train.task == "pretrain" else ("test", None)
+    return cfg, data, env, export, model, split, users
+
+
+def timeless(args) -> None:
+    """Score a run's export with its timestamps and with all of them zeroed, unmasked and masked, through the
+    same evaluation code. Writes <run>/timeless.json."""
+    from mmm4rec.train.evaluation import evaluate
+    from mmm4rec.train.trainer import eval_stream
+
+    cfg, data, env, export, model, split, users = load_run(Path(args.run))
+    pretraining = users is not None
     out = {"export": str(export), "split": split, "users": "held-out pre-training users" if pretraining else "all"}
     for masked in (False, True):
         cfg.eval.mask_history = masked
@@ -533,8 +539,33 @@ def timeless(args) -> None:
     for suffix in ("", "_masked"):
         out[f"ndcg@10_change{suffix}"] = out[f"zero_time{suffix}"]["ndcg@10"] - out[f"with_time{suffix}"]["ndcg@10"]
     out["user_vector_change"] = user_vector_change(model, eval_stream(cfg, data, env, split, users))
-    (run / "timeless.json").write_text(json.dumps(out, indent=1))
+    (Path(args.run) / "timeless.json").write_text(json.dumps(out, indent=1))
     print(json.dumps({k: v for k, v in out.items() if "change" in k}))
+
+
+@torch.no_grad()
+def timeprobe(args) -> None:
+    """Why a time path contributes nothing: the input and output of each layer's Tanhshrink (the last step of the
+    time path's position mix) on the run's first evaluation batch. In float32, x − tanh(x) is exactly 0 once
+    |x| ≲ 4e-4 (tanh(x) rounds to x), and then D ⊙ 0 leaves the time path a constant, timestamp-free scale."""
+    from mmm4rec.model import Batch
+    from mmm4rec.train.trainer import eval_stream
+
+    cfg, data, env, export, model, split, users = load_run(Path(args.run))
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen[name] = {"max_abs_input": inputs[0].abs().max().item(), "max_abs_output": output.abs().max().item(),
+                          "share_of_outputs_exactly_0": (output == 0).float().mean().item()}
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Tanhshrink):
+            module.register_forward_hook(record(name))
+    model.eval()
+    model(Batch.from_dict(next(iter(eval_stream(cfg, data, env, split, users)))))
+    print(json.dumps({"run": args.run, "export": str(export), "tanhshrink": seen}, indent=1))
 
 
 def plot_curves(results: dict, path: str) -> None:
@@ -579,11 +610,13 @@ def main():
         if name in ("fewshot", "crossdomain"):
             caps = FEWSHOT_EPOCHS if name == "fewshot" else CROSSDOMAIN_EPOCHS
             s.add_argument("--fractions", type=float, nargs="+", default=list(caps), choices=list(caps))
-    s = sub.add_parser("timeless", help="score a run's export with and without its timestamps")
-    s.add_argument("--run", required=True, help="run directory (its config.yaml and export/)")
+    for name, help in (("timeless", "score a run's export with and without its timestamps"),
+                       ("timeprobe", "the time path's Tanhshrink inputs and outputs on one evaluation batch")):
+        s = sub.add_parser(name, help=help)
+        s.add_argument("--run", required=True, help="run directory (its config.yaml and export/)")
     args = p.parse_args()
     start = time.time()
-    {**studies, "timeless": timeless}[args.what](args)
+    {**studies, "timeless": timeless, "timeprobe": timeprobe}[args.what](args)
     print(f"done in {time.time() - start:.0f} s")
 
 
