@@ -18,6 +18,7 @@ import argparse
 import fcntl
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -217,18 +218,25 @@ def pretrain(args) -> None:
            "global_batch": summary["global_batch"], "best_step": summary["best_step"],
            "best_epoch": summary["best_epoch"], "best_valid_ndcg@10": summary["best_valid"],
            "wall_time_s": summary["wall_time_s"], "wall_time_to_best_s": wall_time_to_best(run, summary),
-           "stopped_early": "early stopping" in (run / "train.log").read_text(),
+           "steps_per_epoch": steps_per_epoch(run), "stopped_early": "early stopping" in (run / "train.log").read_text(),
            "valid_history": summary["valid_history"], "train_loss": loss, "time_path": time_path(run)}
+    # Ended by the step cap while validation still improved: a compute budget, not convergence.
+    out["budget_capped"] = not out["stopped_early"] and summary["best_step"] == summary["global_step"]
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))
     plot_pretraining(out, args.out + ".png")
-    print(f"{out['global_step']} steps ({out['epochs_run']} epochs) in {out['wall_time_s']:.0f} s; best validation "
+    print(f"{out['global_step']} steps ({out['global_step'] / out['steps_per_epoch']:.2f} epoch) in {out['wall_time_s']:.0f} s; best validation "
           f"NDCG@10 {out['best_valid_ndcg@10']:.4f} at step {out['best_step']}; stopped early: {out['stopped_early']}")
+
+
+def steps_per_epoch(run: Path) -> int:
+    """Optimizer steps in one epoch, from the trainer's start-up line ("... per epoch in N steps of ...")."""
+    return int(re.search(r"per epoch in (\d+) steps", (run / "train.log").read_text()).group(1))
 
 
 def plot_pretraining(out: dict, path: str) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    hist = out["valid_history"]
+    hist = list({h["step"]: h for h in out["valid_history"]}.values())  # the last step validates once per trigger
     ax.plot([h["step"] for h in hist], [h["ndcg@10"] for h in hist], marker="o", ms=3, color="tab:blue",
             label="validation NDCG@10 (held-out users)")
     ax.axvline(out["best_step"], color="tab:blue", ls=":", alpha=0.6)
@@ -240,8 +248,9 @@ def plot_pretraining(out: dict, path: str) -> None:
     loss_ax.set_ylabel("train loss")
     lines = ax.get_legend_handles_labels()[0] + loss_ax.get_legend_handles_labels()[0]
     ax.legend(lines, [line.get_label() for line in lines], loc="center right")
-    ax.set_title(f"{Path(out['dataset']).name} text-only pre-training: {out['epochs_run']} epochs, "
-                 f"{out['wall_time_s'] / 60:.0f} min")
+    ax.set_title(f"{Path(out['dataset']).name} text-only pre-training: {out['global_step']} steps "
+                 f"({out['global_step'] / out['steps_per_epoch']:.2f} epoch), {out['wall_time_s'] / 60:.0f} min"
+                 + (" (step cap)" if out["budget_capped"] else ""))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
