@@ -476,6 +476,7 @@ def plot_fewshot(results: dict, path: str) -> None:
                         label=f"{variant}, {init}" if i == 0 else None)
     axes[0].set_xscale("log")
     axes[0].set_xticks(fractions, [f"{f:.0%}" for f in fractions])
+    axes[0].minorticks_off()
     axes[0].set_xlabel("share of training users")
     axes[0].set_ylabel("test NDCG@10 (mean ± std over seeds)")
     axes[0].legend(fontsize=8)
