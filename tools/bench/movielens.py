@@ -371,17 +371,23 @@ TIME_OPTIONS = {"default (normal init, std 0.02)": (), "kaiming init": ("model.t
 
 
 def timepath(args) -> None:
-    """Study 5: the time options on the full training set from scratch, and every study run's time-path check."""
-    cells = {name: cell(extra=extra) for name, extra in TIME_OPTIONS.items()}
-    done = run_cells(args, list(cells.values()))
-    results = {name: done[c.tag] | {"time_path": time_path_summary(done[c.tag]["runs"])} for name, c in cells.items()}
+    """Study 5: the time options on the full training set from scratch (unless --measured-only), every study
+    run's time-path check, and the Tanhshrink probe of the runs given by --probe."""
+    results = {}
+    if not args.measured_only:
+        cells = {name: cell(extra=extra) for name, extra in TIME_OPTIONS.items()}
+        done = run_cells(args, list(cells.values()))
+        results = {name: done[c.tag] | {"time_path": time_path_summary(done[c.tag]["runs"])}
+                   for name, c in cells.items()}
     out = {**provenance(), "dataset": args.dataset, "preset": args.preset, "overrides": args.set,
            "budget": f"train.epochs={FEWSHOT_EPOCHS[1.0]}, train.patience={PATIENCE}, all training users",
            "measure": "test metrics of each run's best export with every timestamp zeroed minus with its timestamps "
                       "(ndcg@10_change; negative = time helps), and the relative change of the user vectors",
-           "results": results, "every_study_run": every_time_path(Path(args.runs) / "study")}
+           "results": results, "every_study_run": every_time_path(Path(args.runs) / "study"),
+           "tanhshrink_probe": {run: probe(Path(run)) for run in args.probe}}
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))
-    print(table(results, "test"))
+    if results:
+        print(table(results, "test"))
     for name, r in results.items():
         print(name, json.dumps(r["time_path"]))
 
@@ -554,14 +560,14 @@ def timeless(args) -> None:
 
 
 @torch.no_grad()
-def timeprobe(args) -> None:
+def probe(run: Path) -> dict:
     """Why a time path contributes nothing: the input and output of each layer's Tanhshrink (the last step of the
     time path's position mix) on the run's first evaluation batch. In float32, x − tanh(x) is exactly 0 once
     |x| ≲ 4e-4 (tanh(x) rounds to x), and then D ⊙ 0 leaves the time path a constant, timestamp-free scale."""
     from mmm4rec.model import Batch
     from mmm4rec.train.trainer import eval_stream
 
-    cfg, data, env, export, model, split, users = load_run(Path(args.run))
+    cfg, data, env, export, model, split, users = load_run(run)
     seen = {}
 
     def record(name):
@@ -575,7 +581,11 @@ def timeprobe(args) -> None:
             module.register_forward_hook(record(name))
     model.eval()
     model(Batch.from_dict(next(iter(eval_stream(cfg, data, env, split, users)))))
-    print(json.dumps({"run": args.run, "export": str(export), "tanhshrink": seen}, indent=1))
+    return {"export": str(export), "split": split, "tanhshrink": seen}
+
+
+def timeprobe(args) -> None:
+    print(json.dumps(probe(Path(args.run)), indent=1))
 
 
 def plot_curves(results: dict, path: str) -> None:
@@ -617,6 +627,9 @@ def main():
             s.add_argument("--pretrain-dataset", default="data/ml-1m")
             s.add_argument("--pretrain-preset", default="ml1m_pretrain")
             s.add_argument("--pretrain-set", action="append", default=[])
+        if name == "timepath":
+            s.add_argument("--measured-only", action="store_true", help="skip the option runs")
+            s.add_argument("--probe", nargs="*", default=[], help="run directories to probe (timeprobe)")
         if name in ("fewshot", "crossdomain"):
             caps = FEWSHOT_EPOCHS if name == "fewshot" else CROSSDOMAIN_EPOCHS
             s.add_argument("--fractions", type=float, nargs="+", default=list(caps), choices=list(caps))
