@@ -117,6 +117,14 @@ check() {  # every part in place, the wheels at this environment's versions, and
     [ -f "$carry/$name" ] || { echo "missing: $carry/$name"; bad=1; }
   done
   [ -f "$carry/ml-1m.tar.xz" ] && ! xz -t "$carry/ml-1m.tar.xz" && { echo "corrupt: $carry/ml-1m.tar.xz"; bad=1; }
+  # the store must open under THIS checkout's code: a stale one would be rebuilt there, where MiniLM cannot travel
+  if [ -f "$carry/ml-1m.tar.xz" ]; then
+    local tmp; tmp=$(mktemp -d)
+    tar xJf "$carry/ml-1m.tar.xz" -C "$tmp" && "$py" -c "import sys; from mmm4rec.data.features import FeatureStore
+FeatureStore.open(sys.argv[1])" "$tmp/ml-1m/features/minilm" ||
+      { echo "stale: the feature store in $carry/ml-1m.tar.xz (delete the archive and re-run to rebuild it)"; bad=1; }
+    rm -rf "$tmp"
+  fi
   total=$(( $(du -sb "$carry" | cut -f1) + $(tree_bytes) ))
   echo "carry $(du -sb "$carry" | cut -f1) bytes + tree $(tree_bytes) bytes = $total of $(( 64 << 20 )) a call carries"
   (( total < 64 << 20 )) || { echo "too large for one call"; bad=1; }
