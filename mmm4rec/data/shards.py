@@ -21,6 +21,7 @@ from PIL import Image
 from mmm4rec.config import EncoderConfig
 
 from . import tar_reader
+from .remote import sha256_hex
 from .schema import MANIFEST, BadRecords, DataError, InvalidRecord, ItemRecord, SeqRecord, ShardInfo, seq_record
 
 ITEM_SHARDS = "items-%06d.tar"
@@ -126,7 +127,7 @@ def _shard_samples(shard: ShardLike, fast: bool) -> Iterator[dict[str, Any]]:
     remote = info is not None and info.remote
     if fast or remote:
         data = info.source.read(info.name) if remote else Path(path).read_bytes()
-        digest = hashlib.sha256(data).hexdigest() if sha256 else None
+        digest = sha256_hex(data) if sha256 else None
         samples = tar_reader.parse(data)
     else:
         digest = sha256_file(path) if sha256 else None

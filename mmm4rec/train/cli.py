@@ -47,11 +47,6 @@ def resolve_run_dir(cfg: RunConfig, cli_run_dir: Optional[str]) -> Path:
     return Path(cli_run_dir or cfg.run_dir or Path("runs") / cfg.name).resolve()
 
 
-def dataset_hash(dataset: DatasetSource) -> str:
-    """sha256 of the dataset's manifest: what a run trained on (recorded in run.json and summaries)."""
-    return dataset_digest(dataset)
-
-
 def load_data(cfg: RunConfig, precision: str = "fp32", build: bool = True, shard: Optional[tuple[int, int]] = None
               ) -> Data:
     """Feature store (built or refreshed on every rank together when ``build``) + stage-2 index. Features come
@@ -59,7 +54,7 @@ def load_data(cfg: RunConfig, precision: str = "fp32", build: bool = True, shard
     if not cfg.data.dataset:
         raise ConfigError("data.dataset is not set: pass --set data.dataset=<folder with dataset.json>")
     dataset = DatasetSource.from_config(cfg.data)
-    digest = dataset_hash(dataset)
+    digest = dataset_digest(dataset)  # what the run trained on: recorded in run.json and summaries
     if build:
         store_dir = ensure_features(dataset, cfg.data.encoder, cfg.data.features or None,
                                     strict=cfg.data.strict)
@@ -138,7 +133,7 @@ def _claim(cfg: RunConfig, env, run: RunDir) -> None:
     """Rank 0 locks the run directory and checks what it belongs to; every rank learns the outcome."""
     def claim():
         run.lock()
-        return run.claim(cfg, dataset_hash(DatasetSource.from_config(cfg.data)))
+        return run.claim(cfg, dataset_digest(DatasetSource.from_config(cfg.data)))
 
     continuing = distributed.on_main(claim)
     setup_logging(env, run.log)
