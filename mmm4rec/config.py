@@ -221,8 +221,9 @@ class RunConfig:
                     "train.ce_chunk": (t.ce_chunk, 1), "data.num_workers": (d.num_workers, 0),
                     "data.partitions": (d.partitions, 0), "data.shuffle_buffer": (d.shuffle_buffer, 1),
                     "eval.batch_size": (e.batch_size, 1), "eval.item_chunk": (e.item_chunk, 1),
-                    "eval.every_steps": (e.every_steps, 0), "data.encoder.max_image_pixels": (d.encoder.max_image_pixels, 1),
-                    "data.encoder.batch_size": (d.encoder.batch_size, 1), "data.retries": (d.retries, 0)}
+                    "eval.every_steps": (e.every_steps, 0), "data.retries": (d.retries, 0),
+                    "data.encoder.max_image_pixels": (d.encoder.max_image_pixels, 1),
+                    "data.encoder.batch_size": (d.encoder.batch_size, 1)}
         for key, (value, low) in at_least.items():
             if value < low:
                 raise ConfigError(f"{key} must be >= {low}, got {value}")
