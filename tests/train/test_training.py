@@ -104,8 +104,32 @@ def interrupt(dataset, run_dir: Path, after_step: int, sig: signal.Signals, npro
         assert proc.poll() is None, f"run ended early:\n{proc.stderr.read()[-4000:]}"
         assert time.time() < deadline, "timed out"
         time.sleep(0.05)
-    os.killpg(proc.pid, sig) if sig == signal.SIGKILL else proc.send_signal(sig)
+    if sig != signal.SIGKILL:
+        proc.send_signal(sig)
+        return proc
+    os.killpg(proc.pid, sig)
+    proc.wait()
+    wait_for_exit(proc.pid)
     return proc
+
+
+def wait_for_exit(pgid: int, timeout: float = 60) -> None:
+    """Until no live process is left in group ``pgid``: torchrun exits before its killed ranks finish dying, and a
+    dying rank still holds the run-dir lock. Zombies count as gone (their files are closed; an init that does not
+    reap would keep them in the group for ever)."""
+    deadline = time.time() + timeout
+    while any(live_in_group(pid, pgid) for pid in os.listdir("/proc") if pid.isdigit()):
+        assert time.time() < deadline, f"killed processes of group {pgid} did not exit"
+        time.sleep(0.05)
+
+
+def live_in_group(pid: str, pgid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # exited meanwhile
+        return False
+    state, _, group = stat[stat.rindex(")") + 2:].split()[:3]  # the command name may hold spaces and ")"
+    return int(group) == pgid and state not in ("Z", "X")
 
 
 @pytest.fixture(scope="module")

@@ -344,19 +344,21 @@ PAPER_OFFICE_NDCG10 = {"full": 0.0906, "w/o pre-training": 0.0751, "w/o time": 0
 
 
 def ablations(args) -> None:
-    """Study 4: every ablation switch from scratch on the full training set; ID off; full from pre-training."""
-    cells = {name: cell(extra=extra) for name, extra in ABLATIONS.items()}
-    cells["ID off (text only)"] = cell("text only")
-    cells["full, pre-trained"] = cell(pretrained=True)
-    done = run_cells(args, list(cells.values()), pretraining=run_pretraining)
+    """Study 4: every ablation switch from scratch on --fraction of the training users; ID off; full from
+    pre-training (unless --scratch-only)."""
+    cells = {name: cell(fraction=args.fraction, extra=extra) for name, extra in ABLATIONS.items()}
+    cells["ID off (text only)"] = cell("text only", args.fraction)
+    if not args.scratch_only:
+        cells["full, pre-trained"] = cell(fraction=args.fraction, pretrained=True)
+    done = run_cells(args, list(cells.values()), pretraining=None if args.scratch_only else run_pretraining)
     results = {name: done[c.tag] for name, c in cells.items()}
     ours = {name: r["aggregate"]["test"]["ndcg@10"]["mean"] for name, r in results.items()}
     # The paper's full model is pre-trained; its ablations are measured against it, ours against full from scratch.
     ordering = {"paper (Office)": sorted(PAPER_OFFICE_NDCG10, key=PAPER_OFFICE_NDCG10.get, reverse=True),
                 "ours": sorted(ours, key=ours.get, reverse=True)}
     out = {**provenance(), "dataset": args.dataset, "preset": args.preset, "overrides": args.set,
-           "budget": f"train.epochs={FEWSHOT_EPOCHS[1.0]}, train.patience={PATIENCE}, all training users",
-           "pretrain": pretraining_record(args), "paper_office_ndcg@10": PAPER_OFFICE_NDCG10, "ordering": ordering,
+           "budget": budget(args.fraction), "pretrain": None if args.scratch_only else pretraining_record(args),
+           "paper_office_ndcg@10": PAPER_OFFICE_NDCG10, "ordering": ordering,
            "results": results}
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))
     print(table(results, "test"))
@@ -371,16 +373,16 @@ TIME_OPTIONS = {"default (normal init, std 0.02)": (), "kaiming init": ("model.t
 
 
 def timepath(args) -> None:
-    """Study 5: the time options on the full training set from scratch (unless --measured-only), every study
-    run's time-path check, and the Tanhshrink probe of the runs given by --probe."""
+    """Study 5: the time options from scratch on --fraction of the training users (unless --measured-only), every
+    study run's time-path check, and the Tanhshrink probe of the runs given by --probe."""
     results = {}
     if not args.measured_only:
-        cells = {name: cell(extra=extra) for name, extra in TIME_OPTIONS.items()}
+        cells = {name: cell(fraction=args.fraction, extra=extra) for name, extra in TIME_OPTIONS.items()}
         done = run_cells(args, list(cells.values()))
         results = {name: done[c.tag] | {"time_path": time_path_summary(done[c.tag]["runs"])}
                    for name, c in cells.items()}
     out = {**provenance(), "dataset": args.dataset, "preset": args.preset, "overrides": args.set,
-           "budget": f"train.epochs={FEWSHOT_EPOCHS[1.0]}, train.patience={PATIENCE}, all training users",
+           "budget": budget(args.fraction),
            "measure": "test metrics of each run's best export with every timestamp zeroed minus with its timestamps "
                       "(ndcg@10_change; negative = time helps), and the relative change of the user vectors",
            "results": results, "every_study_run": every_time_path(Path(args.runs) / "study"),
@@ -390,6 +392,11 @@ def timepath(args) -> None:
         print(table(results, "test"))
     for name, r in results.items():
         print(name, json.dumps(r["time_path"]))
+
+
+def budget(fraction: float) -> str:
+    users = "all training users" if fraction == 1 else f"a seeded {fraction:.0%} of the training users"
+    return f"train.epochs={FEWSHOT_EPOCHS[fraction]}, train.patience={PATIENCE}, {users}"
 
 
 def time_path_summary(runs: list[dict]) -> dict:
@@ -630,6 +637,12 @@ def main():
         if name == "timepath":
             s.add_argument("--measured-only", action="store_true", help="skip the option runs")
             s.add_argument("--probe", nargs="*", default=[], help="run directories to probe (timeprobe)")
+        if name in ("ablations", "timepath"):
+            s.add_argument("--fraction", type=float, default=1.0, choices=list(FEWSHOT_EPOCHS),
+                           help="share of the training users (evaluation on all users)")
+        if name == "ablations":
+            s.add_argument("--scratch-only", action="store_true",
+                           help="leave out the pre-trained full model (it needs the study's pre-training)")
         if name in ("fewshot", "crossdomain"):
             caps = FEWSHOT_EPOCHS if name == "fewshot" else CROSSDOMAIN_EPOCHS
             s.add_argument("--fractions", type=float, nargs="+", default=list(caps), choices=list(caps))
