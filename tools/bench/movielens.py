@@ -349,20 +349,20 @@ def ablations(args) -> None:
     pre-training (unless --scratch-only)."""
     cells = {name: cell(fraction=args.fraction, extra=extra) for name, extra in ABLATIONS.items()}
     cells["ID off (text only)"] = cell("text only", args.fraction)
-    if not args.scratch_only:
+    pretraining = None if args.scratch_only else run_pretraining
+    if pretraining:
         cells["full, pre-trained"] = cell(fraction=args.fraction, pretrained=True)
-    done = run_cells(args, list(cells.values()), pretraining=None if args.scratch_only else run_pretraining)
+    done = run_cells(args, list(cells.values()), pretraining=pretraining)
     results = {name: done[c.tag] for name, c in cells.items()}
     ours = {name: r["aggregate"]["test"]["ndcg@10"]["mean"] for name, r in results.items()}
     # The paper's full model is pre-trained; its ablations are measured against it, ours against full from scratch.
     ordering = {"paper (Office)": sorted(PAPER_OFFICE_NDCG10, key=PAPER_OFFICE_NDCG10.get, reverse=True),
                 "ours": sorted(ours, key=ours.get, reverse=True)}
     out = {**provenance(), "dataset": args.dataset, "preset": args.preset, "overrides": args.set,
-           "budget": budget(args.fraction), "pretrain": None if args.scratch_only else pretraining_record(args),
-           "paper_office_ndcg@10": PAPER_OFFICE_NDCG10, "ordering": ordering,
-           "results": results}
+           "budget": budget(args.fraction), "pretrain": pretraining_record(args) if pretraining else None,
+           "paper_office_ndcg@10": PAPER_OFFICE_NDCG10, "ordering": ordering, "results": results}
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))
-    plot_cells(results, args.out + ".png", f"{Path(args.dataset).name} ablations ({budget(args.fraction)})")
+    plot_cells(results, args.out + ".png", f"{Path(args.dataset).name} ablations ({out['budget']})")
     print(table(results, "test"))
     print(json.dumps(ordering, indent=1))
 
@@ -391,7 +391,7 @@ def timepath(args) -> None:
            "tanhshrink_probe": {run: probe(Path(run)) for run in args.probe}}
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))
     if results:
-        plot_cells(results, args.out + ".png", f"{Path(args.dataset).name} time-path options ({budget(args.fraction)})")
+        plot_cells(results, args.out + ".png", f"{Path(args.dataset).name} time-path options ({out['budget']})")
         print(table(results, "test"))
     for name, r in results.items():
         print(name, json.dumps(r["time_path"]))
