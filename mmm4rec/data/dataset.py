@@ -29,12 +29,15 @@ LAYOUT = Layout(MANIFEST, DATASET_FORMAT, (MANIFEST, "items-*.tar", "seqs-*.tar"
 def load_manifest(dataset: DatasetLike, verify: bool = False) -> Manifest:
     """Read the manifest of ``dataset`` (a local folder, a URL or a DatasetSource, see mmm4rec.data.remote);
     check its shape, the counts the shard list implies, that every shard of a local dataset exists with the
-    recorded size, and with ``verify`` every shard's sha256.
+    recorded size, and with ``verify`` every shard's sha256. A Manifest is returned as it is (unless ``verify``):
+    a run reads dataset.json once, so the digest it records is of the manifest it trains on.
 
     Raises DataError naming the file (and the key) at fault. The size check is a stat per shard (cheap enough
     for every launch; a remote shard's is checked when it is read, with its sha256); hashing reads every byte,
     so here it is opt-in (the readers verify each shard they read).
     """
+    if isinstance(dataset, Manifest) and not verify:
+        return dataset
     source = DatasetSource.of(dataset)
     path = source.manifest_path
     raw = source.read_manifest()
@@ -42,7 +45,7 @@ def load_manifest(dataset: DatasetLike, verify: bool = False) -> Manifest:
         data = json.loads(raw)
     except ValueError as e:
         raise DataError(f"{path}: not valid JSON: {e}") from None
-    manifest = Manifest.from_json(data, source)
+    manifest = Manifest.from_json(data, source, sha256_hex(raw))
     for shard in manifest.items + manifest.seqs:
         if source.is_local:
             if not shard.path.is_file():
@@ -55,11 +58,6 @@ def load_manifest(dataset: DatasetLike, verify: bool = False) -> Manifest:
             if digest != shard.sha256:
                 raise DataError(f"{shard.path}: sha256 does not match {path} (corrupted or replaced)")
     return manifest
-
-
-def dataset_digest(dataset: DatasetLike) -> str:
-    """sha256 of the dataset's manifest bytes: what a run trained on (no shard is touched)."""
-    return sha256_hex(DatasetSource.of(dataset).read_manifest())
 
 
 def check_output(out_dir: str | os.PathLike) -> None:

@@ -196,16 +196,15 @@ def _describe(identity: dict[str, Any]) -> str:
     return ", ".join(parts + [f"max_text_tokens={identity['max_text_tokens']}", f"procedure={identity['procedure']}"])
 
 
-def default_features_dir(dataset: DatasetLike, encoder_cfg: EncoderConfig,
-                         manifest: Optional[Manifest] = None) -> Path:
+def default_features_dir(dataset: DatasetLike, encoder_cfg: EncoderConfig) -> Path:
     """``<dataset>/features/<encoder slug>`` for a local dataset; for a remote one the same under its local cache
-    folder (``DatasetSource.cache_folder``, which reads the manifest unless it is given): a remote dataset's
+    folder (``DatasetSource.cache_folder``: the manifest is read unless ``dataset`` is one): a remote dataset's
     store is never written back to where the dataset came from."""
     source = DatasetSource.of(dataset)
     if source.is_local:
         folder = Path(source.base)
     else:
-        folder = source.cache_folder(manifest or load_manifest(source))
+        folder = source.cache_folder(load_manifest(dataset))
     return folder / "features" / encoder_slug(encoder_cfg)
 
 
@@ -470,8 +469,8 @@ def ensure_features(location: DatasetLike, encoder_cfg: EncoderConfig,
                     features_dir: str | os.PathLike | None = None, strict: bool = False) -> Path:
     """Return the path of an up-to-date feature store for the dataset, building or updating it if needed.
 
-    ``location``: a local folder, a URL or a DatasetSource (mmm4rec.data.remote); a remote dataset's store goes
-    to its local cache folder unless ``features_dir`` names one. Call it on every rank once torch.distributed is
+    ``location``: a local folder, a URL, a DatasetSource or its Manifest (mmm4rec.data.remote); a remote
+    dataset's store goes to its local cache folder unless ``features_dir`` names one. Call it on every rank once torch.distributed is
     initialised (or in a plain process). The store is fresh when its encoder identity and the dataset's
     item-shard digest match; a different encoder means a full rebuild (logged); changed item shards mean an
     update that encodes only new or changed items (for a remote dataset whose items changed, the new cache
@@ -479,9 +478,9 @@ def ensure_features(location: DatasetLike, encoder_cfg: EncoderConfig,
     the store manifest's ``bad_records``.
     """
     started = time.time()
-    source = DatasetSource.of(location)
-    dataset = load_manifest(source)
-    store_dir = _local_store(features_dir) if features_dir else default_features_dir(source, encoder_cfg, dataset)
+    dataset = load_manifest(location)
+    source = dataset.source
+    store_dir = _local_store(features_dir) if features_dir else default_features_dir(dataset, encoder_cfg)
     group = _Group()
     plan = group.run(lambda: _plan(store_dir, dataset, encoder_cfg, strict,
                                    _earlier_stores(source, dataset, store_dir)), rank0_only=True)

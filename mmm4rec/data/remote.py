@@ -40,12 +40,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from mmm4rec.config import ConfigError
 
-from .schema import MANIFEST, DataError
+from .schema import MANIFEST, DataError, Manifest
 
 if TYPE_CHECKING:
     from mmm4rec.config import DataConfig
-
-    from .schema import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +71,8 @@ class _Transient(Exception):
     """A failure that another attempt may not have."""
 
 
-DatasetLike = Union[str, os.PathLike, "DatasetSource"]
+# A dataset: where it is, or its manifest once read (then nothing reads dataset.json again).
+DatasetLike = Union[str, os.PathLike, "DatasetSource", Manifest]
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,10 @@ class DatasetSource:
 
     @classmethod
     def of(cls, dataset: DatasetLike) -> "DatasetSource":
-        """``dataset`` itself, or the location it names parsed with the defaults (no pipe: commands)."""
+        """``dataset`` itself, where a manifest was read from, or the location it names parsed with the defaults
+        (no pipe: commands)."""
+        if isinstance(dataset, Manifest):
+            return dataset.source
         return dataset if isinstance(dataset, DatasetSource) else cls.parse(dataset)
 
     @classmethod
@@ -171,13 +173,13 @@ class DatasetSource:
             raise DataError(f"{where}: no dataset manifest (write one with a tools/prepare_*.py converter)")
         return self.read(self.manifest_name)
 
-    def cache_folder(self, manifest: "Manifest") -> Path:
+    def cache_folder(self, manifest: Manifest) -> Path:
         """The local folder for a remote dataset's feature store and stage-2 index, keyed by its item content
         (``items_digest``: the same items give the same store, whatever the URL; any change, a new folder). Only
         the digest and a cleaned-up dataset name make up the path: a manifest cannot point it elsewhere."""
         return self._cache_root() / f"{_cache_name(manifest)}-{manifest.items_digest[:16]}"
 
-    def earlier_cache_folders(self, manifest: "Manifest") -> list[Path]:
+    def earlier_cache_folders(self, manifest: Manifest) -> list[Path]:
         """The other cache folders of a dataset of this name (written for its earlier item contents): a new
         folder's store may reuse the rows of the items that did not change."""
         own = self.cache_folder(manifest)
@@ -210,7 +212,7 @@ def default_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "mmm4rec"
 
 
-def _cache_name(manifest: "Manifest") -> str:
+def _cache_name(manifest: Manifest) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", manifest.name).strip(".-")[:64] or "dataset"
 
 

@@ -214,6 +214,7 @@ class Manifest:
     provenance: dict[str, Any]  # converter, args, source files with sha256, filtering statistics
     licence: str
     source: Optional["DatasetSource"] = field(default=None, compare=False, repr=False)  # where it was read from
+    digest: str = field(default="", compare=False, repr=False)  # sha256 of the dataset.json bytes it was parsed from
 
     @property
     def items_digest(self) -> str:
@@ -245,15 +246,16 @@ class Manifest:
         return self.source.manifest_path
 
     @classmethod
-    def from_json(cls, data: Any, source: "DatasetSource") -> "Manifest":
-        """Parse a decoded dataset.json read from ``source``; DataError naming the file and the key at fault."""
+    def from_json(cls, data: Any, source: "DatasetSource", digest: str = "") -> "Manifest":
+        """Parse a decoded dataset.json read from ``source`` (``digest``: of its bytes); DataError naming the file
+        and the key at fault."""
         try:
-            return cls._parse(data, source)
+            return cls._parse(data, source, digest)
         except _BadManifest as e:
             raise DataError(f"{source.manifest_path}: {e}") from None
 
     @classmethod
-    def _parse(cls, data: Any, source: "DatasetSource") -> "Manifest":
+    def _parse(cls, data: Any, source: "DatasetSource", digest: str) -> "Manifest":
         if not isinstance(data, dict):
             raise _BadManifest(f"not a dataset manifest: expected a JSON object, got {type(data).__name__}")
         _field(data, "format", "", f"{DATASET_FORMAT!r}", lambda v: v == DATASET_FORMAT)
@@ -277,6 +279,7 @@ class Manifest:
             provenance=_field(data, "provenance", "", "an object", _is_object),
             licence=_field(data, "licence", "", "a string", _is_string),
             source=source,
+            digest=digest,
         )
         manifest._check_counts()
         return manifest

@@ -198,8 +198,9 @@ class SeqIndex:
     @classmethod
     def load_or_build(cls, dataset: DatasetLike, item_index: dict[str, int], cache_dir: str | os.PathLike,
                       strict: bool = False) -> "SeqIndex":
-        """The index of ``dataset`` (a local folder, a URL or a DatasetSource), cached in ``cache_dir`` (a local
-        folder, normally the feature store's) under a key of the sequence shards' and item index's hashes."""
+        """The index of ``dataset`` (a local folder, a URL, a DatasetSource or its Manifest), cached in
+        ``cache_dir`` (a local folder, normally the feature store's) under a key of the sequence shards' and item
+        index's hashes."""
         manifest = load_manifest(dataset)
         digest = hashlib.sha256("\n".join(item_index).encode()).hexdigest()
         path = Path(cache_dir) / f"stage2-index-{cls.key(manifest, digest)}{'-strict' if strict else ''}.npz"

@@ -18,10 +18,10 @@ from safetensors.torch import load_file
 from .. import distributed
 from ..commands import print_config, resolved_config, training_parser
 from ..config import ConfigError, RunConfig, save_config
-from ..data.dataset import dataset_digest
+from ..data.dataset import load_manifest
 from ..data.features import FeatureStore, default_features_dir, ensure_features
 from ..data.remote import DatasetSource
-from ..data.schema import DataError
+from ..data.schema import DataError, Manifest
 from ..data.stream import SeqIndex, TrainStream
 from ..losses import Objective, build_loss
 from ..model import ItemFeatures, SequentialRecommender, build_model, from_pretrained
@@ -47,14 +47,20 @@ def resolve_run_dir(cfg: RunConfig, cli_run_dir: Optional[str]) -> Path:
     return Path(cli_run_dir or cfg.run_dir or Path("runs") / cfg.name).resolve()
 
 
-def load_data(cfg: RunConfig, precision: str = "fp32", build: bool = True, shard: Optional[tuple[int, int]] = None
-              ) -> Data:
-    """Feature store (built or refreshed on every rank together when ``build``) + stage-2 index. Features come
-    in the step's dtype (data.feature_dtype); ``shard`` = (rank, world) keeps only this rank's item rows."""
+def read_manifest(cfg: RunConfig) -> Manifest:
+    """data.dataset's manifest, read once per run and passed on: the digest a run records (run.json, summaries)
+    is of the manifest it trains on, and a remote dataset.json is fetched once."""
     if not cfg.data.dataset:
         raise ConfigError("data.dataset is not set: pass --set data.dataset=<folder with dataset.json>")
-    dataset = DatasetSource.from_config(cfg.data)
-    digest = dataset_digest(dataset)  # what the run trained on: recorded in run.json and summaries
+    return load_manifest(DatasetSource.from_config(cfg.data))
+
+
+def load_data(cfg: RunConfig, precision: str = "fp32", build: bool = True, shard: Optional[tuple[int, int]] = None,
+              dataset: Optional[Manifest] = None) -> Data:
+    """Feature store (built or refreshed on every rank together when ``build``) + stage-2 index of ``dataset``
+    (default: data.dataset's). Features come in the step's dtype (data.feature_dtype); ``shard`` = (rank, world)
+    keeps only this rank's item rows."""
+    dataset = dataset or read_manifest(cfg)
     if build:
         store_dir = ensure_features(dataset, cfg.data.encoder, cfg.data.features or None,
                                     strict=cfg.data.strict)
@@ -75,7 +81,7 @@ def load_data(cfg: RunConfig, precision: str = "fp32", build: bool = True, shard
     if features.image is None and cfg.model.arch == "mmm4rec":
         log.info("text-only features: the image stream reads text features through its own adapter, and items are "
                  "scored with the text term only")
-    return Data(features, store, seq_index, bad, digest)
+    return Data(features, store, seq_index, bad, dataset.digest)
 
 
 def feature_dtype(cfg: RunConfig, precision: str) -> torch.dtype:
@@ -129,11 +135,11 @@ def main(task: str, argv: Optional[list[str]] = None) -> int:
         distributed.shutdown()
 
 
-def _claim(cfg: RunConfig, env, run: RunDir) -> None:
+def _claim(cfg: RunConfig, env, run: RunDir, dataset: Manifest) -> None:
     """Rank 0 locks the run directory and checks what it belongs to; every rank learns the outcome."""
     def claim():
         run.lock()
-        return run.claim(cfg, dataset_digest(DatasetSource.from_config(cfg.data)))
+        return run.claim(cfg, dataset.digest)
 
     continuing = distributed.on_main(claim)
     setup_logging(env, run.log)
@@ -145,16 +151,16 @@ def _claim(cfg: RunConfig, env, run: RunDir) -> None:
 
 
 def _train(cfg: RunConfig, env, args, run: RunDir) -> int:
-    if not cfg.data.dataset:
-        raise ConfigError("data.dataset is not set: pass --set data.dataset=<folder with dataset.json>")
+    dataset = read_manifest(cfg)
     if cfg.model.ssd.form == "triton" and not triton_usable(env.device):
         raise ConfigError(f"model.ssd.form=triton needs a CUDA device and mamba-ssm; this run is on {env.device} "
                           "(use auto)")
-    _claim(cfg, env, run)
+    _claim(cfg, env, run, dataset)
     precision = step_precision(cfg, env.device)
     log.info("precision %s (train.precision=%s)", precision, cfg.train.precision)
     torch.manual_seed(cfg.train.seed)
-    data = load_data(cfg, precision, shard=(env.rank, env.world_size) if cfg.train.item_parallel else None)
+    data = load_data(cfg, precision, shard=(env.rank, env.world_size) if cfg.train.item_parallel else None,
+                     dataset=dataset)
     model = build_model(cfg.model, data.features)
     log.info("%s: %s parameters (%s without ID tables)", cfg.model.arch,
              f"{sum(p.numel() for p in model.parameters()):,}",
