@@ -480,18 +480,21 @@ def plot_fewshot(results: dict, path: str) -> None:
     fig, axes = plt.subplots(1, 1 + len(fractions), figsize=(5 * (1 + len(fractions)), 4))
     styles = {("text + ID", "pre-trained"): ("tab:blue", "-"), ("text + ID", "scratch"): ("tab:blue", "--"),
               ("text only", "pre-trained"): ("tab:orange", "-"), ("text only", "scratch"): ("tab:orange", "--")}
-    for (variant, init), (colour, ls) in styles.items():
+    for k, ((variant, init), (colour, ls)) in enumerate(styles.items()):
         if variant not in results:
             continue
         agg = [results[variant][str(f)][init]["aggregate"]["test"]["ndcg@10"] for f in fractions]
-        axes[0].errorbar(fractions, [a["mean"] for a in agg], yerr=[a["std"] for a in agg], color=colour, ls=ls,
-                         marker="o", capsize=3, label=f"{variant}, {init}")
+        dodge = 1 + 0.03 * (k - 1.5)  # side by side on the log axis, so no error bar hides another
+        axes[0].errorbar([f * dodge for f in fractions], [a["mean"] for a in agg], yerr=[a["std"] for a in agg],
+                         color=colour, ls=ls, marker="o", mfc=colour if init == "pre-trained" else "white", capsize=3,
+                         label=f"{variant}, {init}")
         for ax, f in zip(axes[1:], fractions):
             for i, run in enumerate(results[variant][str(f)][init]["runs"]):
                 ys = [h["ndcg@10"] for h in run["valid_history"]]
                 ax.plot(range(1, len(ys) + 1), ys, color=colour, ls=ls, alpha=0.7, lw=1,
                         label=f"{variant}, {init}" if i == 0 else None)
     axes[0].set_xscale("log")
+    axes[0].set_xlim(min(fractions) / 1.5, max(fractions) * 1.5)
     axes[0].set_xticks(fractions, [f"{f:.0%}" for f in fractions])
     axes[0].minorticks_off()
     axes[0].set_xlabel("share of training users")
