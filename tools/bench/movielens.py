@@ -101,6 +101,17 @@ def time_path(run_dir: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def zero_shot(args) -> dict:
+    """The study's pre-training scored on args.dataset's test targets without any fine-tuning (the `zeroshot`
+    sub-command): what its content model ranks before a single interaction of the target is trained on."""
+    run = converged_pretraining(args)
+    out = run / f"zeroshot-{Path(args.dataset).name}.json"
+    if not out.exists():
+        launch("self", ["zeroshot", "--run", str(run), "--dataset", args.dataset, "--preset", args.preset],
+               log_of(run, f"zeroshot-{Path(args.dataset).name}"))
+    return json.loads(out.read_text())
+
+
 def aggregate(runs: list[dict]) -> dict:
     out = {}
     for key in ("test", "test_masked"):
@@ -325,12 +336,12 @@ def fewshot(args) -> None:
     for by_fraction in results.values():
         for by_init in by_fraction.values():
             by_init["against target"] = against_target(by_init["pre-trained"], by_init["scratch"])
-    out = {**provenance(), "pretrain": pretraining_record(args), "dataset": args.dataset, "preset": args.preset,
-           "overrides": args.set, "epoch_caps": FEWSHOT_EPOCHS, "patience": PATIENCE,
+    out = {**provenance(), "pretrain": pretraining_record(args), "zero_shot": zero_shot(args),
+           "dataset": args.dataset, "preset": args.preset, "overrides": args.set, "epoch_caps": FEWSHOT_EPOCHS, "patience": PATIENCE,
            "target": "pre-trained >= 1.05x scratch test NDCG@10 at 5 % and 20 %, best validation in <= 1/3 of "
                      "scratch's epochs", "results": results}
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))
-    plot_fewshot(results, args.out + ".png")
+    plot_fewshot(results, args.out + ".png", out["zero_shot"])
     for variant, by_fraction in results.items():
         for fraction, by_init in by_fraction.items():
             print(variant, fraction, json.dumps(by_init["against target"]))
@@ -435,14 +446,14 @@ def crossdomain(args) -> None:
         results.setdefault(str(fraction), {})[init] = done[c.tag]
     for by_init in results.values():
         by_init["against target"] = against_target(by_init["pre-trained"], by_init["scratch"])
-    out = {**provenance(), "pretrain": pretraining_record(args), "dataset": args.dataset, "preset": args.preset,
-           "overrides": args.set, "epoch_caps": CROSSDOMAIN_EPOCHS, "patience": CROSSDOMAIN_PATIENCE,
+    out = {**provenance(), "pretrain": pretraining_record(args), "zero_shot": zero_shot(args),
+           "dataset": args.dataset, "preset": args.preset, "overrides": args.set, "epoch_caps": CROSSDOMAIN_EPOCHS, "patience": CROSSDOMAIN_PATIENCE,
            "domains": {name: json.loads((Path(d) / "dataset.json").read_text())["provenance"]
                        for name, d in (("pretrain", args.pretrain_dataset), ("finetune", args.dataset))},
            "target": "pre-trained >= 1.05x scratch test NDCG@10, best validation in <= 1/3 of scratch's epochs",
            "results": results}
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))
-    plot_fewshot({"text + ID": results}, args.out + ".png")
+    plot_fewshot({"text + ID": results}, args.out + ".png", out["zero_shot"])
     for fraction, by_init in results.items():
         print(fraction, json.dumps(by_init["against target"]))
 
@@ -474,7 +485,7 @@ def pretraining_record(args) -> dict:
             "best_step": summary["best_step"], "wall_time_s": summary["wall_time_s"]}
 
 
-def plot_fewshot(results: dict, path: str) -> None:
+def plot_fewshot(results: dict, path: str, zero_shot: dict | None = None) -> None:
     plt = pyplot()
     fractions = sorted({float(f) for by_fraction in results.values() for f in by_fraction})
     fig, axes = plt.subplots(1, 1 + len(fractions), figsize=(5 * (1 + len(fractions)), 4))
@@ -493,6 +504,8 @@ def plot_fewshot(results: dict, path: str) -> None:
                 ys = [h["ndcg@10"] for h in run["valid_history"]]
                 ax.plot(range(1, len(ys) + 1), ys, color=colour, ls=ls, alpha=0.7, lw=1,
                         label=f"{variant}, {init}" if i == 0 else None)
+    if zero_shot:
+        axes[0].axhline(zero_shot["test"]["ndcg@10"], color="tab:gray", ls=":", label="pre-trained, no fine-tuning")
     axes[0].set_xscale("log")
     axes[0].set_xlim(min(fractions) / 1.5, max(fractions) * 1.5)
     axes[0].set_xticks(fractions, [f"{f:.0%}" for f in fractions])
@@ -593,6 +606,33 @@ def timeless(args) -> None:
     print(json.dumps({k: v for k, v in out.items() if "change" in k}))
 
 
+def zeroshot(args) -> None:
+    """Score a text-only pre-training's export on --dataset's test targets (all users, unmasked and masked), no
+    fine-tuning: the target's items are new to it, so only their content ranks them. Writes
+    <run>/zeroshot-<dataset>.json."""
+    from mmm4rec import distributed
+    from mmm4rec.config import load_config
+    from mmm4rec.model import from_pretrained
+    from mmm4rec.train.cli import load_data
+    from mmm4rec.train.evaluation import evaluate
+    from mmm4rec.train.rundir import export_of
+    from mmm4rec.train.trainer import eval_stream
+
+    cfg = load_config(args.preset, [f"data.dataset={args.dataset}", *FINETUNE_VARIANTS["text only"]])
+    env = distributed.init()
+    data = load_data(cfg, build=False)
+    export = export_of(Path(args.run))
+    model = from_pretrained(export, data.features, expect=cfg.model, transfer=True)
+    out = {"export": str(export), "dataset": args.dataset, "split": "test", "users": "all"}
+    for masked in (False, True):
+        cfg.eval.mask_history = masked  # the stream then carries each user's seen items
+        out["test_masked" if masked else "test"] = evaluate(
+            model, eval_stream(cfg, data, env, "test"), ks=cfg.eval.ks, item_chunk=cfg.eval.item_chunk,
+            device=env.device, mask_history=masked)
+    (Path(args.run) / f"zeroshot-{Path(args.dataset).name}.json").write_text(json.dumps(out, indent=1))
+    print(json.dumps({split: out[split]["ndcg@10"] for split in ("test", "test_masked")}))
+
+
 @torch.no_grad()
 def probe(run: Path) -> dict:
     """Why a time path contributes nothing: the input and output of each layer's Tanhshrink (the last step of the
@@ -674,12 +714,16 @@ def main():
             caps = FEWSHOT_EPOCHS if name == "fewshot" else CROSSDOMAIN_EPOCHS
             s.add_argument("--fractions", type=float, nargs="+", default=list(caps), choices=list(caps))
     for name, help in (("timeless", "score a run's export with and without its timestamps"),
-                       ("timeprobe", "the time path's Tanhshrink inputs and outputs on one evaluation batch")):
+                       ("timeprobe", "the time path's Tanhshrink inputs and outputs on one evaluation batch"),
+                       ("zeroshot", "score a pre-training's export on another dataset's test targets, no fine-tuning")):
         s = sub.add_parser(name, help=help)
         s.add_argument("--run", required=True, help="run directory (its config.yaml and export/)")
+        if name == "zeroshot":
+            s.add_argument("--dataset", required=True)
+            s.add_argument("--preset", default="ml100k_finetune")
     args = p.parse_args()
     start = time.time()
-    {**studies, "timeless": timeless, "timeprobe": timeprobe}[args.what](args)
+    {**studies, "timeless": timeless, "timeprobe": timeprobe, "zeroshot": zeroshot}[args.what](args)
     print(f"done in {time.time() - start:.0f} s")
 
 
