@@ -470,10 +470,10 @@ def ensure_features(location: DatasetLike, encoder_cfg: EncoderConfig,
     """Return the path of an up-to-date feature store for the dataset, building or updating it if needed.
 
     ``location``: a local folder, a URL, a DatasetSource or its Manifest (mmm4rec.data.remote); a remote
-    dataset's store goes to its local cache folder unless ``features_dir`` names one. Call it on every rank once torch.distributed is
-    initialised (or in a plain process). The store is fresh when its encoder identity and the dataset's
-    item-shard digest match; a different encoder means a full rebuild (logged); changed item shards mean an
-    update that encodes only new or changed items (for a remote dataset whose items changed, the new cache
+    dataset's store goes to its local cache folder unless ``features_dir`` names one. Call it on every rank once
+    torch.distributed is initialised (or in a plain process). The store is fresh when its encoder identity and
+    the dataset's item-shard digest match; a different encoder means a full rebuild (logged); changed item shards
+    mean an update that encodes only new or changed items (for a remote dataset whose items changed, the new cache
     folder's store starts as an update of the newest earlier one). Bad items follow ``strict`` and are counted in
     the store manifest's ``bad_records``.
     """

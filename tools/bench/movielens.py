@@ -105,11 +105,16 @@ def zero_shot(args) -> dict:
     """The study's pre-training scored on args.dataset's test targets without any fine-tuning (the `zeroshot`
     sub-command): what its content model ranks before a single interaction of the target is trained on."""
     run = converged_pretraining(args)
-    out = run / f"zeroshot-{Path(args.dataset).name}.json"
+    out = zero_shot_path(run, args.dataset)
     if not out.exists():
         launch("self", ["zeroshot", "--run", str(run), "--dataset", args.dataset, "--preset", args.preset],
-               log_of(run, f"zeroshot-{Path(args.dataset).name}"))
+               log_of(run, out.stem))
     return json.loads(out.read_text())
+
+
+def zero_shot_path(run: Path, dataset: str) -> Path:
+    """Where the `zeroshot` sub-command writes a pre-training's scores on ``dataset``."""
+    return run / f"zeroshot-{Path(dataset).name}.json"
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -337,7 +342,8 @@ def fewshot(args) -> None:
         for by_init in by_fraction.values():
             by_init["against target"] = against_target(by_init["pre-trained"], by_init["scratch"])
     out = {**provenance(), "pretrain": pretraining_record(args), "zero_shot": zero_shot(args),
-           "dataset": args.dataset, "preset": args.preset, "overrides": args.set, "epoch_caps": FEWSHOT_EPOCHS, "patience": PATIENCE,
+           "dataset": args.dataset, "preset": args.preset, "overrides": args.set, "epoch_caps": FEWSHOT_EPOCHS,
+           "patience": PATIENCE,
            "target": "pre-trained >= 1.05x scratch test NDCG@10 at 5 % and 20 %, best validation in <= 1/3 of "
                      "scratch's epochs", "results": results}
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))
@@ -447,7 +453,8 @@ def crossdomain(args) -> None:
     for by_init in results.values():
         by_init["against target"] = against_target(by_init["pre-trained"], by_init["scratch"])
     out = {**provenance(), "pretrain": pretraining_record(args), "zero_shot": zero_shot(args),
-           "dataset": args.dataset, "preset": args.preset, "overrides": args.set, "epoch_caps": CROSSDOMAIN_EPOCHS, "patience": CROSSDOMAIN_PATIENCE,
+           "dataset": args.dataset, "preset": args.preset, "overrides": args.set, "epoch_caps": CROSSDOMAIN_EPOCHS,
+           "patience": CROSSDOMAIN_PATIENCE,
            "domains": {name: json.loads((Path(d) / "dataset.json").read_text())["provenance"]
                        for name, d in (("pretrain", args.pretrain_dataset), ("finetune", args.dataset))},
            "target": "pre-trained >= 1.05x scratch test NDCG@10, best validation in <= 1/3 of scratch's epochs",
@@ -629,7 +636,7 @@ def zeroshot(args) -> None:
         out["test_masked" if masked else "test"] = evaluate(
             model, eval_stream(cfg, data, env, "test"), ks=cfg.eval.ks, item_chunk=cfg.eval.item_chunk,
             device=env.device, mask_history=masked)
-    (Path(args.run) / f"zeroshot-{Path(args.dataset).name}.json").write_text(json.dumps(out, indent=1))
+    zero_shot_path(Path(args.run), args.dataset).write_text(json.dumps(out, indent=1))
     print(json.dumps({split: out[split]["ndcg@10"] for split in ("test", "test_masked")}))
 
 
