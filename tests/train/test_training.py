@@ -92,8 +92,8 @@ TWO_RANKS = ["--set", "train.zero_stage=2", "--set", "data.partitions=2", "--set
 
 def interrupt(dataset, run_dir: Path, after_step: int, sig: signal.Signals, nproc: int = 1,
               extra: tuple = ()) -> subprocess.Popen:
-    """Start a RESUMABLE run and send ``sig`` to its whole process group once its checkpoint of ``after_step`` is
-    complete (kill -9 of a torchrun job kills every rank too)."""
+    """Start a RESUMABLE run and, once its checkpoint of ``after_step`` is complete, send ``sig`` to the launcher
+    (SIGTERM: torchrun forwards it) or SIGKILL the whole job, every rank included, as SLURM's kill of a job does."""
     cmd = launch_command("finetune.py", args(dataset, *RESUMABLE, *extra, "--run-dir", str(run_dir)), nproc=nproc,
                          launcher="python" if nproc == 1 else "torchrun")
     proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -107,29 +107,39 @@ def interrupt(dataset, run_dir: Path, after_step: int, sig: signal.Signals, npro
     if sig != signal.SIGKILL:
         proc.send_signal(sig)
         return proc
-    os.killpg(proc.pid, sig)
+    kill_job(proc.pid)
     proc.wait()
-    wait_for_exit(proc.pid)
     return proc
 
 
-def wait_for_exit(pgid: int, timeout: float = 60) -> None:
-    """Until no live process is left in group ``pgid``: torchrun exits before its killed ranks finish dying, and a
-    dying rank still holds the run-dir lock. Zombies count as gone (their files are closed; an init that does not
-    reap would keep them in the group for ever)."""
+def kill_job(root: int, timeout: float = 60) -> None:
+    """SIGKILL every process group of the job ``root`` leads, and wait until none of them is alive. torchrun starts
+    each rank in a session of its own, so killing torchrun's group alone would leave its ranks running, rank 0
+    still holding the run-dir lock. Zombies count as gone (their files are closed; an init that does not reap
+    would keep them for ever)."""
+    alive, job = processes(), {root}
+    while grown := {pid for pid, (_, parent, _) in alive.items() if parent in job} - job:
+        job |= grown
+    groups = {alive[pid][2] for pid in job if pid in alive}
+    for group in groups:
+        os.killpg(group, signal.SIGKILL)
     deadline = time.time() + timeout
-    while any(live_in_group(pid, pgid) for pid in os.listdir("/proc") if pid.isdigit()):
-        assert time.time() < deadline, f"killed processes of group {pgid} did not exit"
+    while any(stat[2] in groups and stat[0] not in "ZX" for stat in processes().values()):
+        assert time.time() < deadline, f"killed processes of groups {sorted(groups)} did not exit"
         time.sleep(0.05)
 
 
-def live_in_group(pid: str, pgid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # exited meanwhile
-        return False
-    state, _, group = stat[stat.rindex(")") + 2:].split()[:3]  # the command name may hold spaces and ")"
-    return int(group) == pgid and state not in ("Z", "X")
+def processes() -> dict[int, tuple[str, int, int]]:
+    """pid -> (state, parent pid, process group) of every process listed in /proc now."""
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        state, parent, group = stat[stat.rindex(")") + 2:].split()[:3]  # the command name may hold spaces and ")"
+        out[int(pid)] = (state, int(parent), int(group))
+    return out
 
 
 @pytest.fixture(scope="module")
