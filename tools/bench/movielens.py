@@ -572,40 +572,54 @@ def user_vector_change(model, stream) -> float:
     return (moved / norm) ** 0.5
 
 
+def load_export(cfg, export: Path, transfer: bool = False):
+    """The data ``cfg`` names, the process environment, and ``export``'s model loaded onto that data's features."""
+    from mmm4rec import distributed
+    from mmm4rec.model import from_pretrained
+    from mmm4rec.train.cli import load_data
+
+    env = distributed.init()
+    data = load_data(cfg, build=False)
+    return data, env, from_pretrained(export, data.features, expect=cfg.model, transfer=transfer)
+
+
 def load_run(run: Path):
     """A finished run's config, data, process environment, best export (loaded) and the split its scores use
     (test; a pre-training run: its held-out users' validation targets)."""
-    from mmm4rec import distributed
     from mmm4rec.config import load_config
-    from mmm4rec.model import from_pretrained
-    from mmm4rec.train.cli import holdout, load_data
+    from mmm4rec.train.cli import holdout
     from mmm4rec.train.rundir import export_of
 
     cfg = load_config(str(run / "config.yaml"))
-    env = distributed.init()
-    data = load_data(cfg, build=False)
     export = export_of(run)
-    model = from_pretrained(export, data.features, expect=cfg.model)
+    data, env, model = load_export(cfg, export)
     split, users = ("valid", holdout(cfg)) if cfg.train.task == "pretrain" else ("test", None)
     return cfg, data, env, export, model, split, users
+
+
+def score(model, cfg, data, env, split: str, users=None, masked: bool = False, zeroed: bool = False) -> dict:
+    """The evaluation code's metrics on one split: seen items masked or not, timestamps kept or all zeroed."""
+    from mmm4rec.train.evaluation import evaluate
+    from mmm4rec.train.trainer import eval_stream
+
+    cfg.eval.mask_history = masked  # the stream then carries each user's seen items
+    stream = eval_stream(cfg, data, env, split, users)
+    return evaluate(model, map(zero_timestamps, stream) if zeroed else stream, ks=cfg.eval.ks,
+                    item_chunk=cfg.eval.item_chunk, device=env.device, mask_history=masked)
 
 
 def timeless(args) -> None:
     """Score a run's export with its timestamps and with all of them zeroed, unmasked and masked, through the
     same evaluation code. Writes <run>/timeless.json."""
-    from mmm4rec.train.evaluation import evaluate
     from mmm4rec.train.trainer import eval_stream
 
     cfg, data, env, export, model, split, users = load_run(Path(args.run))
     pretraining = users is not None
     out = {"export": str(export), "split": split, "users": "held-out pre-training users" if pretraining else "all"}
     for masked in (False, True):
-        cfg.eval.mask_history = masked
         for zeroed in (False, True):
-            stream = eval_stream(cfg, data, env, split, users)
-            metrics = evaluate(model, map(zero_timestamps, stream) if zeroed else stream, ks=cfg.eval.ks,
-                               item_chunk=cfg.eval.item_chunk, device=env.device, mask_history=masked)
-            out[f"{'zero_time' if zeroed else 'with_time'}{'_masked' if masked else ''}"] = metrics
+            out[f"{'zero_time' if zeroed else 'with_time'}{'_masked' if masked else ''}"] = score(
+                model, cfg, data, env, split, users, masked, zeroed)
     for suffix in ("", "_masked"):
         out[f"ndcg@10_change{suffix}"] = out[f"zero_time{suffix}"]["ndcg@10"] - out[f"with_time{suffix}"]["ndcg@10"]
     out["user_vector_change"] = user_vector_change(model, eval_stream(cfg, data, env, split, users))
@@ -617,25 +631,15 @@ def zeroshot(args) -> None:
     """Score a text-only pre-training's export on --dataset's test targets (all users, unmasked and masked), no
     fine-tuning: the target's items are new to it, so only their content ranks them. Writes
     <run>/zeroshot-<dataset>.json."""
-    from mmm4rec import distributed
     from mmm4rec.config import load_config
-    from mmm4rec.model import from_pretrained
-    from mmm4rec.train.cli import load_data
-    from mmm4rec.train.evaluation import evaluate
     from mmm4rec.train.rundir import export_of
-    from mmm4rec.train.trainer import eval_stream
 
     cfg = load_config(args.preset, [f"data.dataset={args.dataset}", *FINETUNE_VARIANTS["text only"]])
-    env = distributed.init()
-    data = load_data(cfg, build=False)
     export = export_of(Path(args.run))
-    model = from_pretrained(export, data.features, expect=cfg.model, transfer=True)
+    data, env, model = load_export(cfg, export, transfer=True)
     out = {"export": str(export), "dataset": args.dataset, "split": "test", "users": "all"}
     for masked in (False, True):
-        cfg.eval.mask_history = masked  # the stream then carries each user's seen items
-        out["test_masked" if masked else "test"] = evaluate(
-            model, eval_stream(cfg, data, env, "test"), ks=cfg.eval.ks, item_chunk=cfg.eval.item_chunk,
-            device=env.device, mask_history=masked)
+        out["test_masked" if masked else "test"] = score(model, cfg, data, env, "test", masked=masked)
     zero_shot_path(Path(args.run), args.dataset).write_text(json.dumps(out, indent=1))
     print(json.dumps({split: out[split]["ndcg@10"] for split in ("test", "test_masked")}))
 
