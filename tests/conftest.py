@@ -3,9 +3,11 @@ launcher (python, torchrun, deepspeed, accelerate) in a subprocess."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,33 @@ def tiny_dataset(tmp_path_factory) -> Path:
 def other_dataset(tmp_path_factory) -> Path:
     """Another domain for transfer: different users and a different number of items."""
     return make_dataset(tmp_path_factory.mktemp("tiny-b"), users=90, items=45, seed=2)
+
+
+def kill_job(root: int, timeout: float = 60) -> None:
+    """SIGKILL every process group of the job ``root`` leads, and wait until none of them is alive. torchrun starts
+    each rank in a session of its own, so killing torchrun's group alone would leave its ranks running, rank 0
+    still holding the run-dir lock. Zombies count as gone (their files are closed; an init that does not reap
+    would keep them for ever)."""
+    alive, job = processes(), {root}
+    while grown := {pid for pid, (_, parent, _) in alive.items() if parent in job} - job:
+        job |= grown
+    groups = {alive[pid][2] for pid in job if pid in alive}
+    for group in groups:
+        os.killpg(group, signal.SIGKILL)
+    deadline = time.time() + timeout
+    while any(stat[2] in groups and stat[0] not in "ZX" for stat in processes().values()):
+        assert time.time() < deadline, f"killed processes of groups {sorted(groups)} did not exit"
+        time.sleep(0.05)
+
+
+def processes() -> dict[int, tuple[str, int, int]]:
+    """pid -> (state, parent pid, process group) of every process listed in /proc now."""
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        state, parent, group = stat[stat.rindex(")") + 2:].split()[:3]  # the command name may hold spaces and ")"
+        out[int(pid)] = (state, int(parent), int(group))
+    return out

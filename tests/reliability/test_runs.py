@@ -14,7 +14,7 @@ import torch
 
 from mmm4rec.distributed import DistEnv
 from mmm4rec.train.checkpoint import COMPLETE, Checkpointer
-from tests.conftest import REPO, launch_command, run, subprocess_env
+from tests.conftest import REPO, kill_job, launch_command, run, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -199,7 +199,7 @@ def test_a_frozen_rank_ends_the_job_within_twice_the_timeout(tiny_dataset, tmp_p
         took = time.time() - stopped
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_job(proc.pid)
     stderr = proc.stderr.read()
     assert rc != 0 and took < 2 * timeout, (rc, took, stderr[-3000:])
     assert "made no progress" in stderr and f"rank 1 on" in stderr and f"pid {pid}" in stderr
