@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -602,8 +602,8 @@ def score(model, cfg, data, env, split: str, users=None, masked: bool = False, z
     from mmm4rec.train.evaluation import evaluate
     from mmm4rec.train.trainer import eval_stream
 
-    cfg.eval.mask_history = masked  # the stream then carries each user's seen items
-    stream = eval_stream(cfg, data, env, split, users)
+    masked_cfg = replace(cfg, eval=replace(cfg.eval, mask_history=masked))  # the stream carries seen items
+    stream = eval_stream(masked_cfg, data, env, split, users)
     return evaluate(model, map(zero_timestamps, stream) if zeroed else stream, ks=cfg.eval.ks,
                     item_chunk=cfg.eval.item_chunk, device=env.device, mask_history=masked)
 
