@@ -442,8 +442,9 @@ CROSSDOMAIN_PATIENCE = 2
 
 
 def crossdomain(args) -> None:
-    """Study 3: pre-train on one domain, fine-tune on the other (all and 20 % of its users) vs from scratch."""
-    grid = {(fraction, init): cell("text + ID", fraction, init == "pre-trained", epochs=CROSSDOMAIN_EPOCHS,
+    """Study 3: pre-train on one domain, fine-tune on the other (all and 20 % of its users) vs from scratch, with
+    --variant's inputs."""
+    grid = {(fraction, init): cell(args.variant, fraction, init == "pre-trained", epochs=CROSSDOMAIN_EPOCHS,
                                    patience=CROSSDOMAIN_PATIENCE)
             for fraction in args.fractions for init in ("pre-trained", "scratch")}
     done = run_cells(args, list(grid.values()), pretraining=run_pretraining)
@@ -453,14 +454,14 @@ def crossdomain(args) -> None:
     for by_init in results.values():
         by_init["against target"] = against_target(by_init["pre-trained"], by_init["scratch"])
     out = {**provenance(), "pretrain": pretraining_record(args), "zero_shot": zero_shot(args),
-           "dataset": args.dataset, "preset": args.preset, "overrides": args.set, "epoch_caps": CROSSDOMAIN_EPOCHS,
-           "patience": CROSSDOMAIN_PATIENCE,
+           "dataset": args.dataset, "preset": args.preset, "variant": args.variant, "overrides": args.set,
+           "epoch_caps": CROSSDOMAIN_EPOCHS, "patience": CROSSDOMAIN_PATIENCE,
            "domains": {name: json.loads((Path(d) / "dataset.json").read_text())["provenance"]
                        for name, d in (("pretrain", args.pretrain_dataset), ("finetune", args.dataset))},
            "target": "pre-trained >= 1.05x scratch test NDCG@10, best validation in <= 1/3 of scratch's epochs",
            "results": results}
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))
-    plot_fewshot({"text + ID": results}, args.out + ".png", out["zero_shot"])
+    plot_fewshot({args.variant: results}, args.out + ".png", out["zero_shot"])
     for fraction, by_init in results.items():
         print(fraction, json.dumps(by_init["against target"]))
 
@@ -708,6 +709,8 @@ def main():
             s.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="default: all")
         if name == "fewshot":
             s.add_argument("--variants", nargs="+", choices=list(FINETUNE_VARIANTS), default=list(FINETUNE_VARIANTS))
+        if name == "crossdomain":
+            s.add_argument("--variant", choices=list(FINETUNE_VARIANTS), default="text + ID")
         if name != "quality":
             s.add_argument("--pretrain-dataset", default="data/ml-1m")
             s.add_argument("--pretrain-preset", default="ml1m_pretrain")
