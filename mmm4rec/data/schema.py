@@ -62,6 +62,13 @@ class BadRecords:
         if self.counts[reason] <= self.examples:
             log.warning("skipped (%s): %s", reason, message)
 
+    def report_counted(self, reason: str, count: int, messages: list[str]) -> None:
+        """``count`` skips of one reason found in bulk (by the columnar engine), ``messages`` the first few in
+        file order: as ``count`` calls of ``report`` would do, without a message for each."""
+        for message in messages[:count]:
+            self.report(reason, message)
+        self.counts[reason] += max(count - len(messages), 0)
+
     def update(self, counts: Mapping[str, int]) -> None:
         """Add counts gathered elsewhere (another shard, worker or rank)."""
         self.counts.update(counts)

@@ -11,9 +11,10 @@ import io
 import json
 import os
 import tarfile
+import urllib.parse
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import webdataset as wds
 from PIL import Image
@@ -68,31 +69,109 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image
 
 
 # ----------------------------------------------------------------------------------------------------------- write
+BLOCK, RECORD = 512, 20 * 512  # tar's block and record sizes (tarfile.BLOCKSIZE, RECORDSIZE)
+TAR_USER = "bigdata"  # webdataset's TarWriter defaults: owner, group and mode of every member
+TAR_MODE = 0o444
+
+
+def _header_template() -> bytes:
+    header = bytearray(BLOCK)
+    header[100:108] = b"%07o\0" % TAR_MODE
+    header[108:116] = header[116:124] = b"0000000\0"  # uid, gid
+    header[136:148] = b"00000000000\0"  # mtime 0: the same records give byte-identical shards
+    header[148:156] = b"        "  # the checksum counts its own field as spaces
+    header[156:157] = b"0"  # a regular file; devmajor and devminor stay empty
+    header[257:265] = b"ustar\x0000"
+    header[265:265 + len(TAR_USER)] = header[297:297 + len(TAR_USER)] = TAR_USER.encode()
+    return bytes(header)
+
+
+_TEMPLATE = _header_template()
+_TEMPLATE_SUM = sum(_TEMPLATE)
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """The 512-byte header tarfile writes for a member of ``size`` bytes named ``name`` with webdataset's
+    TarWriter settings (mtime 0): a POSIX ustar header, no pax extension needed for a short ASCII name.
+
+    Written by hand because tarfile's TarInfo, pax check and copy cost ~75 us per member, most of the
+    conversion's shard-writing time (docs/results/data_scale.json); tests/data/test_build.py holds it
+    byte-identical to webdataset's writer."""
+    encoded = name.encode("ascii", "strict") if name.isascii() else b""
+    if not encoded or len(encoded) > 100 or size >= 8 ** 11:
+        raise ValueError(f"tar member {name!r} of {size} bytes needs a pax header")
+    digits = b"%011o\0" % size
+    header = bytearray(_TEMPLATE)
+    header[0:len(encoded)] = encoded
+    header[124:136] = digits
+    header[148:155] = b"%06o\0" % (_TEMPLATE_SUM + sum(encoded) + sum(digits))
+    return bytes(header)
+
+
 class _ShardSink:
-    """webdataset's ShardWriter plus the ShardInfo (count, size, sha256) of every shard it finishes."""
+    """Samples into numbered tar shards (``pattern`` % n) of at most ``shard_size`` samples, byte for byte as
+    webdataset's ShardWriter writes them (encoder off, mtime 0; a new shard also once the samples' bytes reach
+    MAX_SHARD_BYTES), plus the ShardInfo (count, size, sha256) of every shard, hashed while it is written."""
 
     def __init__(self, folder: Path, pattern: str, shard_size: int):
+        self.folder, self.pattern, self.shard_size = folder, pattern, shard_size
         self.shards: list[ShardInfo] = []
-        # mtime fixed: the same records give byte-identical shards (and checksums).
-        self.writer = wds.ShardWriter(str(folder / pattern), maxcount=shard_size, maxsize=MAX_SHARD_BYTES,
-                                      post=self._finished, verbose=0, encoder=False, mtime=0)
-
-    def _finished(self, fname: str) -> None:
-        p = Path(fname)
-        self.shards.append(ShardInfo(p.name, self.writer.count, p.stat().st_size, sha256_file(p), path=p))
 
     def write_all(self, samples: Iterable[dict[str, Any]]) -> list[ShardInfo]:
-        with self.writer:
+        out = None
+        try:
             for sample in samples:
-                self.writer.write(sample)
+                if out is None or out.count >= self.shard_size or out.data_bytes >= MAX_SHARD_BYTES:
+                    if out is not None:
+                        self.shards.append(out.close())
+                    out = _TarOut(self.folder / (self.pattern % len(self.shards)))
+                out.write(sample)
+            if out is not None:
+                self.shards.append(out.close())
+        finally:
+            if out is not None:
+                out.file.close()
         return self.shards
 
 
-def write_items(folder: Path, records: Iterable[ItemRecord], shard_size: int) -> list[ShardInfo]:
+class _TarOut:
+    """One shard being written."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = open(path, "wb")
+        self.hash = hashlib.sha256()
+        self.count = self.data_bytes = self.offset = 0
+
+    def _put(self, data: bytes) -> None:
+        self.file.write(data)
+        self.hash.update(data)
+        self.offset += len(data)
+
+    def write(self, sample: dict[str, Any]) -> None:
+        key = sample["__key__"]
+        for ext in sorted(sample):  # webdataset's member order
+            if ext == "__key__":
+                continue
+            data = sample[ext]
+            self._put(tar_header(f"{key}.{ext}", len(data)) + data + bytes(-len(data) % BLOCK))
+            self.data_bytes += len(data)
+        self.count += 1
+
+    def close(self) -> ShardInfo:
+        self._put(bytes(2 * BLOCK))  # the end-of-archive marker, then padding to a whole record, as tarfile
+        self._put(bytes(-self.offset % RECORD))
+        self.file.close()
+        return ShardInfo(self.path.name, self.count, self.offset, self.hash.hexdigest(), path=self.path)
+
+
+def write_items(folder: Path, records: Iterable[ItemRecord], shard_size: int, pattern: str = ITEM_SHARDS,
+                prefix: str = "") -> list[ShardInfo]:
+    """Item shards ``pattern`` % n in ``folder``; sample keys ``<prefix><running index>``."""
     def samples() -> Iterator[dict[str, Any]]:
         for n, rec in enumerate(records):
             meta = json.dumps({"key": rec.key, **rec.meta}).encode()
-            sample = {"__key__": f"{n:09d}", "txt": rec.text.encode(), "json": meta}
+            sample = {"__key__": f"{prefix}{n:09d}", "txt": rec.text.encode(), "json": meta}
             if rec.image is not None:
                 try:
                     sample[image_ext(rec.image)] = rec.image
@@ -100,16 +179,65 @@ def write_items(folder: Path, records: Iterable[ItemRecord], shard_size: int) ->
                     raise DataError(f"item {rec.key!r}: {e}") from None
             yield sample
 
-    return _ShardSink(folder, ITEM_SHARDS, shard_size).write_all(samples())
+    return _ShardSink(folder, pattern, shard_size).write_all(samples())
 
 
-def write_seqs(folder: Path, records: Iterable[SeqRecord], shard_size: int) -> list[ShardInfo]:
+def write_seqs(folder: Path, records: Iterable[SeqRecord], shard_size: int, pattern: str = SEQ_SHARDS,
+               prefix: str = "") -> list[ShardInfo]:
+    """Sequence shards ``pattern`` % n in ``folder``; sample keys ``<prefix><running index>``."""
     samples = (
-        {"__key__": f"{n:09d}", "json": json.dumps({"user": r.user, "domain": r.domain, "items": r.items,
-                                                   "timestamps": r.timestamps.tolist()}).encode()}
+        {"__key__": f"{prefix}{n:09d}", "json": json.dumps({"user": r.user, "domain": r.domain, "items": r.items,
+                                                            "timestamps": r.timestamps.tolist()}).encode()}
         for n, r in enumerate(records)
     )
-    return _ShardSink(folder, SEQ_SHARDS, shard_size).write_all(samples)
+    return _ShardSink(folder, pattern, shard_size).write_all(samples)
+
+
+# ---------------------------------------------------------------------------------------------- item image files
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def image_stem(item: str) -> str:
+    """The file name (without extension) of an item's image: the id percent-encoded (RFC 3986 unreserved
+    characters stay, so ASINs keep their names) and a leading dot too (no hidden files). Injective, and never
+    holds a slash, so no id leads outside the folder."""
+    stem = urllib.parse.quote(item, safe="")
+    return f"%2E{stem[1:]}" if stem.startswith(".") else stem
+
+
+def folder_image(folder: Optional[Path], item: str, bad: BadRecords) -> Optional[bytes]:
+    """The image ``<folder>/<image_stem(item)>.jpg|jpeg|png|webp`` (tools/download_images.py's naming), checked;
+    None when there is none, a counted ``bad_image`` when it does not decode."""
+    if folder is None:
+        return None
+    for suffix in IMAGE_SUFFIXES:
+        path = folder / f"{image_stem(item)}{suffix}"
+        if path.is_file():
+            data = path.read_bytes()
+            try:
+                image_ext(data)
+                decode_image(data)
+            except Exception as e:  # DataError from image_ext, OSError and others from PIL
+                bad.report("bad_image", f"{path}: unreadable image for item {item!r} ({e})")
+                return None
+            return data
+    return None
+
+
+def file_image(path: Path, where: str, bad: BadRecords) -> Optional[bytes]:
+    """An image file named by a table cell, checked; a counted ``bad_image`` (``where``: the table row and item)
+    when it cannot be read or decoded."""
+    try:
+        data = path.read_bytes()
+        image_ext(data)
+        decode_image(data)
+    except OSError as e:
+        bad.report("bad_image", f"{where}: cannot read image {path} ({e.strerror or e})")
+        return None
+    except Exception as e:  # DataError from image_ext; PIL raises several types for damaged images
+        bad.report("bad_image", f"{where}: {path} is not a readable image ({e})")
+        return None
+    return data
 
 
 # ------------------------------------------------------------------------------------------------------------ read

@@ -33,16 +33,18 @@ import math
 import os
 import re
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Mapping, Optional, Sequence
 
-from .amazon import _local_image, download_images
-from .dataset import check_output, write_dataset
-from .interactions import build_sequences
-from .schema import MAX_TIMESTAMP, BadRecords, DataError, InvalidRecord, ItemRecord, Manifest, SeqRecord
-from .shards import decode_image, image_ext, sha256_file
+from .amazon import download_images
+from .build import Converted, Scale, Sequences, convert
+from .dataset import check_output
+from .engine import (LIST, Engine, Problems, csv_fields, id_problem, json_id, json_seconds, quote, seconds_problem,
+                     text_id, text_seconds, typed_id, typed_seconds)
+from .schema import MAX_TIMESTAMP, BadRecords, DataError, InvalidRecord, Manifest
+from .shards import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -325,172 +327,239 @@ def _split(value: Any, separator: Optional[str]) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------------------- items
-ItemId = tuple[Optional[str], str]  # (domain, id); domain None when the items table serves every domain
-
-
-@dataclass
-class _Item:
-    text: str
-    meta: dict[str, Any]
-    image: str  # the image cell: empty, a URL or a path
-    n: int  # its line in the items table
+CATALOGUE_BATCH = 65_536  # item rows per Arrow batch handed to the engine: bounded memory
 
 
 @dataclass
 class Catalogue:
-    """The items table read: usable items, and the rows of those dropped for empty text."""
+    """The items table read into the engine's ``catalogue`` table: the first row of every item id (per domain when
+    ``per_domain``) with non-empty text; ``textless`` holds the ids whose first row had none."""
 
     table: Table
     per_domain: bool
-    items: dict[ItemId, _Item] = field(default_factory=dict)
-    textless: dict[ItemId, int] = field(default_factory=dict)
-
-    def id(self, domain: str, item: str) -> ItemId:
-        return (domain if self.per_domain else None, item)
+    items: int = 0
 
 
-def read_items(table: Table, columns: Columns, fields: Sequence[TextField], bad: BadRecords) -> Catalogue:
+def read_items(engine: Engine, table: Table, columns: Columns, fields: Sequence[TextField], bad: BadRecords
+               ) -> Catalogue:
+    """Render every item row's text and json (Python: the cell rules above), hand them to the engine in
+    batches, then let it pick each id's first row and find duplicates and empty texts (reported in file order)."""
+    import pyarrow as pa
+
     table.require([(columns.item, "item column"), *((f.column, "text field") for f in fields),
                    *([(columns.image, "image column")] if columns.image else [])])
     per_domain = columns.domain is not None and table.has_column(columns.domain)
     wanted = [columns.item, *(f.column for f in fields), columns.image, columns.domain if per_domain else None]
-    catalogue = Catalogue(table, per_domain)
+    problems = Problems(bad)
     present: set[str] = set()
+    names = ("domain", "id", "n", "text", "meta", "image")
+    engine.execute("CREATE OR REPLACE TABLE catalogue_rows (domain VARCHAR, id VARCHAR, n BIGINT, text VARCHAR, "
+                   "meta VARCHAR, image VARCHAR)")
+    batch: dict[str, list[Any]] = {name: [] for name in names}
+
+    def flush() -> None:
+        if batch["id"]:
+            engine.append("catalogue_rows", pa.table({name: batch[name] for name in names}))
+            for values in batch.values():
+                values.clear()
+
     for n, row in table.rows(bad, [c for c in dict.fromkeys(wanted) if c is not None]):
         try:
-            key = (_id(row, columns.domain) if per_domain else None, _id(row, columns.item))
+            domain, item = (_id(row, columns.domain) if per_domain else None), _id(row, columns.item)
         except InvalidRecord as e:
-            bad.report(e.reason, f"{table.where(n)}: {e.problem}")
-            continue
-        first = catalogue.items[key].n if key in catalogue.items else catalogue.textless.get(key)
-        if first is not None:
-            bad.report("duplicate_item", f"{table.where(n)}: item {key[1]!r} already on {table.where(first)}")
+            problems.add(e.reason, 1, [(n, f"{table.where(n)}: {e.problem}")])
             continue
         present.update(row)
         values = {f.column: _split(row.get(f.column), f.split) for f in fields}
         text = " ; ".join(f"{f.label}: {value}" for f in fields if (value := _render(values[f.column])))
-        if not text:
-            bad.report("bad_text", f"{table.where(n)}: item {key[1]!r}: empty text "
-                                   f"({', '.join(f.column for f in fields)} all empty)")
-            catalogue.textless[key] = n
-            continue
         image = _scalar(row.get(columns.image)) if columns.image else ""
         meta = {column: _json_value(value) for column, value in values.items()}
         if _URL.match(image):
             meta["image_url"] = image
-        catalogue.items[key] = _Item(text, meta, image, n)
+        for name, value in zip(names, (domain, item, n, text, json.dumps(meta), image)):
+            batch[name].append(value)
+        if len(batch["id"]) >= CATALOGUE_BATCH:
+            flush()
+    flush()
     absent = [f.column for f in fields if f.column not in present]
     if present and absent:  # JSON lines: a misspelt field is in no record
         raise DataError(f"{table.path}: no record has the text field {absent[0]!r}")
+
+    where = _where_sql(table)
+    engine.execute("""CREATE OR REPLACE TABLE catalogue_all AS SELECT *, n = min(n) OVER (PARTITION BY domain, id)
+                      AS first, min(n) OVER (PARTITION BY domain, id) AS first_n FROM catalogue_rows""")
+    engine.execute("DROP TABLE catalogue_rows")
+    fields_named = ", ".join(f.column for f in fields)
+    problems.add_query(engine, f"""
+        SELECT n AS line, 'duplicate_item' AS reason,
+               {where('n')} || ': item ' || pyrepr(id) || ' already on ' || {where('first_n')} AS message
+        FROM catalogue_all WHERE NOT first
+        UNION ALL
+        SELECT n, 'bad_text', {where('n')} || ': item ' || pyrepr(id) || {quote(f": empty text ({fields_named} all empty)")}
+        FROM catalogue_all WHERE first AND text = ''""")
+    problems.flush()
+    engine.execute("CREATE OR REPLACE TABLE catalogue AS SELECT domain, id, n, text, meta, image, text <> '' AS ok "
+                   "FROM catalogue_all WHERE first")
+    engine.execute("DROP TABLE catalogue_all")
+    catalogue = Catalogue(table, per_domain, engine.value("SELECT count(*) FROM catalogue WHERE ok"))
     if not catalogue.items:
         raise DataError(f"{table.path}: no usable item rows (skipped: {bad.as_dict()})")
     return catalogue
 
 
-class _Images:
-    """An item's image bytes from its image cell: a file, or for a URL the download in ``folder`` (one
-    sub-folder per domain when items are per domain: the files are named by item id)."""
+def _where_sql(table: Table) -> Any:
+    """SQL for ``Table.where``: the file and line (Parquet: row) of a row number."""
+    return lambda n: (f"{quote(f'{table.path}: row ')} || {n}" if table.format == "parquet"
+                      else f"{quote(f'{table.path}:')} || {n}")
 
-    def __init__(self, catalogue: Catalogue, folder: Optional[Path], bad: BadRecords):
-        self.catalogue, self.folder, self.bad = catalogue, folder, bad
-        self.stored = 0
 
-    def folder_for(self, domain: str) -> Optional[Path]:
-        if self.folder is None:
-            return None
-        return self.folder / domain if self.catalogue.per_domain else self.folder
+def _image_folder(folder: Optional[Path], per_domain: bool) -> str:
+    """SQL: the folder of an item's downloaded URL image (one per domain when items are per domain: the files
+    are named by item id)."""
+    if folder is None:
+        return "NULL"
+    return f"{quote(str(folder.resolve()) + '/')} || domain" if per_domain else quote(str(folder.resolve()))
 
-    def download(self, item_keys: Iterable[str]) -> dict[str, int]:
-        """Fetch the URL images of these items that are not in the folder yet (tools/download_images.py's logic)."""
-        if self.folder is None:
-            raise DataError("downloading images needs a folder to put them in")
-        by_folder: dict[Path, dict[str, str]] = {}
-        for key in item_keys:
-            domain, raw = key.split(":", 1)
-            url = self.catalogue.items[self.catalogue.id(domain, raw)].meta.get("image_url")
-            if url:
-                by_folder.setdefault(self.folder_for(domain), {})[raw] = url
-        counts = {"downloaded": 0, "present": 0, "failed": 0, "refused": 0}
-        for folder, urls in by_folder.items():
-            for outcome, n in download_images(urls, folder).items():
-                counts[outcome] += n
-        return counts
 
-    def load(self, domain: str, raw: str, item: _Item) -> Optional[bytes]:
-        if not item.image:
-            return None
-        if _URL.match(item.image):
-            data = _local_image(self.folder_for(domain), raw, self.bad)
-        else:
-            data = self._file(raw, item)
-        self.stored += data is not None
-        return data
+def _download(engine: Engine, catalogue: Catalogue, folder: Optional[Path], kept: str) -> dict[str, int]:
+    """Fetch the URL images of the kept items that are not in the folder yet (tools/download_images.py's logic)."""
+    if folder is None:
+        raise DataError("downloading images needs a folder to put them in")
+    by_folder: dict[str, dict[str, str]] = {}
+    rows = engine.rows(f"""SELECT {_image_folder(folder, catalogue.per_domain)}, k.item, json_extract_string(c.meta,
+        '$.image_url') FROM ({kept}) k JOIN catalogue c ON {_catalogue_match(catalogue, 'k')}
+        WHERE json_extract_string(c.meta, '$.image_url') IS NOT NULL""")
+    for where, item, url in rows:
+        by_folder.setdefault(where, {})[item] = url
+    counts = {"downloaded": 0, "present": 0, "failed": 0, "refused": 0}
+    for where, urls in sorted(by_folder.items()):
+        for outcome, n in download_images(urls, Path(where)).items():
+            counts[outcome] += n
+    return counts
 
-    def _file(self, raw: str, item: _Item) -> Optional[bytes]:
-        path = Path(item.image)
-        path = path if path.is_absolute() else self.catalogue.table.path.parent / path
-        where = f"{self.catalogue.table.where(item.n)}: item {raw!r}"
-        try:
-            data = path.read_bytes()
-            image_ext(data)
-            decode_image(data)
-        except OSError as e:
-            self.bad.report("bad_image", f"{where}: cannot read image {path} ({e.strerror or e})")
-            return None
-        except Exception as e:  # DataError from image_ext; PIL raises several types for damaged images
-            self.bad.report("bad_image", f"{where}: {path} is not a readable image ({e})")
-            return None
-        return data
+
+def _catalogue_match(catalogue: Catalogue, alias: str) -> str:
+    """SQL join condition of rows ``alias`` (domain, item) with the catalogue's ids."""
+    same = f"c.id = {alias}.item"
+    return f"{same} AND c.domain = {alias}.domain" if catalogue.per_domain else same
+
+
+def _items_sql(catalogue: Catalogue, kept: str, images: Optional[Path]) -> str:
+    """SQL: the build contract's item columns of every kept item."""
+    table = catalogue.table
+    where = _where_sql(table)
+    folder = quote(str(table.path.parent.resolve()) + "/")
+    url = "regexp_matches(c.image, '^[A-Za-z][A-Za-z0-9+.-]*://')"
+    return f"""SELECT k.domain || ':' || k.item AS key, c.text, c.meta,
+        CASE WHEN c.image = '' OR {url} THEN NULL WHEN starts_with(c.image, '/') THEN c.image
+             ELSE {folder} || c.image END AS image_file,
+        CASE WHEN {url} THEN {_image_folder(images, catalogue.per_domain).replace('domain', 'k.domain')} END AS image_dir,
+        k.item AS image_id, {where('c.n')} || ': item ' || pyrepr(k.item) AS "where"
+        FROM ({kept}) k JOIN catalogue c ON {_catalogue_match(catalogue, 'k')}"""
 
 
 # ---------------------------------------------------------------------------------------------------- interactions
+def _cells(engine: Engine, table: Table, needed: Sequence[str]) -> tuple[str, str, Any]:
+    """Register the table's rows in the engine; returns (source view, the condition of a row with the right
+    shape, per-column SQL of (id text, seconds, raw text)) and reports malformed rows."""
+    if table.format == "parquet":
+        _pyarrow_parquet(table.path)  # the same one-line error without pyarrow as for any Parquet table
+        types = engine.read_parquet("rows", table.path, needed)
+
+        def cell(column: str) -> tuple[str, Any]:
+            return typed_id(column, types[column]), typed_seconds(column, types[column])
+        return "rows", "true", cell
+    engine.read_lines("lines", table.path)
+    if table.format == "jsonl":
+        engine.execute("""CREATE OR REPLACE VIEW rows AS SELECT n, line, json_valid(line) AS valid,
+                          json_valid(line) AND json_type(line) = 'OBJECT' AS object FROM lines
+                          WHERE line IS NOT NULL AND trim(line, ' \t\r\n') <> ''""")
+
+        def cell(column: str) -> tuple[str, Any]:
+            return json_id("line", column), json_seconds("line", column)
+        return "rows", "object", cell
+    if table.format == "atomic":
+        split = "string_split(line, '\t')"
+        keep = "trim(line, ' \t\r\n\x0b\x0c') <> ''"
+    else:
+        split = csv_fields("line", "\t" if table.format == "tsv" else ",")
+        keep = "true"
+    engine.execute(f"CREATE OR REPLACE VIEW rows AS SELECT n, {split} AS f FROM lines "
+                   f"WHERE n > 1 AND line IS NOT NULL AND {keep}")
+    position = {c: i + 1 for i, c in enumerate(table.columns)}
+
+    def cell(column: str) -> tuple[str, Any]:
+        value = f"f[{position[column]}]"
+        return text_id(value), (text_seconds(value), value)
+    return "rows", f"len(f) = {len(table.columns)}", cell
+
+
+def _shape_columns(table: Table) -> list[str]:
+    """The columns the shape problem reads, carried to the outer query."""
+    return {"jsonl": ["valid,"], "parquet": []}.get(table.format, ["f,"])
+
+
 @dataclass
-class _Events:
-    """One domain's usable rows, and the rows dropped with their item."""
+class Events:
+    """The usable interactions of one table, in the engine (view ``events``: domain, user, item, t; keys
+    domain-qualified), and per domain the rows dropped with their item."""
 
-    users: list[str] = field(default_factory=list)
-    items: list[str] = field(default_factory=list)
-    stamps: list[int] = field(default_factory=list)
-    unknown_item: int = 0
-    without_item_text: int = 0
-
-
-def _domain(row: Mapping[str, Any], column: str) -> str:
-    domain = _id(row, column)
-    if ":" in domain:
-        raise InvalidRecord("bad_record", f"domain {domain!r} contains ':' (keys are <domain>:<id>)")
-    return domain
+    domains: list[str]
+    unknown_item: dict[str, int]
+    without_item_text: dict[str, int]
 
 
-def read_events(table: Table, columns: Columns, domain: Optional[str], catalogue: Catalogue,
-                bad: BadRecords) -> dict[str, _Events]:
-    """Rows per domain: from the domain column, else all in ``domain``."""
+def read_events(engine: Engine, table: Table, columns: Columns, domain: Optional[str], catalogue: Catalogue,
+                bad: BadRecords) -> Events:
+    """Rows per domain: from the domain column, else all in ``domain``. Bad rows are reported in file order."""
     needed = [(columns.user, "user column"), (columns.item, "item column"), (columns.time, "time column")]
     table.require(needed + ([(columns.domain, "domain column")] if columns.domain else []))
-    events: dict[str, _Events] = {}
-    for n, row in table.rows(bad, [c for c, _ in needed] + ([columns.domain] if columns.domain else [])):
-        try:
-            user, item, stamp = _id(row, columns.user), _id(row, columns.item), _seconds(row.get(columns.time))
-            row_domain = _domain(row, columns.domain) if columns.domain else domain
-        except InvalidRecord as e:
-            bad.report(e.reason, f"{table.where(n)}: {e.problem}")
-            continue
-        found = events.setdefault(row_domain, _Events())
-        item_id = catalogue.id(row_domain, item)
-        if item_id not in catalogue.items:
-            if item_id in catalogue.textless:  # reported once, as the item's bad_text
-                found.without_item_text += 1
-            else:
-                found.unknown_item += 1
-                where = f" for domain {row_domain!r}" if catalogue.per_domain else ""
-                bad.report("unknown_item", f"{table.where(n)}: item {item!r} is not in {catalogue.table.path}{where}")
-            continue
-        found.users.append(user)
-        found.items.append(item)
-        found.stamps.append(stamp)
-    if not any(e.users for e in events.values()):
+    source, shaped, cell = _cells(engine, table, [c for c, _ in needed] + ([columns.domain] if columns.domain else []))
+    (user, _), (item, _), (_, (seconds, raw)) = cell(columns.user), cell(columns.item), cell(columns.time)
+    domain_value = cell(columns.domain)[0] if columns.domain else quote(domain)
+    domain_problem = (f"CASE WHEN contains(domain_v, ':') THEN 'domain ' || pyrepr(domain_v) || "
+                      f"{quote(' contains ' + repr(':') + ' (keys are <domain>:<id>)')} END")
+    shape_problem = {"jsonl": "CASE WHEN NOT valid THEN 'not JSON' ELSE 'not a JSON object' END",
+                     "parquet": "NULL"}.get(table.format, f"len(f) || {quote(' fields, the header has ')} || "
+                                                          f"{len(table.columns or [])}")
+    usable = [f"{v} <> '' AND NOT starts_with({v}, {quote(LIST)})" for v in ("user_v", "item_v")]
+    usable.append(f"t_v BETWEEN 0 AND {MAX_TIMESTAMP}")
+    if columns.domain:
+        usable.append(f"domain_v <> '' AND NOT starts_with(domain_v, {quote(LIST)}) AND NOT contains(domain_v, ':')")
+    problem = (f"coalesce({id_problem('user_v', columns.user)}, {id_problem('item_v', columns.item)}, "
+               f"{seconds_problem('t_v', 't_raw')}"
+               + (f", {id_problem('domain_v', columns.domain)}, {domain_problem})" if columns.domain else ")"))
+    # The problem's text is built only for the rows that have one: CASE evaluates a branch for its rows alone.
+    engine.query(f"""CREATE OR REPLACE TABLE ev_rows AS SELECT n, domain_v, user_v, item_v, t_v, problem,
+        CASE WHEN problem IS NULL THEN NULL WHEN problem LIKE 'timestamp %' OR problem = 'empty timestamp'
+             THEN 'bad_timestamps' ELSE 'bad_record' END AS reason
+        FROM (SELECT *, CASE WHEN NOT shaped THEN {shape_problem} WHEN {' AND '.join(usable)} THEN NULL
+                             ELSE {problem} END AS problem
+              FROM (SELECT n, {shaped} AS shaped, {', '.join(_shape_columns(table))}
+                           CASE WHEN {shaped} THEN {user} END AS user_v, CASE WHEN {shaped} THEN {item} END AS item_v,
+                           CASE WHEN {shaped} THEN {seconds} END AS t_v, CASE WHEN {shaped} THEN {raw} END AS t_raw,
+                           CASE WHEN {shaped} THEN {domain_value} END AS domain_v
+                    FROM {source}))""", str(table.path))
+    where = _where_sql(table)
+    for_domain = "' for domain ' || pyrepr(e.domain_v)" if catalogue.per_domain else "''"
+    engine.execute(f"""CREATE OR REPLACE TABLE ev_matched AS SELECT e.n, e.domain_v AS domain, e.user_v AS user,
+        e.item_v AS item, CAST(e.t_v AS BIGINT) AS t, c.ok FROM ev_rows e LEFT JOIN catalogue c
+        ON c.id = e.item_v {'AND c.domain = e.domain_v' if catalogue.per_domain else ''} WHERE e.problem IS NULL""")
+    problems = Problems(bad)
+    problems.add_query(engine, f"""
+        SELECT n AS line, reason, {where('n')} || ': ' || problem AS message FROM ev_rows WHERE problem IS NOT NULL
+        UNION ALL
+        SELECT e.n, 'unknown_item', {where('e.n')} || ': item ' || pyrepr(e.item) || {quote(' is not in ' + str(catalogue.table.path))} || {for_domain.replace('e.domain_v', 'e.domain')}
+        FROM ev_matched e WHERE e.ok IS NULL""")
+    problems.flush()
+    engine.execute("DROP TABLE ev_rows")
+    found = engine.rows("SELECT domain, count(*) FILTER (WHERE ok IS NULL), count(*) FILTER (WHERE NOT ok), "
+                        "count(*) FILTER (WHERE ok) FROM ev_matched GROUP BY domain ORDER BY domain")
+    if not any(row[3] for row in found):
         raise DataError(f"{table.path}: no usable interaction rows (skipped: {bad.as_dict()})")
-    return events
+    engine.execute("""CREATE OR REPLACE VIEW events AS SELECT domain, domain || ':' || user AS user,
+                      domain || ':' || item AS item, t FROM ev_matched WHERE ok""")
+    return Events([row[0] for row in found], {row[0]: row[1] for row in found}, {row[0]: row[2] for row in found})
 
 
 # --------------------------------------------------------------------------------------------------------- convert
@@ -501,68 +570,58 @@ def _source(path: Path, role: str) -> dict[str, Any]:
 def prepare(interactions: str | os.PathLike, items: str | os.PathLike, out_dir: str | os.PathLike, *,
             text_fields: Sequence[TextField], name: Optional[str] = None, columns: Columns = Columns(),
             images: Optional[str | os.PathLike] = None, download: bool = False, k: int = 5,
-            shard_size: int = 1000, strict: bool = False, licence: str = LICENCE) -> Manifest:
+            shard_size: int = 1000, strict: bool = False, licence: str = LICENCE,
+            scale: Scale = Scale()) -> Manifest:
     """Convert an interaction table and an item table into a dataset folder.
 
     ``name`` defaults to the interaction file's stem (the one domain) or, with a domain column, the domains
     joined by "+". ``images``: the folder of downloaded URL images; ``download`` fills it first, for the items
-    left after filtering only.
+    left after filtering only. ``scale``: partitions, workers and the engine's memory (mmm4rec.data.build); a
+    rerun after an interruption redoes only what is unfinished.
     """
     if not text_fields:
         raise DataError("no text fields: name the item columns that form the item text")
     check_output(out_dir)  # before reading the tables, not after
-    bad = BadRecords(strict)
     inter_table, item_table = Table(interactions), Table(items)
     domain = None if columns.domain else (name or inter_table.path.name.split(".")[0])
     if domain is not None and (":" in domain or not domain):
         raise DataError(f"dataset name {domain!r} is the domain of every key: it must be non-empty, without ':'")
-    catalogue = read_items(item_table, columns, text_fields, bad)
-    events = read_events(inter_table, columns, domain, catalogue, bad)
-    name = name or domain or "+".join(sorted(events))
+    args = {"columns": asdict(columns), "text_fields": [asdict(f) for f in text_fields], "k_core": k,
+            "shard_size": shard_size, "strict": strict, "images": images is not None, "download": download,
+            **scale.args()}
+    sources = [_source(inter_table.path, "interactions"), _source(item_table.path, "items")]
+    image_folder = Path(images) if images is not None else None
 
-    seqs: list[SeqRecord] = []
-    item_keys: list[str] = []
-    filtering: dict[str, Any] = {}
-    for d in sorted(events):
-        found = events[d]
-        built = build_sequences(d, [f"{d}:{u}" for u in found.users], [f"{d}:{i}" for i in found.items],
-                                found.stamps, k=k)
-        filtering[d] = {"rows_unknown_item": found.unknown_item, "rows_without_item_text": found.without_item_text,
-                        **built.stats}
-        log.info("%s: %s", d, filtering[d])
-        seqs.extend(built.records)
-        item_keys.extend(built.item_keys)
-    seqs.sort(key=lambda r: r.user)  # domain by domain is not key order when one domain prefixes another
-    item_keys.sort()
-
-    image_files = _Images(catalogue, Path(images) if images is not None else None, bad)
-    provenance: dict[str, Any] = {
-        "converter": "mmm4rec.data.tables",
-        "args": {"columns": asdict(columns), "text_fields": [asdict(f) for f in text_fields], "k_core": k,
-                 "shard_size": shard_size, "strict": strict, "images": images is not None, "download": download},
-        "source_format": {"interactions": inter_table.format, "items": item_table.format},
-        "sources": [_source(inter_table.path, "interactions"), _source(item_table.path, "items")],
-        "filtering": filtering,
-        "feedback": "implicit: every row is an interaction",
-    }
-    if download:
-        provenance["image_download"] = image_files.download(item_keys)
-
-    def item_records() -> Iterator[ItemRecord]:
-        for key in item_keys:
-            d, raw = key.split(":", 1)
-            item = catalogue.items[catalogue.id(d, raw)]
-            yield ItemRecord(key, item.text, image_files.load(d, raw, item), item.meta)
-
-    def seq_records() -> Iterator[SeqRecord]:
-        # write_dataset consumes every item before the first sequence and builds the manifest after the last:
-        # image outcomes are known, and recorded, by now
-        provenance["images_with_file"] = image_files.stored
+    def step2(engine: Engine) -> Converted:
+        bad = BadRecords(strict)
+        catalogue = read_items(engine, item_table, columns, text_fields, bad)
+        events = read_events(engine, inter_table, columns, domain, catalogue, bad)
+        sequences = Sequences(engine, k)
+        stats = sequences.build("SELECT * FROM events")
+        filtering: dict[str, Any] = {}
+        for d in events.domains:
+            filtering[d] = {"rows_unknown_item": events.unknown_item[d],
+                            "rows_without_item_text": events.without_item_text[d], **stats[d]}
+            log.info("%s: %s", d, filtering[d])
+        provenance: dict[str, Any] = {
+            "converter": "mmm4rec.data.tables",
+            "args": args,
+            "source_format": {"interactions": inter_table.format, "items": item_table.format},
+            "sources": sources,
+            "filtering": filtering,
+            "feedback": "implicit: every row is an interaction",
+        }
+        kept = sequences.kept_items()
+        if download:
+            provenance["image_download"] = _download(engine, catalogue, image_folder, kept)
+        provenance["images_with_file"] = 0  # the shard writers count them
         provenance["skipped"] = bad.as_dict()
-        yield from seqs
+        return Converted(name or domain or "+".join(events.domains), licence, provenance, shard_size, sequences,
+                         _items_sql(catalogue, kept, image_folder))
 
-    return write_dataset(out_dir, name=name, items=item_records(), seqs=seq_records(), provenance=provenance,
-                         licence=licence, shard_size=shard_size)
+    identity = {"converter": "mmm4rec.data.tables", "args": args, "sources": sources, "name": name,
+                "licence": licence, "image_folder": str(image_folder)}
+    return convert(out_dir, identity, scale, step2)
 
 
 def prepare_recbole(prefix: str | os.PathLike, out_dir: str | os.PathLike, *, columns: Columns = RECBOLE_COLUMNS,
