@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator, Mapping, Optional
 
-from .dataset import check_output, write_dataset
-from .interactions import build_sequences
+from .build import Converted, Scale, Sequences, convert
+from .dataset import check_output
+from .engine import Engine, Problems, csv_fields, quote
 from .remote import Retry, get_url
-from .schema import MAX_TIMESTAMP, BadRecords, DataError, ItemRecord, Manifest
-from .shards import IMAGE_SUFFIXES, folder_image, image_ext, image_stem, sha256_file
+from .schema import MAX_TIMESTAMP, BadRecords, DataError, Manifest
+from .shards import IMAGE_SUFFIXES, image_ext, image_stem, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -121,84 +122,175 @@ def read_meta(path: Path, bad: BadRecords) -> dict[str, ItemMeta]:
     return items
 
 
-def read_reviews(path: Path, bad: BadRecords) -> tuple[list[str], list[str], list[int]]:
-    """(users, items, Unix seconds) from a 2018 ratings CSV or a 2023 reviews JSONL (told apart by content)."""
-    users, items, stamps = [], [], []
+def _literal_reviews(path: Path, rows: list[tuple[int, str]], bad: BadRecords) -> list[tuple[int, str, str, Any]]:
+    """The review lines that are not JSON (Python dict literals, as in the 2018 files), parsed here: they are
+    few. Returns (line, user, item, timestamp) of the usable ones; the others are reported."""
+    found = []
+    for n, line in rows:
+        try:
+            rec = ast.literal_eval(line)
+        except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
+            bad.report("bad_record", f"{path}:{n}: neither JSON nor a Python dict literal ({e})")
+            continue
+        if not isinstance(rec, dict):
+            bad.report("bad_record", f"{path}:{n}: not an object")
+            continue
+        try:
+            user, stamp = str(rec["user_id"]), int(rec["timestamp"])
+            item = str(rec.get("parent_asin") or rec["asin"])
+        except (KeyError, TypeError, ValueError, OverflowError):
+            bad.report("bad_record", f"{path}:{n}: review without user_id/parent_asin/timestamp: {str(rec)[:80]}")
+            continue
+        found.append((n, user, item, stamp))
+    return found
 
-    def add(user: str, item: str, seconds: int, where: str) -> None:
-        if not 0 <= seconds <= MAX_TIMESTAMP:  # e.g. a 1e30 sentinel: not a time, and beyond int64
-            bad.report("bad_timestamps", f"{where}: timestamp {seconds} s is not between 1970 and the year 9999")
-            return
-        users.append(user)
-        items.append(item)
-        stamps.append(seconds)
 
+def _json_text(j: str) -> str:
+    """SQL: Python's str() of a decoded JSON value (NULL when absent)."""
+    kind = f"json_type({j})"
+    return (f"CASE {kind} WHEN 'VARCHAR' THEN json_extract_string({j}, '$') WHEN 'NULL' THEN 'None' "
+            f"WHEN 'BOOLEAN' THEN CASE WHEN CAST({j} AS BOOLEAN) THEN 'True' ELSE 'False' END "
+            f"ELSE CAST({j} AS VARCHAR) END")
+
+
+def _json_int(j: str) -> str:
+    """SQL: Python's int() of a decoded JSON value, NULL where it raises."""
+    kind = f"json_type({j})"
+    d = f"CAST({j} AS DOUBLE)"
+    s = f"json_extract_string({j}, '$')"
+    return (f"CASE {kind} WHEN 'BIGINT' THEN CAST({j} AS HUGEINT) WHEN 'UBIGINT' THEN CAST({j} AS HUGEINT) "
+            f"WHEN 'DOUBLE' THEN CASE WHEN isfinite({d}) THEN CAST(trunc({d}) AS HUGEINT) END "
+            f"WHEN 'VARCHAR' THEN CASE WHEN regexp_full_match({s}, '\\s*[+-]?\\d+(_\\d+)*\\s*') "
+            f"THEN TRY_CAST({s} AS HUGEINT) END "
+            f"WHEN 'BOOLEAN' THEN CASE WHEN CAST({j} AS BOOLEAN) THEN 1 ELSE 0 END END")
+
+
+def load_reviews(engine: Engine, src: "DomainSource", bad: BadRecords, number: int) -> str:
+    """Table of the domain's usable reviews (n, user, item, t) from a 2018 ratings CSV or a 2023 reviews JSONL
+    (told apart by content), read by the engine; bad rows are reported in file order."""
+    path = src.reviews
     with _open(path) as f:
         first = next((line for line in f if line.strip()), "")
+    lines, table = f"review_lines_{number}", f"reviews_{number}"
+    engine.read_lines(lines, path)
+    problems = Problems(bad)
     if first.lstrip().startswith("{"):
-        for rec in _records(path, bad):
-            try:
-                user, stamp = str(rec["user_id"]), int(rec["timestamp"])
-                item = str(rec.get("parent_asin") or rec["asin"])
-            except (KeyError, TypeError, ValueError, OverflowError):
-                bad.report("bad_record", f"{path}: review without user_id/parent_asin/timestamp: {str(rec)[:80]}")
-                continue
-            add(user, item, stamp // 1000, f"{path}: user {user!r}")
-        return users, items, stamps
-    with _open(path) as f:
-        for lineno, row in enumerate(csv.reader(f), 1):
-            if not row:
-                continue
-            try:
-                item, user, _, stamp = row
-                seconds = int(float(stamp))
-            except (ValueError, OverflowError):  # int(float("inf")) overflows
-                if lineno > 1:  # a header line is fine
-                    bad.report("bad_record", f"{path}:{lineno}: expected item,user,rating,timestamp")
-                continue
-            add(user, item, seconds, f"{path}:{lineno}")
-    return users, items, stamps
+        engine.query(f"""CREATE OR REPLACE TABLE rv AS SELECT n, line, json_valid(line) AS valid FROM {lines}
+                         WHERE line IS NOT NULL AND trim(line) <> ''""", str(path))
+        literal = _literal_reviews(path, engine.rows("SELECT n, line FROM rv WHERE NOT valid ORDER BY n"), bad)
+        parent = "json_extract(line, '$.parent_asin')"
+        truthy = (f"CASE json_type({parent}) WHEN 'VARCHAR' THEN json_extract_string({parent}, '$') <> '' "
+                  f"WHEN 'BOOLEAN' THEN CAST({parent} AS BOOLEAN) WHEN 'BIGINT' THEN CAST({parent} AS HUGEINT) <> 0 "
+                  f"WHEN 'DOUBLE' THEN CAST({parent} AS DOUBLE) <> 0 WHEN 'ARRAY' THEN json_array_length({parent}) > 0 "
+                  f"WHEN 'OBJECT' THEN {parent} <> '{{}}' ELSE false END")
+        asin = "json_extract(line, '$.asin')"
+        item = f"CASE WHEN {truthy} THEN {_json_text(parent)} ELSE {_json_text(asin)} END"
+        engine.execute(f"""CREATE OR REPLACE TABLE rv_parsed AS SELECT n, json_type(line) = 'OBJECT' AS object,
+            {_json_text("json_extract(line, '$.user_id')")} AS user, {item} AS item,
+            {_json_int("json_extract(line, '$.timestamp')")} AS stamp FROM rv WHERE valid""")
+        engine.table_from_arrow("rv_literal", _arrow(literal))
+        engine.execute(f"""CREATE OR REPLACE TABLE {table} AS SELECT n, user, item,
+            CAST(floor(stamp / 1000) AS HUGEINT) AS t FROM (
+                SELECT n, user, item, stamp FROM rv_parsed WHERE object AND user IS NOT NULL AND item IS NOT NULL
+                    AND stamp IS NOT NULL
+                UNION ALL SELECT n, user, item, CAST(stamp AS HUGEINT) FROM rv_literal)""")
+        problems.add_query(engine, f"""
+            SELECT n AS line, 'bad_record' AS reason, {quote(f'{path}:')} || n ||
+                   CASE WHEN object THEN ': review without user_id/parent_asin/timestamp' ELSE ': not an object' END
+                   AS message FROM rv_parsed WHERE NOT (object AND user IS NOT NULL AND item IS NOT NULL
+                                                       AND stamp IS NOT NULL)
+            UNION ALL
+            SELECT n, 'bad_timestamps', {quote(f'{path}: user ')} || pyrepr(user) || ': timestamp ' || t ||
+                   ' s is not between 1970 and the year 9999' FROM {table} WHERE t < 0 OR t > {MAX_TIMESTAMP}""")
+        for name in ("rv", "rv_parsed", "rv_literal"):
+            engine.execute(f"DROP TABLE {name}")
+    else:
+        stamp = "TRY_CAST(f[4] AS DOUBLE)"
+        engine.query(f"""CREATE OR REPLACE TABLE rv AS SELECT n, f, len(f) = 4 AND isfinite({stamp}) AS ok,
+            CASE WHEN len(f) = 4 AND isfinite({stamp}) THEN CAST(trunc({stamp}) AS HUGEINT) END AS t
+            FROM (SELECT n, {csv_fields('line', ',')} AS f FROM {lines} WHERE line IS NOT NULL)""", str(path))
+        engine.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT n, f[2] AS user, f[1] AS item, t FROM rv WHERE ok")
+        problems.add_query(engine, f"""
+            SELECT n AS line, 'bad_record' AS reason, {quote(f'{path}:')} || n ||
+                   ': expected item,user,rating,timestamp' AS message FROM rv WHERE NOT ok AND n > 1
+            UNION ALL
+            SELECT n, 'bad_timestamps', {quote(f'{path}:')} || n || ': timestamp ' || t ||
+                   ' s is not between 1970 and the year 9999' FROM {table} WHERE t < 0 OR t > {MAX_TIMESTAMP}""")
+        engine.execute("DROP TABLE rv")
+    problems.flush()
+    engine.execute(f"DELETE FROM {table} WHERE t < 0 OR t > {MAX_TIMESTAMP}")
+    return table
+
+
+def _arrow(rows: list[tuple[int, str, str, Any]]) -> Any:
+    import pyarrow as pa
+
+    columns = list(zip(*rows)) or [[], [], [], []]
+    return pa.table({"n": pa.array(columns[0], pa.int64()), "user": pa.array(columns[1], pa.string()),
+                     "item": pa.array(columns[2], pa.string()),
+                     "stamp": pa.array([str(s) for s in columns[3]], pa.string())})
 
 
 def prepare(domains: list[DomainSource], out_dir: str | Path, name: str, shard_size: int = 1000, k: int = 5,
-            strict: bool = False) -> Manifest:
+            strict: bool = False, scale: Scale = Scale()) -> Manifest:
     """Each domain is filtered on its own (k-core per category); users are keyed per domain."""
     if len({d.name for d in domains}) != len(domains):
         raise DataError("domain names must be unique")
     check_output(out_dir)  # before reading the sources, not after
-    bad = BadRecords(strict)
-    items: list[ItemRecord] = []
-    seqs = []
-    filtering: dict[str, Any] = {}
-    for src in sorted(domains, key=lambda d: d.name):
-        meta = read_meta(src.meta, bad)
-        users, raw_items, stamps = read_reviews(src.reviews, bad)
-        with_text = [bool(meta.get(i) and meta[i].text) for i in raw_items]
-        built = build_sequences(src.name, [f"{src.name}:{u}" for u, ok in zip(users, with_text) if ok],
-                                [f"{src.name}:{i}" for i, ok in zip(raw_items, with_text) if ok],
-                                [t for t, ok in zip(stamps, with_text) if ok], k=k)
-        filtering[src.name] = {"reviews": len(raw_items), "reviews_without_item_text": with_text.count(False),
-                               **built.stats}
-        log.info("%s: %s", src.name, filtering[src.name])
-        for key in built.item_keys:
-            raw = key.split(":", 1)[1]
-            m = meta[raw]
-            items.append(ItemRecord(key, m.text, folder_image(src.images, raw, bad),
-                                    {"id": raw, **{f.lower(): v for f, v in m.fields.items() if v}}))
-        seqs.extend(built.records)
-    provenance = {
-        "converter": "mmm4rec.data.amazon",
-        "args": {"k_core": k, "shard_size": shard_size, "strict": strict,
-                 "domains": {d.name: {"images": d.images is not None} for d in domains}},
-        "sources": [{"domain": d.name, "file": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
-                    for d in domains for p in (d.reviews, d.meta)],
-        "filtering": filtering,
-        "images_with_file": sum(r.image is not None for r in items),
-        "skipped": bad.as_dict(),
-        "feedback": "implicit: every review is an interaction",
-    }
-    return write_dataset(out_dir, name=name, items=items, seqs=seqs, provenance=provenance, licence=LICENCE,
-                         shard_size=shard_size)
+    sources = [{"domain": d.name, "file": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+               for d in domains for p in (d.reviews, d.meta)]
+    args = {"k_core": k, "shard_size": shard_size, "strict": strict,
+            "domains": {d.name: {"images": d.images is not None} for d in domains}, **scale.args()}
+
+    def step2(engine: Engine) -> Converted:
+        import pyarrow as pa
+
+        bad = BadRecords(strict)
+        selects, counts = [], {}
+        engine.execute("CREATE OR REPLACE TABLE meta (domain VARCHAR, item VARCHAR, text VARCHAR, meta VARCHAR, "
+                       "image_dir VARCHAR)")
+        for number, src in enumerate(sorted(domains, key=lambda d: d.name)):
+            meta = {item: m for item, m in read_meta(src.meta, bad).items() if m.text}
+            engine.append("meta", pa.table({
+                "domain": [src.name] * len(meta), "item": list(meta), "text": [m.text for m in meta.values()],
+                "meta": [json.dumps({"id": item, **{f.lower(): v for f, v in m.fields.items() if v}})
+                         for item, m in meta.items()],
+                "image_dir": [str(src.images) if src.images is not None else None] * len(meta)}))
+            table = load_reviews(engine, src, bad, number)
+            d = quote(src.name)
+            counts[src.name] = engine.rows(f"""SELECT count(*), count(*) FILTER (WHERE item NOT IN
+                (SELECT item FROM meta WHERE domain = {d})) FROM {table}""")[0]
+            selects.append(f"SELECT {d} AS domain, {quote(src.name + ':')} || user AS user, "
+                           f"{quote(src.name + ':')} || item AS item, CAST(t AS BIGINT) AS t FROM {table} "
+                           f"WHERE item IN (SELECT item FROM meta WHERE domain = {d})")
+        sequences = Sequences(engine, k)
+        stats = sequences.build(" UNION ALL ".join(selects))
+        filtering: dict[str, Any] = {}
+        for domain, (reviews, without_text) in counts.items():
+            filtering[domain] = {"reviews": reviews, "reviews_without_item_text": without_text,
+                                 **stats.get(domain, _empty_stats(k))}
+            log.info("%s: %s", domain, filtering[domain])
+        provenance = {
+            "converter": "mmm4rec.data.amazon",
+            "args": args,
+            "sources": sources,
+            "filtering": filtering,
+            "images_with_file": 0,  # the shard writers count them
+            "skipped": bad.as_dict(),
+            "feedback": "implicit: every review is an interaction",
+        }
+        items = (f"SELECT k.domain || ':' || k.item AS key, m.text, m.meta, NULL::VARCHAR AS image_file, "
+                 f"m.image_dir, k.item AS image_id, NULL::VARCHAR AS \"where\" FROM ({sequences.kept_items()}) k "
+                 f"JOIN meta m ON m.domain = k.domain AND m.item = k.item")
+        return Converted(name, LICENCE, provenance, shard_size, sequences, items)
+
+    return convert(out_dir, {"converter": "mmm4rec.data.amazon", "args": args, "sources": sources, "name": name,
+                             "images": [str(d.images) for d in domains]}, scale, step2)
+
+
+def _empty_stats(k: int) -> dict[str, int]:
+    """build_sequences' statistics of a domain left with no rows."""
+    return {"rows": 0, "duplicate_rows": 0, f"rows_after_{k}core": 0, f"{k}core_rounds": 1, "users": 0, "items": 0}
 
 
 # ---------------------------------------------------------------------------------------------------- image fetch

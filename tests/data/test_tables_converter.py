@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 from data_helpers import FIXTURES, PYTHON, REPO, image_bytes, run_env
+from legacy import movielens as legacy_movielens
 
 from mmm4rec.data import movielens, tables
 from mmm4rec.data.dataset import load_manifest
+from mmm4rec.data.engine import Engine
 from mmm4rec.data.schema import BadRecords, DataError, InvalidRecord
 from mmm4rec.data.shards import iter_item_records, iter_seq_records
 from mmm4rec.data.tables import Columns, TextField
@@ -49,7 +51,7 @@ def write_csv(path: Path, header: list[str], rows) -> Path:
 
 def movie_tables(folder: Path, variant: str) -> tuple[Path, Path]:
     """The MovieLens fixture's ratings and movies as two CSV files (genres '|'-separated, as in ml-latest)."""
-    raw = movielens.read(RECBOLE, variant)
+    raw = legacy_movielens.read(RECBOLE, variant)  # the ratings as Python rows: small fixtures
     folder.mkdir(parents=True, exist_ok=True)
     inter = write_csv(folder / "inter.csv", ["user", "item", "timestamp"], zip(raw.users, raw.items, raw.timestamps))
     items = write_csv(folder / "items.csv", ["item", "title", "year", "genres"],
@@ -124,7 +126,7 @@ def test_jsonl_items_with_lists_give_the_same_dataset(tmp_path):
 def test_parquet_tables_give_the_same_dataset(tmp_path):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
-    raw = movielens.read(RECBOLE, "ml-100k")
+    raw = legacy_movielens.read(RECBOLE, "ml-100k")
     when = [datetime.fromtimestamp(t, timezone.utc).replace(tzinfo=None) for t in raw.timestamps]
     pq.write_table(pa.table({"uid": [int(u) for u in raw.users], "movie": [int(i) for i in raw.items],
                              "when": pa.array(when, pa.timestamp("s"))}), tmp_path / "inter.parquet")
@@ -355,10 +357,12 @@ def test_malformed_rows(tmp_path):
     jsonl = tmp_path / "items.jsonl"
     jsonl.write_text('{"item": "1", "title": "A"}\n[1, 2]\n{"item": \n{"title": "no id"}\n')
     bad = BadRecords()
-    catalogue = tables.read_items(tables.Table(jsonl), Columns(), [TextField("title", "Title")], bad)
-    assert list(catalogue.items) == [(None, "1")] and bad.as_dict() == {"bad_record": 3}
-    one_line_error(lambda: tables.read_items(tables.Table(jsonl), Columns(), [TextField("titel", "Title")],
-                                             BadRecords()), r"items.jsonl: no record has the text field 'titel'")
+    with Engine(tmp_path / "engine") as engine:
+        catalogue = tables.read_items(engine, tables.Table(jsonl), Columns(), [TextField("title", "Title")], bad)
+        assert catalogue.items == 1 and engine.rows("SELECT domain, id FROM catalogue") == [(None, "1")]
+        assert bad.as_dict() == {"bad_record": 3}
+        one_line_error(lambda: tables.read_items(engine, tables.Table(jsonl), Columns(), [TextField("titel", "Title")],
+                                                 BadRecords()), r"items.jsonl: no record has the text field 'titel'")
 
 
 def test_unreadable_files(tmp_path):
