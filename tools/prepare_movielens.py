@@ -7,8 +7,11 @@ Every rating is an implicit interaction; 5-core filtering to a fixed point; per-
 import argparse
 import json
 import logging
+import sys
 
+from mmm4rec.data.build import add_scale_arguments, scale_from_args
 from mmm4rec.data.movielens import VARIANTS, prepare
+from mmm4rec.data.schema import DataError
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -16,7 +19,12 @@ if __name__ == "__main__":
     p.add_argument("--variant", required=True, choices=VARIANTS)
     p.add_argument("--out", required=True, help="dataset folder to write")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: 1000)")
+    add_scale_arguments(p)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    manifest = prepare(args.raw, args.variant, args.out, shard_size=args.shard_size)
-    print(json.dumps({"counts": manifest.counts, "filtering": manifest.provenance["filtering"]}, indent=1))
+    try:
+        manifest = prepare(args.raw, args.variant, args.out, shard_size=args.shard_size, scale=scale_from_args(args))
+    except DataError as e:
+        sys.exit(f"error: {e}")
+    if manifest is not None:
+        print(json.dumps({"counts": manifest.counts, "filtering": manifest.provenance["filtering"]}, indent=1))

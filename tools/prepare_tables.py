@@ -17,6 +17,7 @@ import logging
 import sys
 from dataclasses import replace
 
+from mmm4rec.data.build import add_scale_arguments, scale_from_args
 from mmm4rec.data.schema import DataError
 from mmm4rec.data.tables import LICENCE, RECBOLE_COLUMNS, Columns, TextField, prepare, prepare_recbole
 
@@ -49,6 +50,7 @@ if __name__ == "__main__":
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--strict", action="store_true", help="bad rows are an error instead of a counted skip")
     p.add_argument("--licence", default=LICENCE, help="licence text recorded in dataset.json")
+    add_scale_arguments(p)
     args = p.parse_args()
     if bool(args.interactions) != bool(args.items):
         p.error("--items goes with --interactions (RecBole: NAME.item is read with --recbole)")
@@ -67,12 +69,13 @@ if __name__ == "__main__":
             raise DataError(f"--list-fields {', '.join(unknown)}: not among the --text-fields columns")
         options = dict(text_fields=fields, name=args.name, columns=columns, images=args.images,
                        download=args.download_images, k=args.k_core, shard_size=args.shard_size, strict=args.strict,
-                       licence=args.licence)
+                       licence=args.licence, scale=scale_from_args(args))
         if args.recbole:
             manifest = prepare_recbole(args.recbole, args.out, **options)
         else:
             manifest = prepare(args.interactions, args.items, args.out, **options)
     except DataError as e:
         sys.exit(f"error: {e}")
-    print(json.dumps({"counts": manifest.counts, "filtering": manifest.provenance["filtering"],
-                      "skipped": manifest.provenance["skipped"]}, indent=1))
+    if manifest is not None:
+        print(json.dumps({"counts": manifest.counts, "filtering": manifest.provenance["filtering"],
+                          "skipped": manifest.provenance["skipped"]}, indent=1))

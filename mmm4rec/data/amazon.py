@@ -268,7 +268,7 @@ def prepare(domains: list[DomainSource], out_dir: str | Path, name: str, shard_s
         filtering: dict[str, Any] = {}
         for domain, (reviews, without_text) in counts.items():
             filtering[domain] = {"reviews": reviews, "reviews_without_item_text": without_text,
-                                 **stats.get(domain, _empty_stats(k))}
+                                 **sequences.stats_of(stats, domain)}
             log.info("%s: %s", domain, filtering[domain])
         provenance = {
             "converter": "mmm4rec.data.amazon",
@@ -286,11 +286,6 @@ def prepare(domains: list[DomainSource], out_dir: str | Path, name: str, shard_s
 
     return convert(out_dir, {"converter": "mmm4rec.data.amazon", "args": args, "sources": sources, "name": name,
                              "images": [str(d.images) for d in domains]}, scale, step2)
-
-
-def _empty_stats(k: int) -> dict[str, int]:
-    """build_sequences' statistics of a domain left with no rows."""
-    return {"rows": 0, "duplicate_rows": 0, f"rows_after_{k}core": 0, f"{k}core_rounds": 1, "users": 0, "items": 0}
 
 
 # ---------------------------------------------------------------------------------------------------- image fetch

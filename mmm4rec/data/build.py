@@ -91,6 +91,7 @@ class Scale:
     workers: int = 1
     memory_limit: Optional[str] = None
     threads: Optional[int] = None
+    defer_shards: bool = False  # stop after step 2: the shards are written elsewhere (tools/write_shards.py)
 
     def __post_init__(self) -> None:
         for key in ("partitions", "workers"):
@@ -239,6 +240,12 @@ class Sequences:
         return {d: {"rows": rows[d], "duplicate_rows": rows[d] - distinct.get(d, 0),
                     f"rows_after_{k}core": count.get(d, 0), f"{k}core_rounds": rounds[d],
                     "users": users.get(d, 0), "items": items.get(d, 0)} for d in sorted(rows)}
+
+    def stats_of(self, stats: dict[str, dict[str, int]], domain: str) -> dict[str, int]:
+        """A domain's statistics from ``build``'s, also for a domain none of whose rows reached it."""
+        k = self.k
+        return stats.get(domain, {"rows": 0, "duplicate_rows": 0, f"rows_after_{k}core": 0, f"{k}core_rounds": 1,
+                                  "users": 0, "items": 0})
 
     def _per_domain(self, what: str = "count(*)") -> dict[str, int]:
         return dict(self.engine.rows(f"SELECT d.domain, x.n FROM (SELECT did, {what} AS n FROM ev GROUP BY did) x "
@@ -410,7 +417,9 @@ def write_shards(build: str | os.PathLike, workers: int = 1, rank: int = 0, worl
     ``workers`` processes. Returns how many it wrote."""
     build = Path(build)
     spec = _converted(build)
-    todo = pending(build, spec["partitions"])[rank::world]
+    everything = [(kind, p) for kind in KINDS for p in range(spec["partitions"][kind])]
+    left = set(pending(build, spec["partitions"]))
+    todo = [task for task in everything[rank::world] if task in left]  # a rank's share never depends on timing
     strict = bool(spec["provenance"].get("args", {}).get("strict", False))
     args = [(str(build), kind, p, spec["partitions"][kind], spec["shard_size"], strict) for kind, p in todo]
     if workers <= 1 or len(args) <= 1:
@@ -509,10 +518,10 @@ class Converted:
 
 
 def convert(out_dir: str | os.PathLike, identity: dict[str, Any], scale: Scale,
-            step2: Callable[[Engine], Converted]) -> Manifest:
+            step2: Callable[[Engine], Converted]) -> Optional[Manifest]:
     """A whole conversion: ``step2`` (the converter's reading and filtering, in the engine) unless a previous run
     with the same ``identity`` finished it, then the partitions, the shards and the dataset folder. Rerun after
-    an interruption, it redoes only what is unfinished."""
+    an interruption, it redoes only what is unfinished. None when ``scale.defer_shards``."""
     build = Build.open(out_dir, identity)
     try:
         if build.converted is None:
@@ -521,6 +530,9 @@ def convert(out_dir: str | os.PathLike, identity: dict[str, Any], scale: Scale,
                 done.sequences.write(build.path, done.items, scale.partitions)
             build.finish_conversion(name=done.name, licence=done.licence, provenance=done.provenance,
                                     shard_size=done.shard_size, partitions=scale.parts())
+        if scale.defer_shards:
+            log.info("sequences written to %s; write the shards with tools/write_shards.py %s", build.path, build.path)
+            return None
         return finish(build, scale.workers)
     finally:
         build.unlock()
@@ -533,3 +545,38 @@ def finish(build: Build, workers: int = 1) -> Manifest:
     manifest = assemble(build.path, build.out_dir)
     build.remove()
     return manifest
+
+
+# --------------------------------------------------------------------------------------------------- command line
+def add_scale_arguments(parser: Any) -> None:
+    """The converters' options for data at scale (tools/prepare_*.py)."""
+    group = parser.add_argument_group("scale (docs/data_format.md, 'Building at scale')")
+    group.add_argument("--partitions", type=int, default=1,
+                       help="sequences and items in P partitions, each written by its own worker (default 1: "
+                            "the classic shard names)")
+    group.add_argument("--workers", type=int, default=1, help="processes writing shards (default 1)")
+    group.add_argument("--memory-limit", help="the engine's memory limit, e.g. 4GB (it spills beyond it; "
+                                              "default: half the memory, at most 4GB)")
+    group.add_argument("--threads", type=int, help="the engine's threads (default: every core)")
+    group.add_argument("--defer-shards", action="store_true",
+                       help="stop once the sequences are partitioned; write the shards with "
+                            "tools/write_shards.py (e.g. a SLURM array: slurm/convert.sh)")
+
+
+def scale_from_args(args: Any) -> Scale:
+    return Scale(args.partitions, args.workers, args.memory_limit, args.threads, args.defer_shards)
+
+
+def rank_from_env(environ: Optional[dict[str, str]] = None) -> tuple[int, int]:
+    """(rank, world size) of this shard writer: torchrun's RANK/WORLD_SIZE, a SLURM array task
+    (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT) or a SLURM step's task
+    (SLURM_PROCID of SLURM_NTASKS); (0, 1) alone."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"])
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        return (int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0)),
+                int(env["SLURM_ARRAY_TASK_COUNT"]))
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+    return 0, 1

@@ -472,7 +472,7 @@ def _cells(engine: Engine, table: Table, needed: Sequence[str]) -> tuple[str, st
     engine.read_lines("lines", table.path)
     if table.format == "jsonl":
         engine.execute("""CREATE OR REPLACE VIEW rows AS SELECT n, line, json_valid(line) AS valid,
-                          json_valid(line) AND json_type(line) = 'OBJECT' AS object FROM lines
+                          CASE WHEN json_valid(line) THEN json_type(line) = 'OBJECT' ELSE false END AS object FROM lines
                           WHERE line IS NOT NULL AND trim(line, ' \t\r\n') <> ''""")
 
         def cell(column: str) -> tuple[str, Any]:
@@ -601,7 +601,7 @@ def prepare(interactions: str | os.PathLike, items: str | os.PathLike, out_dir: 
         filtering: dict[str, Any] = {}
         for d in events.domains:
             filtering[d] = {"rows_unknown_item": events.unknown_item[d],
-                            "rows_without_item_text": events.without_item_text[d], **stats[d]}
+                            "rows_without_item_text": events.without_item_text[d], **sequences.stats_of(stats, d)}
             log.info("%s: %s", d, filtering[d])
         provenance: dict[str, Any] = {
             "converter": "mmm4rec.data.tables",

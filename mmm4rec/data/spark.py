@@ -1,0 +1,409 @@
+"""Step 2 of a build (events -> k-core user sequences -> ``seqs/part=<p>/``) on a Spark cluster.
+
+For interaction logs that live in Spark or Hive (10⁹+ events): the same rules as ``build.Sequences`` (the DuckDB
+path) and ``interactions.build_sequences`` (the in-memory reference), written as the build contract's sequence
+partitions (mmm4rec.data.build, docs/data_format.md) for the project's shard writer (``build.write_shards``):
+
+    BUILD/seqs/part=<p>/part-<task>-<uuid>.c000.snappy.parquet   user, domain, item, timestamp (int64)
+
+exactly one Parquet file per partition folder, its rows sorted by (user, timestamp, item) in byte order of UTF-8
+(Spark's string order), p = partition(user) = the first 32 bits of md5(UTF-8 key) modulo P, computed by Spark as
+``conv(substring(md5(user), 1, 8), 16, 10)``. A partition without users gets an empty folder where the build
+folder is local (an absent folder reads as empty anyway). Spark also leaves ``seqs/_SUCCESS`` and, on a local
+file system, hidden ``.crc`` files: the shard writer reads ``*.parquet`` only.
+
+- ``spark_sequences``: events (domain, user, item, t; keys domain-qualified ``domain:id``, t int64 seconds) ->
+  the partitions, and per domain ``build.Sequences.build``'s statistics: ``spark_kcore`` (de-duplication and
+  k-core, in DataFrame operations, materialised round by round) then ``write_sequences``.
+- ``read_events`` / ``clean_events``: the usual inputs (a Parquet, CSV or TSV table, or any DataFrame such as a
+  Hive table, with columns user, item, timestamp and optionally domain) as such events, with the rows it dropped counted by reason (``bad_record``,
+  ``bad_timestamps``), by the cell rules of the single-machine converter (mmm4rec.data.tables).
+
+What this path leaves out: the item side of a build (``items/part=<p>/``, from the converter's catalogue; the
+items kept after filtering are the distinct ``item`` values of the sequences) and ``convert.json``; the file and
+line of each bad row (the single-machine path reports them; Spark reads files in parallel splits and only counts
+them per reason); dropping events of items missing from an item table (``unknown_item``): join the events with
+the catalogue first. tools/spark_sequences.py is the command line, to run with spark-submit.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import urlparse
+
+from .schema import MAX_TIMESTAMP, DataError
+
+log = logging.getLogger(__name__)
+
+EVENT_COLUMNS = ("domain", "user", "item", "t")
+# What Python's str.strip() removes: ids are trimmed exactly as the converters trim them
+WHITESPACE = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+BROADCAST_KEYS = 1_000_000  # dropped keys up to this many are broadcast to the anti-join, else shuffled
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
+_INTEGER_TEXT = r"^[+-]?[0-9]+(_[0-9]+)*$"  # what Python's int() reads (ASCII digits)
+_FLOAT_TEXT = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$"  # float text, without Java's 1d or 0x1p3
+
+
+def partition_column(column: str, parts: int) -> Any:
+    """``build.partition`` of a string column as a Spark column: md5's first 32 bits, unsigned, modulo ``parts``."""
+    from pyspark.sql import functions as F
+
+    return F.conv(F.substring(F.md5(F.col(column)), 1, 8), 16, 10).cast("long") % F.lit(int(parts))
+
+
+# ------------------------------------------------------------------------------------------------------ sequences
+@dataclass
+class KCore:
+    """The result of ``spark_kcore``: the kept events (domain, user, item, t; materialised) and per domain the
+    statistics of ``build.Sequences.build``. ``release()`` frees the executors' copy once it is written."""
+
+    events: Any
+    stats: dict[str, dict[str, int]]
+    rounds: int
+    _keep: "_Materialised"
+
+    def release(self) -> None:
+        self._keep.release(self.events)
+
+
+def spark_sequences(spark: Any, events: Any, build_dir: str | os.PathLike, k: int = 5, parts: int = 1, *,
+                    checkpoint: Optional[str] = None, broadcast_keys: int = BROADCAST_KEYS) -> dict[str, dict[str, int]]:
+    """Events -> k-core user sequences written as ``build_dir/seqs/part=<p>/`` (replacing a ``seqs`` folder
+    there, ``parts`` partitions); returns per domain the statistics of ``build.Sequences.build``: rows,
+    duplicate_rows, rows_after_<k>core, <k>core_rounds, users, items. ``spark_kcore`` then
+    ``write_sequences``; the arguments are theirs."""
+    if type(parts) is not int or parts < 1:
+        raise DataError(f"parts must be a positive integer, got {parts!r}")
+    core = spark_kcore(spark, events, k, checkpoint=checkpoint, broadcast_keys=broadcast_keys)
+    try:
+        write_sequences(spark, core.events, build_dir, parts)
+    finally:
+        core.release()
+    return core.stats
+
+
+def spark_kcore(spark: Any, events: Any, k: int = 5, *, checkpoint: Optional[str] = None,
+                broadcast_keys: int = BROADCAST_KEYS) -> KCore:
+    """Exact duplicates dropped, then k-core to a fixed point, with the rules and statistics of
+    ``build.Sequences.build`` (and ``interactions.build_sequences``, domain by domain).
+
+    ``events``: a DataFrame with columns domain, user, item (strings; user and item keys qualified by their
+    domain, ``domain:id``, so that domains are filtered independently) and t (integer seconds), one row per event.
+
+    Exact duplicates (same user, item, t) are dropped; then each round drops, at once, every row whose user or
+    item has fewer than ``k`` rows at the round's start, until a round drops nothing. A domain's rounds count up
+    to and including the first round that drops none of its rows. A round counts the rows of every user and of
+    every item (one aggregation, a row per key), from which come the per-domain counts, the keys to drop and,
+    after the last round, the users and items; the kept rows are an anti-join with the dropped keys (broadcast
+    when they are at most ``broadcast_keys``), materialised before the next round so that the query plan does
+    not grow with the rounds. Jobs per round: the counts, their per-domain summary (collected), the anti-join.
+
+    ``checkpoint``: how each round's tables are materialised: "local" (``localCheckpoint``, on the executors,
+    released once the next round has its own; lost with an executor, which then fails the job) or "reliable"
+    (``checkpoint`` into ``spark.checkpoint.dir``, which must be set: survives a lost executor, costs a write
+    per round). Default: "reliable" when ``spark.checkpoint.dir`` is set, else "local".
+    """
+    from pyspark.sql import functions as F
+
+    if type(k) is not int or k < 1:
+        raise DataError(f"k must be a positive integer, got {k!r}")
+    if checkpoint is None:
+        checkpoint = "reliable" if spark.conf.get("spark.checkpoint.dir", None) else "local"
+    if checkpoint not in ("local", "reliable"):
+        raise DataError(f"checkpoint must be 'local' or 'reliable', got {checkpoint!r}")
+    missing = [c for c in EVENT_COLUMNS if c not in events.columns]
+    if missing:
+        raise DataError(f"events need the columns {', '.join(EVENT_COLUMNS)}; missing: {', '.join(missing)}")
+    started = time.perf_counter()
+    keep = _Materialised(checkpoint)
+
+    # De-duplication, counting the rows of each distinct event on the way: one pass over the input.
+    counted = keep(events.select(F.col("domain").cast("string"), F.col("user").cast("string"),
+                                 F.col("item").cast("string"), F.col("t").cast("long"))
+                   .groupBy(*EVENT_COLUMNS).agg(F.count(F.lit(1)).alias("n")))
+    null = F.col("domain").isNull() | F.col("user").isNull() | F.col("item").isNull() | F.col("t").isNull()
+    found = counted.groupBy("domain").agg(F.sum("n"), F.count(F.lit(1)), F.sum(F.when(null, F.col("n")))).collect()
+    nulls = sum(int(n or 0) for *_, n in found)
+    if nulls:
+        keep.release(counted)
+        raise DataError(f"{nulls} events with a null domain, user, item or t (clean_events drops such rows)")
+    totals = {d: (int(rows), int(distinct)) for d, rows, distinct, _ in found}
+    rows = {d: totals[d][0] for d in totals}
+    ev = counted.select(*EVENT_COLUMNS)
+    log.info("spark k-core: %d rows, %d distinct in %d domains (%.1f s)", sum(rows.values()),
+             sum(v[1] for v in totals.values()), len(rows), time.perf_counter() - started)
+
+    rounds: dict[str, int] = {}
+    r = 0
+    while True:
+        r += 1
+        # (domain, kind, key, n): the rows of every user (kind "u") and item ("i"), in one shuffle
+        counts = keep(ev.select("domain", F.lit("u").alias("kind"), F.col("user").alias("key"))
+                      .unionByName(ev.select("domain", F.lit("i").alias("kind"), F.col("item").alias("key")))
+                      .groupBy("domain", "kind", "key").agg(F.count(F.lit(1)).alias("n")))
+        summary: dict[tuple[str, str], tuple[int, int, int]] = {
+            (d, kind): (int(keys), int(n), int(low)) for d, kind, keys, n, low in counts.groupBy("domain", "kind")
+            .agg(F.count(F.lit(1)), F.sum("n"), F.sum((F.col("n") < k).cast("long"))).collect()}
+        user, item = ({d: summary.get((d, kind), (0, 0, 0)) for d in rows} for kind in ("u", "i"))
+        dropping = {d for d in rows if user[d][2] or item[d][2]}
+        # a domain's rows change in this round exactly when it has a key to drop
+        rounds.update({d: r for d in rows if d not in rounds and d not in dropping})
+        log.info("spark k-core: round %d: %d rows, dropping those of %d users and %d items (%.1f s)", r,
+                 sum(u[1] for u in user.values()), sum(u[2] for u in user.values()),
+                 sum(i[2] for i in item.values()), time.perf_counter() - started)
+        if not dropping:
+            keep.release(counts)
+            break
+        kept = ev
+        for kind, column, found in (("u", "user", user), ("i", "item", item)):
+            n_drop = sum(v[2] for v in found.values())
+            if n_drop:
+                drop = counts.filter((F.col("kind") == kind) & (F.col("n") < k)).select(
+                    "domain", F.col("key").alias(column))
+                kept = kept.join(F.broadcast(drop) if n_drop <= broadcast_keys else drop, ["domain", column],
+                                 "left_anti")
+        kept = keep(kept.select(*EVENT_COLUMNS))
+        keep.release(ev, counts)
+        ev = kept
+    stats = {d: {"rows": rows[d], "duplicate_rows": rows[d] - totals[d][1], f"rows_after_{k}core": user[d][1],
+                 f"{k}core_rounds": rounds[d], "users": user[d][0], "items": item[d][0]} for d in sorted(rows)}
+    log.info("spark k-core: %d rounds, %d rows kept (%.1f s)", r, sum(u[1] for u in user.values()),
+             time.perf_counter() - started)
+    return KCore(ev, stats, r, keep)
+
+
+class _Materialised:
+    """Each round's tables computed once and cut from their lineage: a round reads the previous round's rows
+    twice (its counts, the anti-join), so without the cut the query plan would double with every round."""
+
+    def __init__(self, how: str):
+        self.how = how
+
+    def __call__(self, df: Any) -> Any:
+        return df.checkpoint(eager=True) if self.how == "reliable" else df.localCheckpoint(eager=True)
+
+    def release(self, *frames: Any) -> None:
+        """Free the executors' blocks of locally checkpointed tables now, not at the JVM's next garbage
+        collection (reliable checkpoints are files: spark.cleaner.referenceTracking.cleanCheckpoints)."""
+        if self.how != "local":
+            return
+        for df in frames:
+            try:
+                df._jdf.queryExecution().analyzed().collectLeaves().head().rdd().unpersist(False)
+            except Exception:  # Spark Connect or another plan shape: left to Spark's cleaner
+                log.debug("could not release a checkpointed table", exc_info=True)
+
+
+def write_sequences(spark: Any, events: Any, build_dir: str | os.PathLike, parts: int) -> str:
+    """Write (domain, user, item, t) rows as the contract's ``seqs/part=<p>/``: one Parquet file per
+    partition, rows sorted by (user, timestamp, item). Returns the folder written."""
+    from pyspark.sql import functions as F
+
+    seqs = _join(build_dir, "seqs")
+    rows = events.select("user", "domain", "item", F.col("t").cast("long").alias("timestamp"),
+                         partition_column("user", parts).alias("part"))
+    # Spark partition p must hold contract partition p alone (one file per folder, no task holding two), but
+    # repartition(P, col) hashes the column: repartition by a value chosen per partition to hash to it.
+    out = (rows.join(F.broadcast(partition_salt(spark, parts)), "part")
+           .repartition(parts, "salt").drop("salt")
+           .sortWithinPartitions("part", "user", "timestamp", "item"))
+    (out.write.mode("overwrite").option("partitionOverwriteMode", "static").option("maxRecordsPerFile", 0)
+     .partitionBy("part").parquet(seqs))
+    local = local_path(seqs)
+    if local is not None:
+        for p in range(parts):
+            folder = local / f"part={p}"
+            files = sorted(folder.glob("*.parquet"))
+            if len(files) > 1:
+                raise DataError(f"{folder}: Spark wrote {len(files)} files, the build expects one per partition")
+            if not files:
+                _empty_parquet(folder / "part-empty.parquet")
+    return seqs
+
+
+def partition_salt(spark: Any, parts: int) -> Any:
+    """DataFrame (part, salt): for every partition p < ``parts`` a long ``salt`` that Spark's hash partitioning
+    into ``parts`` partitions (pmod(murmur3 hash, parts), ``repartition``'s) sends to partition p."""
+    from pyspark.sql import functions as F
+
+    span = 16 * parts
+    while True:
+        salt = (spark.range(span).select(F.col("id").alias("salt"), F.pmod(F.hash(F.col("id")), F.lit(parts))
+                                         .cast("long").alias("part"))
+                .groupBy("part").agg(F.min("salt").alias("salt")))
+        salt = salt.localCheckpoint(eager=True)
+        if salt.count() == parts:
+            return salt
+        span *= 4
+
+
+def _empty_parquet(path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([("user", pa.string()), ("domain", pa.string()), ("item", pa.string()),
+                        ("timestamp", pa.int64())])
+    pq.write_table(schema.empty_table(), path)
+
+
+def _join(base: str | os.PathLike, name: str) -> str:
+    base = str(base)
+    return base.rstrip("/") + "/" + name if "://" in base else str(Path(base) / name)
+
+
+def local_path(path: str) -> Optional[Path]:
+    """The local folder of ``path`` (plain or file://), None for another file system (hdfs://, s3a://, ...)."""
+    parsed = urlparse(path)
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path if parsed.scheme else path)
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------- inputs
+def read_events(spark: Any, path: str | os.PathLike, domain: Optional[str] = None, *, user: str = "user",
+                item: str = "item", timestamp: str = "timestamp", domain_column: Optional[str] = "domain",
+                fmt: Optional[str] = None) -> tuple[Any, dict[str, int]]:
+    """A Parquet, CSV or TSV table (a file or a folder of them; CSV/TSV with a header line, plain or
+    compressed) -> ``clean_events`` of it: (usable events, rows skipped by reason). A CSV/TSV line whose field
+    count differs from the header's is a ``bad_record``; blank lines are left out, as the converter does."""
+    from pyspark.sql import functions as F
+
+    path = str(path)
+    fmt = fmt or _format(path)
+    corrupt = None
+    if fmt == "parquet":
+        table = spark.read.parquet(path)
+    elif fmt in ("csv", "tsv"):
+        from pyspark.sql.types import StringType, StructField, StructType
+
+        options = {"header": True, "sep": "," if fmt == "csv" else "\t", "quote": '"', "escape": '"'}
+        header = spark.read.options(**options).csv(path).columns  # reads the first line
+        corrupt = "_corrupt_record"
+        while corrupt in header:
+            corrupt = "_" + corrupt
+        schema = StructType([StructField(c, StringType()) for c in header] + [StructField(corrupt, StringType())])
+        table = (spark.read.options(**options).schema(schema).option("mode", "PERMISSIVE")
+                 .option("columnNameOfCorruptRecord", corrupt).csv(path))
+    else:
+        raise DataError(f"{path}: format {fmt!r} is not one of parquet, csv, tsv")
+    return clean_events(table, domain, user=user, item=item, timestamp=timestamp, domain_column=domain_column,
+                        malformed=F.col(_quoted(corrupt)).isNotNull() if corrupt else None, where=path)
+
+
+def clean_events(table: Any, domain: Optional[str] = None, *, user: str = "user", item: str = "item",
+                 timestamp: str = "timestamp", domain_column: Optional[str] = "domain", malformed: Any = None,
+                 where: str = "events") -> tuple[Any, dict[str, int]]:
+    """A table of interactions (a DataFrame: a Hive table, ``spark.table(name)``, or a file read by
+    ``read_events``) -> (events, skipped): the usable events (domain, user, item, t) for ``spark_sequences``,
+    and how many rows were dropped by reason (``bad_record``, ``bad_timestamps``; reasons without rows left out).
+
+    The domain comes from ``domain_column`` where the table has it, else it is ``domain`` (required then);
+    keys are qualified as ``f"{domain}:{id}"``. Cells follow the single-machine converter's rules
+    (mmm4rec.data.tables): ids are trimmed text (an integral float is an integer); a timestamp is an integer, an
+    integral float or the text of either (or a Spark timestamp: seconds from 1970 UTC, fractions cut off),
+    between 1970 and the year 9999. A row with a missing or empty id, a list for an id, a domain containing
+    ':' (or ``malformed``, a boolean column) is ``bad_record``; an empty or unusable timestamp is
+    ``bad_timestamps`` (an id problem is named first, as the converter does).
+
+    Only the counts come back, not the file and line of each bad row: the single-machine path
+    (tools/prepare_tables.py, mmm4rec.data.tables) reports those; Spark reads a table in parallel splits. The
+    counts take one pass over the table and ``spark_sequences`` reads it again (persist the table to read it
+    once).
+    """
+    from pyspark.sql import functions as F
+
+    types = {f.name: f.dataType for f in table.schema.fields}
+    has_domain = domain_column is not None and domain_column in types
+    for column, what in ((user, "user"), (item, "item"), (timestamp, "timestamp")):
+        if column not in types:
+            raise DataError(f"{where}: no {what} column {column!r} (columns: {', '.join(types)})")
+    if not has_domain and (not domain or ":" in domain):
+        raise DataError(f"{where}: without a domain column the domain must be given, non-empty and without ':' "
+                        f"(got {domain!r})")
+
+    user_v, item_v = _id(user, types[user]), _id(item, types[item])
+    t_v = _seconds(timestamp, types[timestamp])
+    domain_v = _id(domain_column, types[domain_column]) if has_domain else F.lit(domain)
+    good_id = lambda v: v.isNotNull() & (v != "")  # noqa: E731
+    good_t = t_v.isNotNull() & (t_v >= 0) & (t_v <= MAX_TIMESTAMP)
+    good_domain = good_id(domain_v) & ~domain_v.contains(":") if has_domain else F.lit(True)
+    shaped = ~malformed if malformed is not None else F.lit(True)
+    reason = (F.when(~shaped | ~good_id(user_v) | ~good_id(item_v), F.lit("bad_record"))
+              .when(~good_t, F.lit("bad_timestamps")).when(~good_domain, F.lit("bad_record")))
+    rows = table.select(domain_v.alias("domain"), user_v.alias("user"), item_v.alias("item"), t_v.alias("t"),
+                        reason.alias("reason"))
+    skipped = {r: int(n) for r, n in rows.filter(F.col("reason").isNotNull()).groupBy("reason").count().collect()}
+    events = rows.filter(F.col("reason").isNull()).select(
+        "domain", F.concat_ws(":", "domain", "user").alias("user"), F.concat_ws(":", "domain", "item").alias("item"),
+        "t")
+    return events, dict(sorted(skipped.items()))
+
+
+def _format(path: str) -> str:
+    name = path.rstrip("/").rsplit("/", 1)[-1].lower()
+    for compressed in (".gz", ".bz2", ".zst", ".lz4", ".snappy", ".deflate"):
+        if name.endswith(compressed):
+            name = name[: -len(compressed)]
+    for suffix, fmt in FORMATS.items():
+        if name.endswith(suffix):
+            return fmt
+    return "parquet"  # a folder of part files, as Spark and Hive write tables
+
+
+def _id(column: str, kind: Any) -> Any:
+    """A cell as id text (tables._id): trimmed text, '' for no value or a list (both bad_record)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    c = F.col(_quoted(column))
+    if isinstance(kind, (T.ArrayType, T.MapType, T.StructType)):
+        return F.lit("")
+    if isinstance(kind, (T.FloatType, T.DoubleType)):
+        d = c.cast("double")
+        integral = ~F.isnan(d) & (F.abs(d) < 1e300) & (d % 1 == 0)
+        # an integral float is its integer (tables._scalar); other values as Spark prints them (Python's repr
+        # differs for exponents: 1e-05 here is 1.0E-5)
+        return F.when(integral, d.try_cast("decimal(38,0)").cast("string")).when(
+            ~F.isnan(d) & (F.abs(d) < float("inf")), d.cast("string"))
+    if isinstance(kind, T.BooleanType):
+        return F.when(c, F.lit("True")).when(~c, F.lit("False"))
+    return F.btrim(c.cast("string"), F.lit(WHITESPACE))
+
+
+def _seconds(column: str, kind: Any) -> Any:
+    """A cell as integer seconds (tables._seconds), NULL where it is none."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    c = F.col(_quoted(column))
+    if isinstance(kind, (T.ByteType, T.ShortType, T.IntegerType, T.LongType)):
+        return c.cast("long")
+    if isinstance(kind, (T.FloatType, T.DoubleType, T.DecimalType)):
+        d = c.cast("double")
+        return F.when(~F.isnan(d) & (d % 1 == 0) & (d >= 0) & (d <= MAX_TIMESTAMP), d.cast("long"))
+    if isinstance(kind, T.TimestampType):
+        return _floor_seconds(f"unix_micros({_quoted(column)})")
+    if isinstance(kind, T.TimestampNTZType):
+        return _floor_seconds(f"timestampdiff(MICROSECOND, TIMESTAMP_NTZ'1970-01-01 00:00:00', {_quoted(column)})")
+    if isinstance(kind, T.StringType):
+        s = F.btrim(c, F.lit(WHITESPACE))
+        d = s.try_cast("double")
+        return (F.when(s.rlike(_INTEGER_TEXT), F.regexp_replace(s, "_", "").try_cast("long"))
+                .when(s.rlike(_FLOAT_TEXT) & (d % 1 == 0) & (d >= 0) & (d <= MAX_TIMESTAMP), d.cast("long")))
+    return F.lit(None).cast("long")  # dates, booleans, binary, lists: not Unix seconds
+
+
+def _floor_seconds(micros: str) -> Any:
+    """SQL microseconds -> whole seconds, rounded down, in integers (a double would round large values)."""
+    from pyspark.sql import functions as F
+
+    return F.expr(f"(({micros}) - pmod({micros}, 1000000)) div 1000000")
+
+
+def _quoted(column: str) -> str:
+    return "`" + column.replace("`", "``") + "`"
