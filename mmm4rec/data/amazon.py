@@ -260,8 +260,7 @@ def prepare(domains: list[DomainSource], out_dir: str | Path, name: str, shard_s
             d = quote(src.name)
             counts[src.name] = engine.rows(f"""SELECT count(*), count(*) FILTER (WHERE item NOT IN
                 (SELECT item FROM meta WHERE domain = {d})) FROM {table}""")[0]
-            selects.append(f"SELECT {d} AS domain, {quote(src.name + ':')} || user AS user, "
-                           f"{quote(src.name + ':')} || item AS item, CAST(t AS BIGINT) AS t FROM {table} "
+            selects.append(f"SELECT {d} AS domain, user, item, CAST(t AS BIGINT) AS t FROM {table} "
                            f"WHERE item IN (SELECT item FROM meta WHERE domain = {d})")
         sequences = Sequences(engine, k)
         stats = sequences.build(" UNION ALL ".join(selects))

@@ -187,8 +187,8 @@ class Build:
 class Sequences:
     """Events -> k-core user sequences in the engine, and their partitions written as Parquet.
 
-    ``events`` is SQL yielding (domain, user, item, t): domain-qualified keys, integer seconds, one row per usable
-    event. The rules are those of ``interactions.build_sequences`` (its in-memory reference, kept for the tests):
+    ``events`` is SQL yielding (domain, user, item, t): the user and item ids as the source names them (they are
+    qualified here, ``<domain>:<id>``, on the distinct ids only), integer seconds, one row per usable event. The rules are those of ``interactions.build_sequences`` (its in-memory reference, kept for the tests):
     exact duplicates (user, item, second) dropped, k-core to a fixed point, events ordered per user by
     (timestamp, item key), users and items by key (byte order of UTF-8 = code point order, as Python sorts).
     """
@@ -207,12 +207,13 @@ class Sequences:
         rows = dict(e.rows("SELECT domain, count(*) FROM ev_in GROUP BY domain"))
         e.execute("CREATE OR REPLACE TABLE domains AS SELECT domain, row_number() OVER (ORDER BY domain) AS did "
                   "FROM (SELECT DISTINCT domain FROM ev_in)")
-        e.execute("CREATE OR REPLACE TABLE users AS SELECT user, domain, row_number() OVER (ORDER BY user) AS uid "
-                  "FROM (SELECT DISTINCT user, domain FROM ev_in)")
-        e.execute("CREATE OR REPLACE TABLE items AS SELECT item, domain, row_number() OVER (ORDER BY item) AS iid "
-                  "FROM (SELECT DISTINCT item, domain FROM ev_in)")
+        for table, column, number in (("users", "user", "uid"), ("items", "item", "iid")):
+            e.execute(f"""CREATE OR REPLACE TABLE {table} AS SELECT domain || ':' || {column} AS {column}, domain,
+                          {column} AS id, row_number() OVER (ORDER BY domain || ':' || {column}) AS {number}
+                          FROM (SELECT DISTINCT domain, {column} FROM ev_in)""")
         e.execute("""CREATE OR REPLACE TABLE ev AS SELECT DISTINCT u.uid, i.iid, e.t, d.did FROM ev_in e
-                     JOIN users u ON u.user = e.user JOIN items i ON i.item = e.item
+                     JOIN users u ON u.domain = e.domain AND u.id = e.user
+                     JOIN items i ON i.domain = e.domain AND i.id = e.item
                      JOIN domains d ON d.domain = e.domain""")
         e.execute("DROP TABLE ev_in")
         count = self._per_domain()
@@ -253,8 +254,7 @@ class Sequences:
 
     def kept_items(self) -> str:
         """SQL: (domain, item id without the domain) of every item left after filtering."""
-        return ("SELECT i.domain, substr(i.item, length(i.domain) + 2) AS item FROM items i "
-                "WHERE i.iid IN (SELECT iid FROM ev)")
+        return "SELECT i.domain, i.id AS item FROM items i WHERE i.iid IN (SELECT iid FROM ev)"
 
     def write(self, folder: Path, items: str, parts: int) -> None:
         """Write the sequences and ``items`` (SQL yielding ITEM_COLUMNS) as the contract's partitions."""

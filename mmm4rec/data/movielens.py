@@ -248,9 +248,7 @@ def prepare(raw_dir: str | Path, variant: str, out_dir: str | Path, shard_size: 
         if missing:
             raise DataError(f"{ratings.sources[0]}: movie {missing[0][0]!r} has no entry in {ratings.sources[1]}")
         sequences = Sequences(engine, k)
-        prefix = quote(f"{variant}:")
-        stats = sequences.build(f"SELECT {quote(variant)} AS domain, {prefix} || user AS user, {prefix} || item AS item, "
-                                "t FROM ratings")
+        stats = sequences.build(f"SELECT {quote(variant)} AS domain, user, item, t FROM ratings")
         log.info("%s (%s): %s", variant, ratings.source_format, stats[variant])
         provenance = {
             "converter": "mmm4rec.data.movielens",

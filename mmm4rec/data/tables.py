@@ -557,8 +557,7 @@ def read_events(engine: Engine, table: Table, columns: Columns, domain: Optional
                         "count(*) FILTER (WHERE ok) FROM ev_matched GROUP BY domain ORDER BY domain")
     if not any(row[3] for row in found):
         raise DataError(f"{table.path}: no usable interaction rows (skipped: {bad.as_dict()})")
-    engine.execute("""CREATE OR REPLACE VIEW events AS SELECT domain, domain || ':' || user AS user,
-                      domain || ':' || item AS item, t FROM ev_matched WHERE ok""")
+    engine.execute("CREATE OR REPLACE VIEW events AS SELECT domain, user, item, t FROM ev_matched WHERE ok")
     return Events([row[0] for row in found], {row[0]: row[1] for row in found}, {row[0]: row[2] for row in found})
 
 
