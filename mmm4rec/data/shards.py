@@ -29,6 +29,9 @@ ITEM_SHARDS = "items-%06d.tar"
 SEQ_SHARDS = "seqs-%06d.tar"
 IMAGE_EXTS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # PIL format -> tar member extension
 MAX_SHARD_BYTES = 1 << 30
+# A listed shard up to this size is read whole, hashed in memory and parsed by tar_reader: one read instead of two,
+# and ~5x webdataset's tarfile path for stage 1's item read pass (docs/results/data_scale.json, stage1_item_read).
+WHOLE_READ_BYTES = 256 << 20
 MAX_IMAGE_PIXELS = EncoderConfig.max_image_pixels  # PIL's own limit lets a 140 KB PNG decode to ~550 MB
 
 ShardLike = Union[str, os.PathLike, ShardInfo]
@@ -245,18 +248,19 @@ def _shard_samples(shard: ShardLike, fast: bool) -> Iterator[dict[str, Any]]:
     """Raw samples of one shard, after checking its bytes against the manifest's sha256 when it is a ShardInfo.
 
     ``fast`` reads a local shard with tar_reader (the stage-2 hot path): the whole shard is in memory anyway, so
-    hashing it costs no extra read, and the check runs on every read, not just once per index. webdataset (item
-    shards, possibly large) streams a local file, so it is hashed in a first pass; stage 1 reads each item shard
-    once. A remote shard is fetched whole (mmm4rec.data.remote, with retries) and read like a fast local one.
+    hashing it costs no extra read, and the check runs on every read, not just once per index. So is a listed
+    shard of at most WHOLE_READ_BYTES (stage 1's item shards, as converters write them); webdataset streams a
+    larger local file, hashed in a first pass. A remote shard is fetched whole (mmm4rec.data.remote, with
+    retries) and read like a fast local one.
     """
     info = shard if isinstance(shard, ShardInfo) else None
     path = str(info.path if info else shard)
     sha256 = info.sha256 if info else None
     remote = info is not None and info.remote
-    if fast or remote:
+    if fast or remote or (info is not None and info.bytes <= WHOLE_READ_BYTES):
         data = info.source.read(info.name) if remote else Path(path).read_bytes()
         digest = sha256_hex(data) if sha256 else None
-        samples = tar_reader.parse(data)
+        samples = tar_reader.parse(data, verified=digest is not None and digest == sha256)
     else:
         digest = sha256_file(path) if sha256 else None
         samples = wds.tarfile_samples([{"url": path}])
@@ -313,7 +317,7 @@ def iter_seq_records(shard_paths: Iterable[ShardLike], bad: BadRecords) -> Itera
 def _item_record(path: str, sample: dict[str, Any], bad: BadRecords, check_images: bool,
                  max_image_pixels: int) -> ItemRecord:
     try:
-        meta = json.loads(sample["json"])
+        meta = json.loads(sample["json"].decode())  # str: skips json's encoding sniffing
         key = meta.pop("key")
         if type(key) is not str:
             raise TypeError

@@ -7,7 +7,7 @@ import pytest
 import webdataset as wds
 from data_helpers import T0, image_bytes, item, raw_shard, seq, toy_items, write_toy
 
-from mmm4rec.data import tar_reader
+from mmm4rec.data import shards, tar_reader
 from mmm4rec.data.dataset import load_manifest, write_dataset
 from mmm4rec.data.schema import BadRecords, DataError, SeqRecord, ShardInfo
 from mmm4rec.data.shards import iter_item_records, iter_seq_records, sha256_file
@@ -81,7 +81,7 @@ def test_truncated_tar(tmp_path):
         list(iter_seq_records(m.seqs, BadRecords(strict=False)))
 
 
-def test_tar_cut_at_a_member_boundary_is_caught(tmp_path):
+def test_tar_cut_at_a_member_boundary_is_caught(tmp_path, monkeypatch):
     m = write_toy(tmp_path / "ds", n_users=8)
     shard = m.seqs[0].path
     shard.write_bytes(shard.read_bytes()[:2048])  # two whole members: tarfile alone would end quietly
@@ -96,6 +96,9 @@ def test_tar_cut_at_a_member_boundary_is_caught(tmp_path):
         pos += 512 + (int(data[pos + 124 : pos + 136].rstrip(b"\0 ") or b"0", 8) + 511) // 512 * 512
     items.write_bytes(data[:pos])
     lying = ShardInfo(items.name, 4, pos, sha256_file(items), path=items)  # right checksum, wrong count
+    with pytest.raises(DataError, match="truncated tar after 1 samples: truncated: no end-of-archive marker"):
+        list(iter_item_records([lying], BadRecords(strict=True)))  # read whole: tar_reader finds the cut
+    monkeypatch.setattr(shards, "WHOLE_READ_BYTES", 0)  # a large shard streams through webdataset's reader
     with pytest.raises(DataError, match="read 2 samples, the manifest lists 4"):
         list(iter_item_records([lying], BadRecords(strict=True)))
 

@@ -1,5 +1,5 @@
 """slurm/convert.sh on the local two-node cluster: a SLURM array writes a build folder's shards (one share of the
-partitions per array task, the tasks spread over both nodes), a job that waits for the array assembles the dataset,
+partitions per array task, the tasks placed on the nodes by SLURM), a job that waits for the array assembles the dataset,
 and the result is the dataset one machine writes in one go."""
 from __future__ import annotations
 
