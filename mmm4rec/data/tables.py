@@ -494,6 +494,9 @@ def _cells(engine: Engine, table: Table, needed: Sequence[str]) -> tuple[str, st
     return "rows", f"len(f) = {len(table.columns)}", cell
 
 
+_PATHLIKE = "(contains({v}, '/') OR contains({v}, '\\') OR {v} IN ('.', '..') OR contains({v}, chr(0)))"
+
+
 def _shape_columns(table: Table) -> list[str]:
     """The columns the shape problem reads, carried to the outer query."""
     return {"jsonl": ["valid,"], "parquet": []}.get(table.format, ["f,"])
@@ -517,15 +520,19 @@ def read_events(engine: Engine, table: Table, columns: Columns, domain: Optional
     source, shaped, cell = _cells(engine, table, [c for c, _ in needed] + ([columns.domain] if columns.domain else []))
     (user, _), (item, _), (_, (seconds, raw)) = cell(columns.user), cell(columns.item), cell(columns.time)
     domain_value = cell(columns.domain)[0] if columns.domain else quote(domain)
+    # A domain names a folder of downloaded images too: nothing derived from data may choose a path outside it.
     domain_problem = (f"CASE WHEN contains(domain_v, ':') THEN 'domain ' || pyrepr(domain_v) || "
-                      f"{quote(' contains ' + repr(':') + ' (keys are <domain>:<id>)')} END")
+                      f"{quote(' contains ' + repr(':') + ' (keys are <domain>:<id>)')} "
+                      f"WHEN {_PATHLIKE.format(v='domain_v')} THEN 'domain ' || pyrepr(domain_v) || "
+                      f"' is not a plain name (no /, \\, . or ..: it names a folder of images)' END")
     shape_problem = {"jsonl": "CASE WHEN NOT valid THEN 'not JSON' ELSE 'not a JSON object' END",
                      "parquet": "NULL"}.get(table.format, f"len(f) || {quote(' fields, the header has ')} || "
                                                           f"{len(table.columns or [])}")
     usable = [f"{v} <> '' AND NOT starts_with({v}, {quote(LIST)})" for v in ("user_v", "item_v")]
     usable.append(f"t_v BETWEEN 0 AND {MAX_TIMESTAMP}")
     if columns.domain:
-        usable.append(f"domain_v <> '' AND NOT starts_with(domain_v, {quote(LIST)}) AND NOT contains(domain_v, ':')")
+        usable.append(f"domain_v <> '' AND NOT starts_with(domain_v, {quote(LIST)}) AND NOT contains(domain_v, ':') "
+                      f"AND NOT {_PATHLIKE.format(v='domain_v')}")
     problem = (f"coalesce({id_problem('user_v', columns.user)}, {id_problem('item_v', columns.item)}, "
                f"{seconds_problem('t_v', 't_raw')}"
                + (f", {id_problem('domain_v', columns.domain)}, {domain_problem})" if columns.domain else ")"))
@@ -583,8 +590,9 @@ def prepare(interactions: str | os.PathLike, items: str | os.PathLike, out_dir: 
     check_output(out_dir)  # before reading the tables, not after
     inter_table, item_table = Table(interactions), Table(items)
     domain = None if columns.domain else (name or inter_table.path.name.split(".")[0])
-    if domain is not None and (":" in domain or not domain):
-        raise DataError(f"dataset name {domain!r} is the domain of every key: it must be non-empty, without ':'")
+    if domain is not None and (":" in domain or not domain or domain in (".", "..") or any(c in domain for c in "/\\\0")):
+        raise DataError(f"dataset name {domain!r} is the domain of every key: it must be non-empty, without ':', "
+                        "and a plain name (no /, \\, . or ..)")
     args = {"columns": asdict(columns), "text_fields": [asdict(f) for f in text_fields], "k_core": k,
             "shard_size": shard_size, "strict": strict, "images": images is not None, "download": download,
             **scale.args()}

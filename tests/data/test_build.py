@@ -383,3 +383,39 @@ def test_rank_from_env():
     assert build.rank_from_env({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}) == (1, 2)
     with pytest.raises(DataError, match="partitions must be a positive integer"):
         Scale(partitions=0)
+
+
+def test_a_stray_quote_costs_its_own_row_only(tmp_path):
+    """An interactions CSV whose line 151 of 241 reads `u18,"i0,1000001805`: Python's csv module swallowed lines
+    151-241 into one field (19 of 30 users written, one bad_record "at line 241", rc 0); one physical line per
+    row makes it one counted skip at line 151, and --strict names line 151."""
+    rows = [f"u{u},i{(u * 7 + j) % 12},{1_000_000_000 + 100 * j}" for u in range(30) for j in range(8)]
+    rows[149] = 'u18,"i0,1000001805'
+    inter = tmp_path / "events.csv"
+    inter.write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
+    items = tmp_path / "items.csv"
+    items.write_text("item,title\n" + "".join(f"i{i},Item {i}\n" for i in range(12)))
+    m = tables.prepare(inter, items, tmp_path / "ds", text_fields=[TextField.parse("title")], k=3)
+    assert m.provenance["skipped"] == {"unknown_item": 1}
+    assert m.provenance["filtering"]["events"]["rows"] == 239 and m.counts["users"] == 30
+    with pytest.raises(DataError, match=r"events\.csv:151: item '\"i0' is not in"):
+        tables.prepare(inter, items, tmp_path / "strict", text_fields=[TextField.parse("title")], k=3, strict=True)
+
+
+@pytest.mark.parametrize("domain", ["/tmp/x", "../../x", "..", "a\\b"])
+def test_a_domain_value_never_chooses_a_path(tmp_path, domain):
+    """With --images and a domain column, the domain names the image folder's sub-folder: `/tmp/x` or `../../x`
+    wrote downloaded images outside it. Such a domain is a bad_record (an error under --strict)."""
+    inter = tmp_path / "events.csv"
+    rows = [f"u{u},i{j % 4},{1_000_000_000 + j},{'shop' if u else domain}" for u in range(6) for j in range(5)]
+    inter.write_text("user,item,timestamp,shop\n" + "\n".join(rows) + "\n")
+    items = tmp_path / "items.csv"
+    items.write_text("item,title,img\n" + "".join(f"i{i},Item {i},http://127.0.0.1:9/{i}.png\n" for i in range(4)))
+    m = tables.prepare(inter, items, tmp_path / "ds", text_fields=[TextField.parse("title")], k=3,
+                       columns=Columns(domain="shop", image="img"), images=tmp_path / "images")
+    assert m.provenance["skipped"] == {"bad_record": 5} and m.domains == ["shop"]
+    with pytest.raises(DataError, match=r"events\.csv:2: domain .* is not a plain name"):
+        tables.prepare(inter, items, tmp_path / "strict", text_fields=[TextField.parse("title")], k=3, strict=True,
+                       columns=Columns(domain="shop", image="img"), images=tmp_path / "images")
+    with pytest.raises(DataError, match="is the domain of every key"):
+        tables.prepare(inter, items, tmp_path / "named", text_fields=[TextField.parse("title")], name=domain)
