@@ -41,8 +41,8 @@ from typing import IO, Any, Iterable, Iterator, Mapping, Optional, Sequence
 from .amazon import download_images
 from .build import Converted, Scale, Sequences, convert
 from .dataset import check_output
-from .engine import (LIST, Engine, Problems, csv_fields, id_problem, json_id, json_seconds, quote, seconds_problem,
-                     text_id, text_seconds, typed_id, typed_seconds)
+from .engine import (LIST, WHITESPACE, Engine, Problems, csv_fields, id_problem, json_id, json_seconds, quote,
+                     seconds_problem, text_id, text_seconds, trimmed, typed_id, typed_seconds)
 from .schema import MAX_TIMESTAMP, BadRecords, DataError, InvalidRecord, Manifest
 from .shards import sha256_file
 
@@ -363,7 +363,9 @@ def read_items(engine: Engine, table: Table, columns: Columns, fields: Sequence[
             for values in batch.values():
                 values.clear()
 
-    for n, row in table.rows(bad, [c for c in dict.fromkeys(wanted) if c is not None]):
+    rows = () if _sql_items(engine, table, columns, fields, per_domain, problems) else \
+        table.rows(bad, [c for c in dict.fromkeys(wanted) if c is not None])
+    for n, row in rows:
         try:
             domain, item = (_id(row, columns.domain) if per_domain else None), _id(row, columns.item)
         except InvalidRecord as e:
@@ -405,6 +407,63 @@ def read_items(engine: Engine, table: Table, columns: Columns, fields: Sequence[
     if not catalogue.items:
         raise DataError(f"{table.path}: no usable item rows (skipped: {bad.as_dict()})")
     return catalogue
+
+
+def _sql_items(engine: Engine, table: Table, columns: Columns, fields: Sequence[TextField], per_domain: bool,
+               problems: Problems) -> bool:
+    """The items pass of a text table in SQL, with the rules of the Python pass (``_id``, ``_split``, ``_render``,
+    ``_json_value``: every cell of a text table is a string), filling ``catalogue_rows``; False where it does not
+    apply and the Python pass runs instead: JSON lines and Parquet (typed cells), and a CSV/TSV table with a
+    quoted value spanning lines (a line with an odd number of quotes), which only Python's csv module reads
+    right. Measured ~4x faster than the Python pass on 500 k items (docs/results/data_scale.json)."""
+    if table.format not in ("csv", "tsv", "atomic"):
+        return False
+    engine.read_lines("item_lines", table.path)
+    if table.format != "atomic" and engine.value(
+            "SELECT count(*) FROM item_lines WHERE (length(line) - length(replace(line, '\"', ''))) % 2 = 1"):
+        return False
+    position = {c: i + 1 for i, c in enumerate(table.columns)}
+    if table.format == "atomic":
+        split, keep = "string_split(line, '\t')", "trim(line, ' \t\r\n\x0b\x0c') <> ''"
+    else:
+        split, keep = csv_fields("line", "\t" if table.format == "tsv" else ","), "true"
+    engine.execute(f"CREATE OR REPLACE TABLE item_fields AS SELECT n, {split} AS f FROM item_lines "
+                   f"WHERE n > 1 AND line IS NOT NULL AND {keep}")
+    shape = f"len(f) = {len(table.columns)}"
+    where = _where_sql(table)
+    ids = [(columns.domain, "domain_v")] if per_domain else []
+    ids.append((columns.item, "id_v"))
+    checks = " ".join(f"WHEN {text_id(f'f[{position[c]}]')} = '' THEN {quote('no ' + c)}" for c, _ in ids)
+    problems.add_query(engine, f"""SELECT n AS line, 'bad_record' AS reason, {where('n')} || ': ' ||
+        CASE WHEN NOT ({shape}) THEN len(f) || {quote(' fields, the header has ' + str(len(table.columns)))}
+             {checks} END AS message FROM item_fields
+        WHERE NOT ({shape}) OR {' OR '.join(f"{text_id(f'f[{position[c]}]')} = ''" for c, _ in ids)}""")
+    splits = {f.column: f.split for f in fields}  # as the Python pass's dict: the last field of a column wins
+    values, pieces = {}, []
+    for column, separator in splits.items():
+        cell = f"f[{position[column]}]"
+        if separator is None:
+            values[column] = text_id(cell)
+            continue
+        parts = (f"string_split({cell}, {quote(separator)})" if separator
+                 else f"regexp_split_to_array({cell}, {quote(WHITESPACE + '+')})")
+        values[column] = f"list_filter(list_transform({parts}, lambda x: {trimmed('x')}), lambda x: x <> '')"
+    for f in fields:
+        value = values[f.column]
+        rendered = f"array_to_string({value}, ', ')" if splits[f.column] is not None else value
+        pieces.append(f"CASE WHEN {rendered} <> '' THEN {quote(f.label + ': ')} || {rendered} END")
+    image = text_id(f"f[{position[columns.image]}]") if columns.image else "''"
+    meta = ", ".join(f"{quote(c)}, {v}" for c, v in values.items())
+    url = f"regexp_matches({image}, {quote(_URL.pattern)})"
+    engine.execute(f"""INSERT INTO catalogue_rows SELECT {'domain_v' if per_domain else 'NULL'}, id_v, n,
+        coalesce(concat_ws(' ; ', {', '.join(pieces)}), ''),
+        CAST(CASE WHEN {url} THEN json_object({meta}, 'image_url', {image}) ELSE json_object({meta}) END AS VARCHAR),
+        {image}
+        FROM (SELECT *, {', '.join(f"{text_id(f'f[{position[c]}]')} AS {name}" for c, name in ids)}
+              FROM item_fields WHERE {shape})
+        WHERE {' AND '.join(f"{name} <> ''" for _, name in ids)}""")
+    engine.execute("DROP TABLE item_fields")
+    return True
 
 
 def _where_sql(table: Table) -> Any:
