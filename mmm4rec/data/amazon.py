@@ -218,6 +218,7 @@ def load_reviews(engine: Engine, src: "DomainSource", bad: BadRecords, number: i
                    ' s is not between 1970 and the year 9999' FROM {table} WHERE t < 0 OR t > {MAX_TIMESTAMP}""")
         engine.execute("DROP TABLE rv")
     problems.flush()
+    engine.drop_lines(lines)
     engine.execute(f"DELETE FROM {table} WHERE t < 0 OR t > {MAX_TIMESTAMP}")
     return table
 

@@ -203,19 +203,23 @@ class Sequences:
         de-duplication, the k-core rounds and the final sort run on integers (the sort on (uid, t, iid) is the
         order on (user key, t, item key)); the keys come back only when the partitions are written."""
         e, k = self.engine, self.k
-        e.execute(f"CREATE OR REPLACE TABLE ev_in AS SELECT domain, user, item, t FROM ({events})")
+        # A view, read a few times: a copy of 10^8 events would only move them to the spill folder and back.
+        e.execute(f"CREATE OR REPLACE VIEW ev_in AS SELECT domain, user, item, t FROM ({events})")
         rows = dict(e.rows("SELECT domain, count(*) FROM ev_in GROUP BY domain"))
         e.execute("CREATE OR REPLACE TABLE domains AS SELECT domain, row_number() OVER (ORDER BY domain) AS did "
                   "FROM (SELECT DISTINCT domain FROM ev_in)")
         for table, column, number in (("users", "user", "uid"), ("items", "item", "iid")):
-            e.execute(f"""CREATE OR REPLACE TABLE {table} AS SELECT domain || ':' || {column} AS {column}, domain,
-                          {column} AS id, row_number() OVER (ORDER BY domain || ':' || {column}) AS {number}
-                          FROM (SELECT DISTINCT domain, {column} FROM ev_in)""")
-        e.execute("""CREATE OR REPLACE TABLE ev AS SELECT DISTINCT u.uid, i.iid, e.t, d.did FROM ev_in e
+            e.execute(f"""CREATE OR REPLACE TABLE {table} AS SELECT x.domain || ':' || x.{column} AS {column}, x.domain,
+                          d.did, x.{column} AS id, row_number() OVER (ORDER BY x.domain || ':' || x.{column}) AS {number}
+                          FROM (SELECT DISTINCT domain, {column} FROM ev_in) x JOIN domains d USING (domain)""")
+        # Encode, then de-duplicate: two operators, each within the memory limit (one query holding both join
+        # tables and the aggregate ran out of memory at 10^8 events under 3 GB).
+        e.execute("""CREATE OR REPLACE TABLE ev_codes AS SELECT u.uid, i.iid, e.t, u.did FROM ev_in e
                      JOIN users u ON u.domain = e.domain AND u.id = e.user
-                     JOIN items i ON i.domain = e.domain AND i.id = e.item
-                     JOIN domains d ON d.domain = e.domain""")
-        e.execute("DROP TABLE ev_in")
+                     JOIN items i ON i.domain = e.domain AND i.id = e.item""")
+        e.execute("DROP VIEW ev_in")
+        e.execute("CREATE OR REPLACE TABLE ev AS SELECT DISTINCT uid, iid, t, did FROM ev_codes")
+        e.execute("DROP TABLE ev_codes")
         count = self._per_domain()
         distinct = dict(count)
         rounds: dict[str, int] = {}

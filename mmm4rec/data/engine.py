@@ -76,7 +76,8 @@ class Engine:
         self.con = duckdb.connect(":memory:")
         self.execute(f"SET memory_limit = {quote(memory_limit or default_memory_limit())}")
         self.execute(f"SET temp_directory = {quote(str(self.spill))}")
-        self.execute("SET preserve_insertion_order = true")  # row ids follow the file: line numbers
+        # Insertion order is kept only where it carries the line numbers (read_lines): elsewhere it costs memory.
+        self.execute("SET preserve_insertion_order = false")
         if threads:
             self.execute(f"SET threads = {int(threads)}")
         # Python's repr of a str, for messages: quotes chosen as Python does (other escapes left out)
@@ -126,9 +127,12 @@ class Engine:
                   f"header=false, auto_detect=false, strict_mode=false, max_line_size={64 << 20}, "
                   f"encoding={quote(encoding)})")
         try:
+            self.execute("SET preserve_insertion_order = true")  # row ids follow the file: line numbers
             self.execute(f"CREATE OR REPLACE TABLE {name}_raw AS SELECT line FROM {source}")
         except self.duckdb.Error as e:
             raise DataError(f"{path}: cannot read: {_first_line(e)}") from None
+        finally:
+            self.execute("SET preserve_insertion_order = false")
         self.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT rowid + 1 AS n, line FROM {name}_raw")
 
     def read_parquet(self, name: str, path: Path, columns: Sequence[str]) -> dict[str, str]:
@@ -141,6 +145,11 @@ class Engine:
         picked = ", ".join(ident(c) for c in dict.fromkeys(columns))
         self.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT file_row_number + 1 AS n, {picked} FROM {source}")
         return types
+
+    def drop_lines(self, name: str) -> None:
+        """Free a ``read_lines`` table (a copy of the whole file, spilled to disk when it is large)."""
+        self.execute(f"DROP VIEW IF EXISTS {name}")
+        self.execute(f"DROP TABLE IF EXISTS {name}_raw")
 
     def query(self, sql: str, what: str) -> Any:
         """Run ``sql``; a read or conversion failure (bad UTF-8 in a gzipped file, say) is a DataError."""

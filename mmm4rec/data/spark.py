@@ -12,8 +12,8 @@ exactly one Parquet file per partition folder, its rows sorted by (user, timesta
 folder is local (an absent folder reads as empty anyway). Spark also leaves ``seqs/_SUCCESS`` and, on a local
 file system, hidden ``.crc`` files: the shard writer reads ``*.parquet`` only.
 
-- ``spark_sequences``: events (domain, user, item, t; keys domain-qualified ``domain:id``, t int64 seconds) ->
-  the partitions, and per domain ``build.Sequences.build``'s statistics: ``spark_kcore`` (de-duplication and
+- ``spark_sequences``: events (domain, user id, item id, t int64 seconds: ``build.Sequences``' input; the keys
+  are qualified here, ``<domain>:<id>``) -> the partitions, and per domain ``build.Sequences.build``'s statistics: ``spark_kcore`` (de-duplication and
   k-core, in DataFrame operations, materialised round by round) then ``write_sequences``.
 - ``read_events`` / ``clean_events``: the usual inputs (a Parquet, CSV or TSV table, or any DataFrame such as a
   Hive table, with columns user, item, timestamp and optionally domain) as such events, with the rows it dropped counted by reason (``bad_record``,
@@ -58,16 +58,22 @@ def partition_column(column: str, parts: int) -> Any:
 # ------------------------------------------------------------------------------------------------------ sequences
 @dataclass
 class KCore:
-    """The result of ``spark_kcore``: the kept events (domain, user, item, t; materialised) and per domain the
-    statistics of ``build.Sequences.build``. ``release()`` frees the executors' copy once it is written."""
+    """The result of ``spark_kcore``, materialised: the kept events as integers (did, uid, iid, t), the
+    dictionaries ``users`` (domain, id, key, uid) and ``items`` (domain, id, key, iid) of the keys before
+    filtering, numbered in key order, the domains (``domains[did]``), and per domain the statistics of
+    ``build.Sequences.build``. ``release()`` frees the executors' copies once the sequences are written."""
 
     events: Any
+    users: Any
+    items: Any
+    domains: list[str]
     stats: dict[str, dict[str, int]]
     rounds: int
+    broadcast_keys: int
     _keep: "_Materialised"
 
     def release(self) -> None:
-        self._keep.release(self.events)
+        self._keep.release(self.events, self.users, self.items)
 
 
 def spark_sequences(spark: Any, events: Any, build_dir: str | os.PathLike, k: int = 5, parts: int = 1, *,
@@ -79,10 +85,12 @@ def spark_sequences(spark: Any, events: Any, build_dir: str | os.PathLike, k: in
     if type(parts) is not int or parts < 1:
         raise DataError(f"parts must be a positive integer, got {parts!r}")
     core = spark_kcore(spark, events, k, checkpoint=checkpoint, broadcast_keys=broadcast_keys)
+    started = time.perf_counter()
     try:
-        write_sequences(spark, core.events, build_dir, parts)
+        written = write_sequences(spark, core, build_dir, parts)
     finally:
         core.release()
+    log.info("spark sequences: %d partitions written to %s (%.1f s)", parts, written, time.perf_counter() - started)
     return core.stats
 
 
@@ -91,18 +99,24 @@ def spark_kcore(spark: Any, events: Any, k: int = 5, *, checkpoint: Optional[str
     """Exact duplicates dropped, then k-core to a fixed point, with the rules and statistics of
     ``build.Sequences.build`` (and ``interactions.build_sequences``, domain by domain).
 
-    ``events``: a DataFrame with columns domain, user, item (strings; user and item keys qualified by their
-    domain, ``domain:id``, so that domains are filtered independently) and t (integer seconds), one row per event.
+    ``events``: a DataFrame with columns domain, user, item (strings: the ids as the source names them) and t
+    (integer seconds), one row per usable event, as ``build.Sequences.build`` takes them; no nulls. Keys are
+    the contract's, ``<domain>:<id>``, so domains are filtered independently.
 
-    Exact duplicates (same user, item, t) are dropped; then each round drops, at once, every row whose user or
-    item has fewer than ``k`` rows at the round's start, until a round drops nothing. A domain's rounds count up
-    to and including the first round that drops none of its rows. A round counts the rows of every user and of
-    every item (one aggregation, a row per key), from which come the per-domain counts, the keys to drop and,
-    after the last round, the users and items; the kept rows are an anti-join with the dropped keys (broadcast
-    when they are at most ``broadcast_keys``), materialised before the next round so that the query plan does
-    not grow with the rounds. Jobs per round: the counts, their per-domain summary (collected), the anti-join.
+    As in ``build.Sequences``, the keys are dictionary-encoded first: the distinct (domain, id) of users and of
+    items are sorted by key and numbered in that order (``monotonically_increasing_id`` over the sorted keys:
+    comparing numbers compares keys), so that the de-duplication, the rounds and the final sort shuffle and
+    compare integers, not strings; the keys come back when the partitions are written. Exact duplicates (same
+    user, item, t) are dropped; then each round drops, at once, every row whose user or item has fewer than
+    ``k`` rows at the round's start, until a round drops nothing. A domain's rounds count up to and including
+    the first round that drops none of its rows. A round counts the rows of every user and of every item (one
+    aggregation, a row per key), from which come the per-domain counts, the keys to drop and, after the last
+    round, the users and items; the kept rows are an anti-join with the dropped keys, materialised before the
+    next round so that the query plan does not grow with the rounds. Jobs per round: the counts, their
+    per-domain summary (collected), the anti-join. A table of keys (a dictionary, the dropped keys) of at most
+    ``broadcast_keys`` rows is broadcast to its join, a larger one shuffled (hash join).
 
-    ``checkpoint``: how each round's tables are materialised: "local" (``localCheckpoint``, on the executors,
+    ``checkpoint``: how each step's tables are materialised: "local" (``localCheckpoint``, on the executors,
     released once the next round has its own; lost with an executor, which then fails the job) or "reliable"
     (``checkpoint`` into ``spark.checkpoint.dir``, which must be set: survives a lost executor, costs a write
     per round). Default: "reliable" when ``spark.checkpoint.dir`` is set, else "local".
@@ -120,35 +134,49 @@ def spark_kcore(spark: Any, events: Any, k: int = 5, *, checkpoint: Optional[str
         raise DataError(f"events need the columns {', '.join(EVENT_COLUMNS)}; missing: {', '.join(missing)}")
     started = time.perf_counter()
     keep = _Materialised(checkpoint)
+    src = events.select(*(F.col(c).cast("string").alias(c) for c in EVENT_COLUMNS[:3]), F.col("t").cast("long"))
 
-    # De-duplication, counting the rows of each distinct event on the way: one pass over the input.
-    counted = keep(events.select(F.col("domain").cast("string"), F.col("user").cast("string"),
-                                 F.col("item").cast("string"), F.col("t").cast("long"))
-                   .groupBy(*EVENT_COLUMNS).agg(F.count(F.lit(1)).alias("n")))
-    null = F.col("domain").isNull() | F.col("user").isNull() | F.col("item").isNull() | F.col("t").isNull()
-    found = counted.groupBy("domain").agg(F.sum("n"), F.count(F.lit(1)), F.sum(F.when(null, F.col("n")))).collect()
-    nulls = sum(int(n or 0) for *_, n in found)
-    if nulls:
-        keep.release(counted)
-        raise DataError(f"{nulls} events with a null domain, user, item or t (clean_events drops such rows)")
-    totals = {d: (int(rows), int(distinct)) for d, rows, distinct, _ in found}
-    rows = {d: totals[d][0] for d in totals}
-    ev = counted.select(*EVENT_COLUMNS)
-    log.info("spark k-core: %d rows, %d distinct in %d domains (%.1f s)", sum(rows.values()),
-             sum(v[1] for v in totals.values()), len(rows), time.perf_counter() - started)
+    def dictionary(column: str, number: str) -> tuple[Any, int]:
+        found = keep(src.select("domain", F.col(column).alias("id")).distinct()
+                     .select("domain", "id", F.concat("domain", F.lit(":"), "id").alias("key"))
+                     .orderBy("key").withColumn(number, F.monotonically_increasing_id()))
+        n, nulls = found.agg(F.count(F.lit(1)), F.count_if(F.col("key").isNull())).first()
+        if nulls:
+            keep.release(found)
+            raise DataError(f"events with a null domain or {column} (clean_events drops such rows)")
+        return found, int(n)
+
+    users, n_users = dictionary("user", "uid")
+    items, n_items = dictionary("item", "iid")
+    domains = [d for (d,) in users.select("domain").distinct().orderBy("domain").collect()]
+    did = spark.createDataFrame(list(enumerate(domains)), "did int, domain string")
+    fit = lambda df, n: _sized(df, n, broadcast_keys)  # noqa: E731
+    encoded = (src.join(fit(users.join(F.broadcast(did), "domain").select("domain", F.col("id").alias("user"), "uid",
+                                                                        "did"), n_users), ["domain", "user"])
+               .join(fit(items.select("domain", F.col("id").alias("item"), "iid"), n_items), ["domain", "item"]))
+    # De-duplication, counting the rows of each distinct event on the way
+    counted = keep(encoded.groupBy("did", "uid", "iid", "t").agg(F.count(F.lit(1)).alias("n")))
+    found = counted.groupBy("did").agg(F.sum("n"), F.count(F.lit(1)), F.count_if(F.col("t").isNull())).collect()
+    if any(nulls for *_, nulls in found):
+        keep.release(counted, users, items)
+        raise DataError("events with a null t (clean_events drops such rows)")
+    totals = {domains[d]: (int(rows), int(distinct)) for d, rows, distinct, _ in found}
+    rows = {d: totals[d][0] for d in domains}
+    ev = counted.select("did", "uid", "iid", "t")
+    log.info("spark k-core: %d rows, %d distinct, %d users, %d items in %d domains (%.1f s)", sum(rows.values()),
+             sum(v[1] for v in totals.values()), n_users, n_items, len(rows), time.perf_counter() - started)
 
     rounds: dict[str, int] = {}
     r = 0
     while True:
         r += 1
-        # (domain, kind, key, n): the rows of every user (kind "u") and item ("i"), in one shuffle
-        counts = keep(ev.select("domain", F.lit("u").alias("kind"), F.col("user").alias("key"))
-                      .unionByName(ev.select("domain", F.lit("i").alias("kind"), F.col("item").alias("key")))
-                      .groupBy("domain", "kind", "key").agg(F.count(F.lit(1)).alias("n")))
-        summary: dict[tuple[str, str], tuple[int, int, int]] = {
-            (d, kind): (int(keys), int(n), int(low)) for d, kind, keys, n, low in counts.groupBy("domain", "kind")
-            .agg(F.count(F.lit(1)), F.sum("n"), F.sum((F.col("n") < k).cast("long"))).collect()}
-        user, item = ({d: summary.get((d, kind), (0, 0, 0)) for d in rows} for kind in ("u", "i"))
+        # (did, kind, key, n): the rows of every user (kind 0) and item (1), in one shuffle
+        counts = keep(ev.select("did", F.lit(0).alias("kind"), F.col("uid").alias("key"))
+                      .unionByName(ev.select("did", F.lit(1).alias("kind"), F.col("iid").alias("key")))
+                      .groupBy("did", "kind", "key").agg(F.count(F.lit(1)).alias("n")))
+        summary = {(domains[d], kind): (int(keys), int(n), int(low)) for d, kind, keys, n, low in counts.groupBy(
+            "did", "kind").agg(F.count(F.lit(1)), F.sum("n"), F.count_if(F.col("n") < k)).collect()}
+        user, item = ({d: summary.get((d, kind), (0, 0, 0)) for d in rows} for kind in (0, 1))
         dropping = {d for d in rows if user[d][2] or item[d][2]}
         # a domain's rows change in this round exactly when it has a key to drop
         rounds.update({d: r for d in rows if d not in rounds and d not in dropping})
@@ -159,21 +187,27 @@ def spark_kcore(spark: Any, events: Any, k: int = 5, *, checkpoint: Optional[str
             keep.release(counts)
             break
         kept = ev
-        for kind, column, found in (("u", "user", user), ("i", "item", item)):
-            n_drop = sum(v[2] for v in found.values())
+        for kind, column, found_keys in ((0, "uid", user), (1, "iid", item)):
+            n_drop = sum(v[2] for v in found_keys.values())
             if n_drop:
-                drop = counts.filter((F.col("kind") == kind) & (F.col("n") < k)).select(
-                    "domain", F.col("key").alias(column))
-                kept = kept.join(F.broadcast(drop) if n_drop <= broadcast_keys else drop, ["domain", column],
-                                 "left_anti")
-        kept = keep(kept.select(*EVENT_COLUMNS))
+                drop = counts.filter((F.col("kind") == kind) & (F.col("n") < k)).select(F.col("key").alias(column))
+                kept = kept.join(fit(drop, n_drop), column, "left_anti")
+        kept = keep(kept.select("did", "uid", "iid", "t"))
         keep.release(ev, counts)
         ev = kept
     stats = {d: {"rows": rows[d], "duplicate_rows": rows[d] - totals[d][1], f"rows_after_{k}core": user[d][1],
                  f"{k}core_rounds": rounds[d], "users": user[d][0], "items": item[d][0]} for d in sorted(rows)}
     log.info("spark k-core: %d rounds, %d rows kept (%.1f s)", r, sum(u[1] for u in user.values()),
              time.perf_counter() - started)
-    return KCore(ev, stats, r, keep)
+    return KCore(ev, users, items, domains, stats, r, broadcast_keys, keep)
+
+
+def _sized(df: Any, rows: int, broadcast_keys: int) -> Any:
+    """The small side of a join: broadcast up to ``broadcast_keys`` rows, else a shuffled hash join (building
+    a hash table per partition; Spark's default, a sort-merge join, would sort the big side as well)."""
+    from pyspark.sql import functions as F
+
+    return F.broadcast(df) if rows <= broadcast_keys else df.hint("shuffle_hash")
 
 
 class _Materialised:
@@ -198,19 +232,27 @@ class _Materialised:
                 log.debug("could not release a checkpointed table", exc_info=True)
 
 
-def write_sequences(spark: Any, events: Any, build_dir: str | os.PathLike, parts: int) -> str:
-    """Write (domain, user, item, t) rows as the contract's ``seqs/part=<p>/``: one Parquet file per
-    partition, rows sorted by (user, timestamp, item). Returns the folder written."""
+def write_sequences(spark: Any, core: KCore, build_dir: str | os.PathLike, parts: int) -> str:
+    """Write ``spark_kcore``'s events as the contract's ``seqs/part=<p>/``: one Parquet file per partition,
+    rows sorted by (user, timestamp, item) (as numbered: by (uid, t, iid)). Returns the folder written."""
     from pyspark.sql import functions as F
 
+    if type(parts) is not int or parts < 1:
+        raise DataError(f"parts must be a positive integer, got {parts!r}")
     seqs = _join(build_dir, "seqs")
-    rows = events.select("user", "domain", "item", F.col("t").cast("long").alias("timestamp"),
-                         partition_column("user", parts).alias("part"))
-    # Spark partition p must hold contract partition p alone (one file per folder, no task holding two), but
-    # repartition(P, col) hashes the column: repartition by a value chosen per partition to hash to it.
-    out = (rows.join(F.broadcast(partition_salt(spark, parts)), "part")
-           .repartition(parts, "salt").drop("salt")
-           .sortWithinPartitions("part", "user", "timestamp", "item"))
+    stats = core.stats.values()
+    n_users, n_items = sum(s["users"] for s in stats), sum(s["items"] for s in stats)
+    # md5 once per user, not per event. Spark partition p must hold contract partition p alone (one file per
+    # folder, no task holding two), but repartition(P, col) hashes the column: repartition by a value chosen
+    # per partition to hash to it.
+    users = (core.users.select("uid", F.col("key").alias("user"), "domain",
+                               partition_column("key", parts).alias("part"))
+             .join(F.broadcast(partition_salt(spark, parts)), "part"))
+    items = core.items.select("iid", F.col("key").alias("item"))
+    rows = (core.events.join(_sized(items, n_items, core.broadcast_keys), "iid")
+            .join(_sized(users, n_users, core.broadcast_keys), "uid"))
+    out = (rows.repartition(parts, "salt").sortWithinPartitions("part", "uid", "t", "iid")
+           .select("user", "domain", "item", F.col("t").alias("timestamp"), "part"))
     (out.write.mode("overwrite").option("partitionOverwriteMode", "static").option("maxRecordsPerFile", 0)
      .partitionBy("part").parquet(seqs))
     local = local_path(seqs)
@@ -303,7 +345,7 @@ def clean_events(table: Any, domain: Optional[str] = None, *, user: str = "user"
     and how many rows were dropped by reason (``bad_record``, ``bad_timestamps``; reasons without rows left out).
 
     The domain comes from ``domain_column`` where the table has it, else it is ``domain`` (required then);
-    keys are qualified as ``f"{domain}:{id}"``. Cells follow the single-machine converter's rules
+    ids stay as the table names them (``spark_sequences`` qualifies them). Cells follow the single-machine converter's rules
     (mmm4rec.data.tables): ids are trimmed text (an integral float is an integer); a timestamp is an integer, an
     integral float or the text of either (or a Spark timestamp: seconds from 1970 UTC, fractions cut off),
     between 1970 and the year 9999. A row with a missing or empty id, a list for an id, a domain containing
@@ -338,9 +380,7 @@ def clean_events(table: Any, domain: Optional[str] = None, *, user: str = "user"
     rows = table.select(domain_v.alias("domain"), user_v.alias("user"), item_v.alias("item"), t_v.alias("t"),
                         reason.alias("reason"))
     skipped = {r: int(n) for r, n in rows.filter(F.col("reason").isNotNull()).groupBy("reason").count().collect()}
-    events = rows.filter(F.col("reason").isNull()).select(
-        "domain", F.concat_ws(":", "domain", "user").alias("user"), F.concat_ws(":", "domain", "item").alias("item"),
-        "t")
+    events = rows.filter(F.col("reason").isNull()).select(*EVENT_COLUMNS)
     return events, dict(sorted(skipped.items()))
 
 

@@ -463,6 +463,7 @@ def _sql_items(engine: Engine, table: Table, columns: Columns, fields: Sequence[
               FROM item_fields WHERE {shape})
         WHERE {' AND '.join(f"{name} <> ''" for _, name in ids)}""")
     engine.execute("DROP TABLE item_fields")
+    engine.drop_lines("item_lines")
     return True
 
 
@@ -606,6 +607,8 @@ def read_events(engine: Engine, table: Table, columns: Columns, domain: Optional
                            CASE WHEN {shaped} THEN {seconds} END AS t_v, CASE WHEN {shaped} THEN {raw} END AS t_raw,
                            CASE WHEN {shaped} THEN {domain_value} END AS domain_v
                     FROM {source}))""", str(table.path))
+    engine.execute("DROP VIEW rows")
+    engine.drop_lines("lines")
     where = _where_sql(table)
     for_domain = "' for domain ' || pyrepr(e.domain_v)" if catalogue.per_domain else "''"
     engine.execute(f"""CREATE OR REPLACE TABLE ev_matched AS SELECT e.n, e.domain_v AS domain, e.user_v AS user,
@@ -664,6 +667,8 @@ def prepare(interactions: str | os.PathLike, items: str | os.PathLike, out_dir: 
         events = read_events(engine, inter_table, columns, domain, catalogue, bad)
         sequences = Sequences(engine, k)
         stats = sequences.build("SELECT * FROM events")
+        engine.execute("DROP VIEW events")
+        engine.execute("DROP TABLE ev_matched")
         filtering: dict[str, Any] = {}
         for d in events.domains:
             filtering[d] = {"rows_unknown_item": events.unknown_item[d],
