@@ -2,6 +2,11 @@
 
 Every hyper-parameter lives here once. A config is built from a preset (a YAML file, or a name under
 ``mmm4rec/presets``) plus dotted overrides; unknown keys and wrong types are errors that name the key.
+
+YAML is read by ``load_yaml`` (files and --set values alike): UTF-8 (a byte-order mark is accepted), a key given
+twice is an error naming it and its lines (YAML would silently keep the last), and aliases may not expand a
+document beyond MAX_YAML_VALUES values (an alias bomb fails at once, in bounded memory). Every error is one line,
+and quotes a refused value only through ``short_repr``.
 """
 from __future__ import annotations
 
@@ -10,8 +15,10 @@ import difflib
 import hashlib
 import json
 import math
+import reprlib
 import types
 import typing
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -23,6 +30,30 @@ PRESET_DIR = Path(__file__).parent / "presets"
 
 class ConfigError(ValueError):
     """A configuration that cannot be used, with the offending key in the message."""
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 2, 60, 60, 40
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxfrozenset = 4
+
+
+def short_repr(value, limit: int = 100) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, in time and memory bounded whatever the value: an error
+    message quotes what it refuses, and a value may be huge, deeply nested, or a YAML alias bomb whose full repr
+    would take hours and gigabytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"<an integer of {value.bit_length()} bits>"  # repr of a huge int is slow, or refused outright
+    try:
+        text = _SHORT.repr(value)
+    except Exception:  # a __repr__ that fails
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """``text`` (e.g. a key or a --set argument) on one line, cut to ``limit`` characters, for a message."""
+    text = text.replace("\n", "\\n").replace("\r", "\\r")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # ----------------------------------------------------------------------------------------------------------- model
@@ -226,7 +257,7 @@ class RunConfig:
                     "data.encoder.batch_size": (d.encoder.batch_size, 1)}
         for key, (value, low) in at_least.items():
             if value < low:
-                raise ConfigError(f"{key} must be >= {low}, got {value}")
+                raise ConfigError(f"{key} must be >= {low}, got {short_repr(value)}")
         for key, value in {"train.lr": t.lr, "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
                            "train.collective_timeout_s": t.collective_timeout_s,
                            "data.timeout_s": d.timeout_s}.items():
@@ -246,12 +277,13 @@ class RunConfig:
         if t.gather_negatives and self.loss_name != "in_batch":
             raise ConfigError(f"train.gather_negatives=true applies to train.loss=in_batch, got {self.loss_name}")
         if not e.ks or any(type(k) is not int or k < 1 for k in e.ks):
-            raise ConfigError(f"eval.ks must be a non-empty list of positive integers, got {e.ks}")
+            raise ConfigError(f"eval.ks must be a non-empty list of positive integers, got {short_repr(e.ks)}")
         kind, _, k = e.metric.partition("@")
         if kind not in ("hit", "ndcg", "mrr") or (kind == "mrr") != (not k):
-            raise ConfigError(f"eval.metric must look like ndcg@10, hit@20 or mrr, got {e.metric!r}")
-        if k and (not k.isdigit() or int(k) not in e.ks):
-            raise ConfigError(f"eval.metric={e.metric!r} needs {k} in eval.ks (now {e.ks})")
+            raise ConfigError(f"eval.metric must look like ndcg@10, hit@20 or mrr, got {short_repr(e.metric)}")
+        if k and (not k.isdigit() or len(k) > 9 or int(k) not in e.ks):  # int() refuses 4300+ digits
+            raise ConfigError(f"eval.metric={short_repr(e.metric)} needs {clip(k, 20)} in eval.ks (now "
+                              f"{short_repr(e.ks)})")
         return self
 
     @property
@@ -284,18 +316,21 @@ IMPLEMENTATION_CHOICES = ("kernels", "stack_streams")
 def from_dict(cls, data: dict, prefix: str = ""):
     """Build dataclass ``cls`` from a plain dict, checking every key and type."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    where = f" in {prefix.rstrip('.')}" if prefix else ""
+    for key in data:
+        if not isinstance(key, str):  # YAML reads `1:` or `null:` as a non-string key
+            raise ConfigError(f"config keys must be strings, got {short_repr(key)}{where}")
     unknown = sorted(set(data) - names)
     if unknown:
-        where = f" in {prefix.rstrip('.')}" if prefix else ""
-
         def named(key: str) -> str:  # with the nearest valid key, if one is close: typos are the usual cause
             close = difflib.get_close_matches(key, sorted(names), n=1)
-            return prefix + key + (f" (did you mean {prefix}{close[0]}?)" if close else "")
+            return prefix + clip(key, 60) + (f" (did you mean {prefix}{close[0]}?)" if close else "")
 
-        raise ConfigError(f"unknown config key(s){where}: {', '.join(named(k) for k in unknown)}")
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise ConfigError(f"unknown config key(s){where}: {', '.join(named(k) for k in unknown[:5])}{more}")
     kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -308,12 +343,12 @@ def _coerce(tp, value, key: str):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return None if value is None else _coerce(args[0], value, key)
     if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{key} must be one of {list(typing.get_args(tp))}, got {value!r}")
+        if not isinstance(value, Hashable) or value not in typing.get_args(tp):
+            raise ConfigError(f"{key} must be one of {list(typing.get_args(tp))}, got {short_repr(value)}")
         return value
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
+            raise ConfigError(f"{key} must be a list, got {short_repr(value)}")
         (item,) = typing.get_args(tp)
         return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -324,7 +359,7 @@ def _coerce(tp, value, key: str):
         except ValueError:
             pass
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(f"{key} must be {tp.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{key} must be {tp.__name__}, got {type(value).__name__} {short_repr(value)}")
     return value
 
 
@@ -337,10 +372,11 @@ def _merge(base: dict, update: dict) -> dict:
 
 def parse_override(text: str) -> dict:
     """``a.b.c=value`` -> {"a": {"b": {"c": value}}}, the value parsed as YAML (numbers, bools, lists)."""
+    text = text.removeprefix(BOM)
     if "=" not in text:
-        raise ConfigError(f"override {text!r} is not of the form key.path=value")
+        raise ConfigError(f"override {short_repr(text)} is not of the form key.path=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw else ""
+    value = load_yaml(raw, f"--set {clip(text)}") if raw else ""
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value
@@ -354,7 +390,7 @@ def resolve_preset(preset: str) -> Path:
     if named.exists():
         return named
     choices = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
-    raise ConfigError(f"no preset {preset!r}: not a YAML file and not one of: {choices}")
+    raise ConfigError(f"no preset {short_repr(preset)}: not a YAML file and not one of: {choices}")
 
 
 def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -362,15 +398,118 @@ def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...
     data: dict = {}
     if preset:
         path = resolve_preset(preset)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        data = load_yaml(read_text(path, "a YAML file"), str(path)) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
     for o in overrides:
         data = _merge(data, parse_override(o))
     return from_dict(RunConfig, data).validate()
+
+
+# ------------------------------------------------------------------------------------------------------- YAML
+BOM = "\ufeff"
+# A config holds tens of values; a document whose aliases expand it beyond this is refused before it is built
+# (a "billion laughs" of 9 levels of 9 aliases expands to 9**9 values: formatting it took minutes and gigabytes).
+MAX_YAML_VALUES = 100_000
+
+
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file (a leading byte-order mark dropped), every failure one line naming the file."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, not {what}")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return data.decode("utf-8").removeprefix(BOM)
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not valid UTF-8 (byte 0x{data[e.start]:02x} on line {line}); save it as "
+                          "UTF-8") from None
+
+
+def load_yaml(text: str, source: str):
+    """One YAML document of ``text`` (``source`` names it in errors: a file, or "--set key=value")."""
+    loader = _ConfigLoader(text.removeprefix(BOM))
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, source)
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: {_yaml_problem(e)}") from None
+    except (ValueError, OverflowError) as e:  # a scalar PyYAML cannot build: a 5000-digit int, 2020-13-45 …
+        raise ConfigError(f"{source}: a value YAML cannot read ({clip(str(e), 120)})") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML (nested too deeply)") from None
+    finally:
+        loader.dispose()
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: YAML keeps only the last (a second `train:`
+    block silently dropped the first). The merge key `<<` is not a duplicate: what sits beside it overrides
+    what it merges."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue  # merges are flattened by the base class; a complex key is refused there
+                key = self.construct_object(key_node)
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {short_repr(key, 60)} (first on line {first[key] + 1}; YAML "
+                                    "would keep only the last)", key_node.start_mark)
+                first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _check_expansion(root: yaml.Node, source: str) -> None:
+    """Refuse a document whose aliases expand it beyond MAX_YAML_VALUES values, or make it contain itself. The
+    composed document is a graph in which an alias is a shared node: each node's expanded size is computed once,
+    so the check takes time linear in the nodes written, however large the expansion."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_:
+            raise ConfigError(f"{source}: a recursive YAML alias (a value that contains itself)")
+        open_.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = []
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_YAML_VALUES:
+                raise ConfigError(f"{source}: YAML aliases expand this document beyond {MAX_YAML_VALUES} values "
+                                  f"(line {node.start_mark.line + 1}); a config needs no alias bomb")
+        open_.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    size(root)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: the problem, its line and column, and its context."""
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = "; ".join(str(p) for p in (e.problem, e.context) if p)
+        if isinstance(e, yaml.constructor.ConstructorError) and e.problem and e.problem.startswith("duplicate"):
+            return f"line {mark.line + 1}: {e.problem}"
+        return f"not valid YAML ({where}{what})"
+    return f"not valid YAML ({' '.join(str(e).split())[:200]})"
 
 
 def save_config(cfg: RunConfig, path: str | Path, header: Optional[dict] = None) -> None:

@@ -1,8 +1,13 @@
 """``mmm4rec export`` and ``mmm4rec recommend`` (arguments: mmm4rec.commands).
 
-recommend reads JSON lines ``{"user": …, "history": [[item key, unix seconds], …]}`` (oldest first) and writes one
-``{"user": …, "items": [[item key, score], …]}`` per input line, best first, in input order, streaming in batches.
-An --output file appears complete or not at all. Bad input is one line on stderr naming file and line (exit 2).
+recommend reads JSON lines ``{"user": …, "history": [[item key, unix seconds], …]}`` (oldest first, UTF-8; a
+byte-order mark is accepted, as in YAML configs) and writes one ``{"user": …, "items": [[item key, score], …]}``
+per input line, best first, in input order, streaming in batches. An --output file appears complete or not at all
+(a temp file beside it, renamed over it at the end), and is never the --input file. Bad input or arguments are one
+line on stderr naming the file and line or the argument (exit 2); the arguments are checked before the export is
+loaded, so a refusal costs no scoring.
+
+torch, transformers and the model are imported when a command runs, after its arguments are checked.
 """
 from __future__ import annotations
 
@@ -15,19 +20,11 @@ import sys
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
-from typing import IO, Iterator
-
-import torch
+from typing import IO, Iterator, Optional
 
 from .. import __version__
-from ..config import ConfigError, load_config
-from ..data.atomic import replace_folder
-from ..data.features import FeatureStore, default_features_dir
-from ..data.remote import DatasetSource
+from ..config import ConfigError, load_config, short_repr
 from ..data.schema import DataError
-from ..model import from_pretrained
-from .export import item_features, write_export
-from .recommender import Recommender
 
 
 def _one_line_errors(run):
@@ -45,6 +42,14 @@ def _one_line_errors(run):
 @_one_line_errors
 def export(args: argparse.Namespace) -> int:
     """A run's weights + the feature store its config names -> a new self-contained export folder."""
+    import torch
+
+    from ..data.atomic import replace_folder
+    from ..data.features import FeatureStore, default_features_dir
+    from ..data.remote import DatasetSource
+    from ..model import from_pretrained
+    from .export import item_features, write_export
+
     run, out = Path(args.run), Path(args.out)
     if out.exists():
         raise ConfigError(f"{out}: exists; name a new folder")
@@ -80,26 +85,68 @@ def export(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------- recommend
 @_one_line_errors
 def recommend(args: argparse.Namespace) -> int:
-    rec = Recommender.from_pretrained(args.export, device=args.device, transfer=args.transfer,
-                                      features=args.features)
-    users = 0
-    with _lines(args.input) as lines, _output(args.output) as out:
-        records = _records(lines, args.input)
-        while chunk := list(islice(records, args.batch_size)):
-            labels = [f"{args.input}:{line} (user {user!r})" for line, user, _ in chunk]
-            ranked = rec.recommend([history for _, _, history in chunk], k=args.k, exclude_seen=not args.keep_seen,
-                                   unknown=args.unknown, batch_size=args.batch_size, labels=labels)
-            for (_, user, _), items in zip(chunk, ranked):
-                out.write(json.dumps({"user": user, "items": [[key, score] for key, score in items]},
-                                     ensure_ascii=False) + "\n")
-            users += len(chunk)
+    check_recommend_arguments(args)
+    with _lines(args.input) as lines:
+        from .recommender import Recommender  # seconds to import: after the checks
+
+        rec = Recommender.from_pretrained(args.export, device=args.device, transfer=args.transfer,
+                                          features=args.features)
+        users = 0
+        with _output(args.output) as out:
+            records = _records(lines, args.input)
+            while chunk := list(islice(records, args.batch_size)):
+                labels = [f"{args.input}:{line} (user {short_repr(user, 60)})" for line, user, _ in chunk]
+                ranked = rec.recommend([history for _, _, history in chunk], k=args.k,
+                                       exclude_seen=not args.keep_seen, unknown=args.unknown,
+                                       batch_size=args.batch_size, labels=labels)
+                for (_, user, _), items in zip(chunk, ranked):
+                    out.write(json.dumps({"user": user, "items": [[key, score] for key, score in items]},
+                                         ensure_ascii=False) + "\n")
+                users += len(chunk)
     print(json.dumps({"users": users, "k": args.k, "output": args.output or "stdout",
                       "skipped": rec.skipped.as_dict()}), file=sys.stderr)
     return 0
 
 
-def _records(lines: IO[str], name: str) -> Iterator[tuple[int, object, list]]:
-    for number, line in enumerate(lines, 1):
+def check_recommend_arguments(args: argparse.Namespace) -> None:
+    """Everything that can be refused before the export is loaded and a user scored. The output must not be the
+    input: the rename at the end would replace the user's histories with the recommendations."""
+    for flag, value in (("--batch-size", args.batch_size), ("--k", args.k)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if args.output is None:
+        return
+    out = Path(args.output)
+    if out.is_dir() or args.output.endswith(("/", os.sep)):
+        raise DataError(f"{out}: --output is a folder; name the file the recommendations go to")
+    if not out.parent.is_dir():  # Path("recs.jsonl").parent is "."
+        raise DataError(f"{out.parent}: the folder of --output does not exist")
+    same = _same_file(out, sys.stdin.fileno() if args.input == "-" else args.input)
+    if same:
+        raise DataError(f"{out}: --output is the same file as --input {args.input}; writing it would replace the "
+                        "histories with the recommendations: name another --output")
+
+
+def _same_file(path: Path, other: "str | int") -> bool:
+    """Whether ``path`` and ``other`` (a path or an open descriptor, e.g. stdin) are one file: compared by device
+    and inode, so another spelling, a symlink or a hard link to the same file counts as the same."""
+    try:
+        a = os.stat(path)
+        b = os.fstat(other) if isinstance(other, int) else os.stat(other)
+    except OSError:  # one of them does not exist (yet): not the same file; a missing --input is named later
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _records(lines: IO[bytes], name: str) -> Iterator[tuple[int, object, list]]:
+    for number, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{name}:{number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                            "histories are read as UTF-8") from None
+        if number == 1:
+            line = line.removeprefix("\ufeff")  # a byte-order mark, as some editors write: accepted everywhere
         if not line.strip():
             continue
         try:
@@ -112,29 +159,59 @@ def _records(lines: IO[str], name: str) -> Iterator[tuple[int, object, list]]:
 
 
 @contextlib.contextmanager
-def _lines(path: str) -> Iterator[IO[str]]:
+def _lines(path: str) -> Iterator[IO[bytes]]:
+    """The input as bytes, decoded line by line (an undecodable byte is an error naming its line)."""
     if path == "-":
-        yield sys.stdin
+        yield sys.stdin.buffer
         return
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")
     except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+        raise DataError(f"{path}: cannot read --input ({e.strerror})") from None
     with f:
         yield f
 
 
 @contextlib.contextmanager
-def _output(path: str | None) -> Iterator[IO[str]]:
-    """stdout, or a temp file renamed to ``path`` once everything is written (removed on an error)."""
+def _output(path: Optional[str]) -> Iterator[IO[str]]:
+    """stdout, or a temp file beside ``path`` renamed over it once everything is written and on disk (removed on
+    an error: a failure never leaves a half file, and a previous output stays whole)."""
     if path is None:
         yield sys.stdout
         return
     target = Path(path)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    with _write_errors(target):
+        f = open(tmp, "x", encoding="utf-8")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            yield f
-        os.replace(tmp, target)
+        yield _Writer(f, target)
+        with _write_errors(target):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            os.replace(tmp, target)
     finally:
+        with contextlib.suppress(OSError):  # after a failed write the close may fail too: the file goes anyway
+            f.close()
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _write_errors(target: Path) -> Iterator[None]:
+    """An OSError while writing the output (a full disk, a read-only folder …) as one line naming it."""
+    try:
+        yield
+    except OSError as e:
+        raise DataError(f"{target}: cannot write --output ({e.strerror or e}); a previous file there is kept "
+                        "as it was") from None
+
+
+class _Writer:
+    """The temp output file, its write errors named (an OSError while reading the input must not be blamed on it)."""
+
+    def __init__(self, f: IO[str], target: Path):
+        self.f, self.target = f, target
+
+    def write(self, text: str) -> None:
+        with _write_errors(self.target):
+            self.f.write(text)

@@ -7,6 +7,8 @@
 
 A history is a list of (item key, Unix seconds) pairs, oldest first. Histories are batched internally; the model
 reads the last ``max_len`` items of each, and ``exclude_seen`` drops every item of the history from its ranking.
+Every argument is checked: a wrong type or value is a ConfigError / DataError of one line naming the argument (or
+the history and entry), quoting at most a short prefix of the offending value.
 Scores are the model's logits: user vector · candidate vector (already divided by the temperature). Equal scores
 rank in catalogue order (lower item id first), so results never depend on how a sort orders ties.
 
@@ -19,6 +21,8 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import sys
+from collections.abc import Mapping
 from functools import cached_property
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
@@ -26,8 +30,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import ConfigError, EncoderConfig
-from ..data.schema import PAD_KEY, BadRecords, DataError
+from ..config import ConfigError, EncoderConfig, short_repr
+from ..data.schema import MAX_TIMESTAMP, PAD_KEY, BadRecords, DataError
 from ..data.shards import decode_image
 from ..encoders import Encoders, build_encoders, encoder_identity
 from ..model import Batch, ItemFeatures, build_model
@@ -45,7 +49,7 @@ class Recommender:
 
     def __init__(self, export: Export, device: str | torch.device = "cpu"):
         self.path = export.path
-        self.device = torch.device(device)
+        self.device = _device(device)
         self.encoder = export.encoder
         self.skipped = BadRecords()  # unknown history items skipped since loading, by reason
         self._install(export.model, export.features, export.keys, export.candidates)
@@ -78,8 +82,9 @@ class Recommender:
                   labels: Optional[Sequence[str]] = None) -> list[list[tuple[str, float]]]:
         """Per history, up to ``k`` (item key, score) pairs, best first; padding is never returned.
         ``labels`` name the histories in error messages (default "history <i>")."""
-        if k < 1:
-            raise ConfigError(f"k must be >= 1, got {k}")
+        k = positive_int("k", k)
+        if not isinstance(exclude_seen, (bool, np.bool_)):
+            raise ConfigError(f"exclude_seen must be True or False, got {short_repr(exclude_seen)}")
         results: list[list[tuple[str, float]]] = []
         for parsed, users in self._user_vectors(histories, unknown, batch_size, labels):
             ranked: Iterator[list[tuple[int, float]]] = iter(())
@@ -101,10 +106,13 @@ class Recommender:
               batch_size: int = 256, labels: Optional[Sequence[str]] = None) -> np.ndarray:
         """float32 [histories, items]: the score of each of ``item_keys`` for each history (the same numbers
         ``recommend`` ranks by)."""
-        missing = [key for key in item_keys if key not in self.index]
-        if missing:
-            raise DataError(f"unknown item key {missing[0]!r} in item_keys (not among the {self.num_items} items "
-                            f"of {self.path})")
+        item_keys = _listed("item_keys", item_keys, "item keys")
+        for i, key in enumerate(item_keys):
+            if not isinstance(key, str):
+                raise ConfigError(f"item_keys[{i}] is not an item key (a string): {short_repr(key)}")
+            if key not in self.index:
+                raise DataError(f"unknown item key {short_repr(key)} in item_keys (not among the {self.num_items} "
+                                f"items of {self.path})")
         cols = torch.tensor([self.index[key] - 1 for key in item_keys], dtype=torch.long, device=self.device)
         rows: list[np.ndarray] = []
         for parsed, users in self._user_vectors(histories, unknown, batch_size, labels):
@@ -122,15 +130,28 @@ class Recommender:
                       labels: Optional[Sequence[str]]):
         """Per batch: each history as (ids, timestamps), None when skipping left nothing, and the user vectors of
         the others, in order (None when there are none)."""
-        if unknown not in UNKNOWN:
-            raise ConfigError(f"unknown must be one of {list(UNKNOWN)}, got {unknown!r}")
+        if not isinstance(unknown, str) or unknown not in UNKNOWN:
+            raise ConfigError(f"unknown must be one of {list(UNKNOWN)}, got {short_repr(unknown)}")
+        batch_size = min(positive_int("batch_size", batch_size), sys.maxsize)  # a huge one: everything at once
+        if histories is None or isinstance(histories, (str, bytes, Mapping)) or not isinstance(histories, Iterable):
+            raise ConfigError("histories must be a list of histories (each a list of [item key, unix seconds] "
+                              f"pairs), got {type(histories).__name__} {short_repr(histories)}")
+        if labels is not None:
+            labels = _listed("labels", labels, "strings, one per history")
+            if not all(isinstance(label, str) for label in labels):
+                raise ConfigError(f"labels must be a list of strings, one per history, got {short_repr(labels)}")
+            if isinstance(histories, Sequence) and len(labels) != len(histories):
+                raise ConfigError(f"labels: {len(labels)} label(s) for {len(histories)} histories")
         bad = BadRecords(strict=unknown == "error")
         histories = iter(histories)
         for start in itertools.count(0, batch_size):
             chunk = list(itertools.islice(histories, batch_size))
             if not chunk:
                 break
-            parsed = [self._parse(h, labels[start + i] if labels else f"history {start + i}", bad)
+            if labels is not None and start + len(chunk) > len(labels):  # histories of unknown length
+                raise ConfigError(f"labels: {len(labels)} label(s) for more histories (history {len(labels)} has "
+                                  "none)")
+            parsed = [self._parse(h, labels[start + i] if labels is not None else f"history {start + i}", bad)
                       for i, h in enumerate(chunk)]
             real = [p for p in parsed if p is not None]
             users = self.model.user_vectors(self._model_input(real).to(self.device)).float() if real else None
@@ -142,22 +163,26 @@ class Recommender:
     def _parse(self, history: History, label: str, bad: BadRecords) -> Optional[tuple[np.ndarray, np.ndarray]]:
         if not isinstance(history, (list, tuple)) or not history:
             raise DataError(f"{label}: a history is a non-empty list of [item key, unix seconds] pairs, "
-                            f"got {history!r:.80}")
+                            f"got {short_repr(history, 80)}")
         ids, stamps, previous = [], [], None
         for pos, pair in enumerate(history):
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str)
                     and _is_integral(pair[1])):
-                raise DataError(f"{label}: entry {pos} is not an [item key, unix seconds] pair: {pair!r:.80}")
+                raise DataError(f"{label}: entry {pos} is not an [item key, unix seconds] pair: "
+                                f"{short_repr(pair, 80)}")
             key, ts = pair[0], int(pair[1])
+            if not 0 <= ts <= MAX_TIMESTAMP:  # as in training data; an int64 would overflow on 10**30
+                raise DataError(f"{label}: entry {pos}: {short_repr(pair[1], 40)} is not Unix seconds (0 to "
+                                f"{MAX_TIMESTAMP}, the end of the year 9999)")
             if previous is not None and ts < previous:
                 raise DataError(f"{label}: entry {pos} is older than the one before it; histories are oldest "
                                 "first")
             previous = ts
             item = self.index.get(key)
             if item is None:
-                bad.report("unknown_item", f"{label}: unknown item key {key!r} (not among the {self.num_items} "
-                                           f"items of {self.path}; add it with add_items, or skip unknown items: "
-                                           "unknown='skip', CLI --unknown skip)")
+                bad.report("unknown_item", f"{label}: unknown item key {short_repr(key)} (not among the "
+                                           f"{self.num_items} items of {self.path}; add it with add_items, or skip "
+                                           "unknown items: unknown='skip', CLI --unknown skip)")
                 continue
             ids.append(item)
             stamps.append(ts)
@@ -184,8 +209,13 @@ class Recommender:
         if self.model.cfg.arch != "mmm4rec":
             raise ConfigError(f"{self.path}: {self.model.cfg.arch} scores items by learned ID embeddings only; new "
                               "items need retraining")
-        keys, texts = list(keys), list(texts)
-        images = [None] * len(keys) if images is None else list(images)
+        # A string is a sequence too: add_items("ab", …) would add the items 'a' and 'b'.
+        keys = _listed("add_items: keys", keys, "item keys")
+        texts = _listed("add_items: texts", texts, "strings")
+        images = [None] * len(keys) if images is None else _listed("add_items: images", images,
+                                                                   "images (PIL images, encoded bytes or None)")
+        if not keys:
+            raise ConfigError("add_items: no items given")
         if not len(texts) == len(images) == len(keys):
             raise ConfigError(f"add_items: {len(keys)} keys, {len(texts)} texts and {len(images)} images")
         self._check_new_keys(keys, texts)
@@ -208,11 +238,13 @@ class Recommender:
         seen: set[str] = set()
         for key, text in zip(keys, texts):
             if not isinstance(key, str) or not key or key == PAD_KEY:
-                raise DataError(f"add_items: {key!r} is not a usable item key")
+                raise DataError(f"add_items: {short_repr(key)} is not a usable item key")
             if key in self.index or key in seen:
-                raise DataError(f"add_items: item {key!r} is already in the catalogue")
-            if not isinstance(text, str) or not text.strip():
-                raise DataError(f"add_items: item {key!r}: empty text")
+                raise DataError(f"add_items: item {short_repr(key)} is already in the catalogue")
+            if not isinstance(text, str):
+                raise DataError(f"add_items: item {short_repr(key)}: a text is a string, got {type(text).__name__}")
+            if not text.strip():
+                raise DataError(f"add_items: item {short_repr(key)}: empty text")
             seen.add(key)
 
     @cached_property
@@ -270,6 +302,33 @@ def top_k(scores: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:
         cols = mask.nonzero().flatten()  # ascending column
         order = torch.sort(row[cols], descending=True, stable=True).indices[:k]
         out.append(list(zip(cols[order].tolist(), row[cols[order]].tolist())))
+    return out
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as an int >= 1 (numpy integers too; not bool, float or str), or a ConfigError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{name} must be an int >= 1, got {type(value).__name__} {short_repr(value, 40)}")
+    if value < 1:
+        raise ConfigError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _listed(name: str, value: Any, what: str) -> list:
+    """``value`` as a list: any iterable but a string, bytes or mapping (whose iteration would silently give
+    characters, byte values or keys)."""
+    if value is None or isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise ConfigError(f"{name} must be a list of {what}, got {type(value).__name__} {short_repr(value, 60)}")
+    return list(value)
+
+
+def _device(device: Any) -> torch.device:
+    try:
+        out = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device {short_repr(device)} is not a torch device (cpu, cuda, cuda:1 …)") from None
+    if out.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {short_repr(device)}: CUDA is not available here (use device='cpu')")
     return out
 
 

@@ -33,7 +33,7 @@ from ..provenance import cpu_isa, provenance
 from .engine import deepspeed_config, initialize, step_precision
 from .evaluation import evaluate
 from .monitor import announce, setup_logging
-from .rundir import RunDir, export_of
+from .rundir import Claim, RunDir, export_of
 from .trainer import Data, Trainer, eval_stream
 
 log = logging.getLogger("mmm4rec")
@@ -135,27 +135,59 @@ def main(task: str, argv: Optional[list[str]] = None) -> int:
         distributed.shutdown()
 
 
-def _claim(cfg: RunConfig, env, run: RunDir, dataset: Manifest) -> None:
-    """Rank 0 locks the run directory and checks what it belongs to; every rank learns the outcome."""
-    def claim():
-        run.lock()
-        return run.claim(cfg, dataset.digest)
+class _HeldLogs(logging.Handler):
+    """Rank 0's log records from before the run directory is recorded: replayed into train.log once it is, and
+    dropped when the start is refused (a refused start writes nothing into the folder)."""
 
-    continuing = distributed.on_main(claim)
-    setup_logging(env, run.log)
-    if env.is_main:
-        save_config(cfg, run.config, {"provenance": provenance(world_size=env.world_size, launcher=env.launcher)})
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _claim(cfg: RunConfig, env, run: RunDir, dataset: Manifest) -> Claim:
+    """Rank 0 locks the run directory and checks — writing nothing — that this run may use it: the folder's
+    config and dataset, and the model and world size of its latest checkpoint (the refusals the resume meets
+    later, once run.json and config.yaml would have been rewritten). Every rank learns the outcome."""
+    def check() -> Claim:
+        run.lock()
+        claim = run.check(cfg, dataset.digest)
+        if claim.continuing:
+            run.check_checkpoints(cfg.digest(), env)
+        return claim
+
+    claim = distributed.on_main(check)
     log.info("run %s: %s on %d process(es) (%s, %s%s) via %s -> %s%s", cfg.name, cfg.train.task, env.world_size,
              env.device.type, env.backend, f", CPU {cpu_isa()}" if env.device.type == "cpu" else "", env.launcher,
-             run.path, " (continuing)" if continuing else "")
+             run.path, " (continuing)" if claim.continuing else "")
+    return claim
+
+
+def _record(cfg: RunConfig, env, run: RunDir, claim: Claim, held: _HeldLogs) -> None:
+    """After every start-up check has passed: run.json, config.yaml, and train.log with what was logged so far."""
+    def record() -> None:
+        run.record(claim)
+        save_config(cfg, run.config, {"provenance": provenance(world_size=env.world_size, launcher=env.launcher)})
+
+    distributed.on_main(record)
+    setup_logging(env, run.log)  # replaces the handlers, the held one included
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            for record_ in held.records:
+                handler.handle(record_)
 
 
 def _train(cfg: RunConfig, env, args, run: RunDir) -> int:
+    held = _HeldLogs()
+    if env.is_main:
+        logging.getLogger().addHandler(held)
     dataset = read_manifest(cfg)
     if cfg.model.ssd.form == "triton" and not triton_usable(env.device):
         raise ConfigError(f"model.ssd.form=triton needs a CUDA device and mamba-ssm; this run is on {env.device} "
                           "(use auto)")
-    _claim(cfg, env, run, dataset)
+    claim = _claim(cfg, env, run, dataset)
     precision = step_precision(cfg, env.device)
     log.info("precision %s (train.precision=%s)", precision, cfg.train.precision)
     torch.manual_seed(cfg.train.seed)
@@ -173,6 +205,7 @@ def _train(cfg: RunConfig, env, args, run: RunDir) -> int:
     template = args.deepspeed_config or cfg.train.deepspeed_config or default_deepspeed_template(cfg.train)
     total_steps = cfg.train.max_steps or cfg.train.epochs * stream.steps_per_epoch
     engine = initialize(objective, cfg, env, deepspeed_config(cfg, env.world_size, template, precision), total_steps)
+    _record(cfg, env, run, claim, held)
     summary = Trainer(cfg, env, engine, data, stream, run, validation_stream(cfg, env, data)).fit()
     if summary is None:
         return 0  # preempted: checkpoint written; the job scheduler requeues us

@@ -4,9 +4,13 @@
 
 - One run at a time: rank 0 holds an exclusive lock (fcntl) on ``.lock`` for the run's life; a second run on the
   same folder fails at once, naming the holder (host, pid, start time).
-- One config and one dataset per folder: ``run.json`` records the digest of the resolved config (without the
-  settings that cannot change results: workers, logging and checkpoint cadence, …) and the dataset's manifest
-  hash. Re-running resumes only when both match; a deliberate change needs train.resume=force, and is logged.
+- One config and one dataset per folder: ``run.json`` records the resolved config (without the settings that
+  cannot change results: workers, logging and checkpoint cadence, …), its digest and the dataset's manifest
+  hash. Re-running resumes only when both match (a refusal names the settings that differ); a deliberate change
+  needs train.resume=force, and is logged.
+- Nothing is written before every check passes: ``check`` (and ``check_checkpoints``, the refusals a resume would
+  meet later) only read; ``record`` writes run.json once the whole start-up has succeeded. A refused start —
+  a refused train.resume=force included — leaves the folder as it was.
 - A folder that holds files but no run.json was not made by a run of this project: it is refused, never reused.
 """
 from __future__ import annotations
@@ -19,10 +23,11 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-from ..config import ConfigError, RunConfig
+from ..config import ConfigError, RunConfig, load_yaml, read_text, short_repr
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +37,8 @@ OPERATIONAL = {"name", "run_dir", "data.num_workers", "train.log_every", "train.
                "eval.batch_size", "eval.item_chunk", "model.kernels", "model.stack_streams"}
 
 
-def config_digest(cfg: RunConfig) -> str:
+def identity_config(cfg: RunConfig) -> dict:
+    """The resolved config without the OPERATIONAL settings: what a run directory belongs to."""
     data = copy.deepcopy(cfg.to_dict())
     for key in OPERATIONAL:
         *parents, leaf = key.split(".")
@@ -40,7 +46,41 @@ def config_digest(cfg: RunConfig) -> str:
         for p in parents:
             node = node[p]
         node.pop(leaf, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return data
+
+
+def config_digest(cfg: RunConfig) -> str:
+    return hashlib.sha256(json.dumps(identity_config(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_changes(old: Any, new: dict, limit: int = 6) -> list[str]:
+    """``key: old → new`` for every result-relevant setting that differs (dotted keys, OPERATIONAL ones left out;
+    at most ``limit``, then how many more)."""
+    if not isinstance(old, dict):
+        return []
+    a, b = _flat(old), _flat(new)
+    changed = [f"{k}: {short_repr(a.get(k, '(unset)'), 40)} → {short_repr(b.get(k, '(unset)'), 40)}"
+               for k in sorted(a.keys() | b.keys()) if k not in OPERATIONAL and a.get(k) != b.get(k)]
+    return changed[:limit] + ([f"and {len(changed) - limit} more"] if len(changed) > limit else [])
+
+
+def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@dataclass
+class Claim:
+    """What ``RunDir.check`` found: whether the run continues, and the run.json ``record`` writes (None: keep)."""
+
+    continuing: bool
+    identity: Optional[dict]
+    forced: bool = False
 
 
 def export_of(path: str | os.PathLike) -> Path:
@@ -84,28 +124,79 @@ class RunDir:
         self._lock_file = f  # the lock lives as long as this open file
 
     # ------------------------------------------------------------------ one config and dataset per folder
-    def claim(self, cfg: RunConfig, dataset_hash: str) -> bool:
-        """Check (or, for a new run, record) what this folder belongs to. True when it continues a run."""
-        want = {"config_digest": config_digest(cfg), "dataset": cfg.data.dataset, "dataset_hash": dataset_hash}
-        if self.identity.exists():
-            try:
-                have = json.loads(self.identity.read_text())
-            except ValueError as e:
-                raise ConfigError(f"{self.identity}: unreadable ({e}); this folder's run cannot be continued") from None
-            changed = [k for k in ("config_digest", "dataset_hash") if have.get(k) != want[k]]
-            if changed and cfg.train.resume != "force":
-                what = " and ".join({"config_digest": "config", "dataset_hash": "dataset"}[k] for k in changed)
-                raise ConfigError(
-                    f"{self.path} belongs to a run with another {what} ({have.get('dataset')}, config digest "
-                    f"{have.get('config_digest')}; now {want['dataset']}, {want['config_digest']}): use a new "
-                    "--run-dir, or --set train.resume=force to continue this run with the change")
-            if changed:
-                log.warning("train.resume=force: continuing %s with a changed %s", self.path, ", ".join(changed))
-                _write_json(self.identity, {**have, **want, "forced": have.get("forced", 0) + 1})
-            return True
-        self._refuse_foreign()
-        _write_json(self.identity, {**want, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        return False
+    def check(self, cfg: RunConfig, dataset_hash: str) -> Claim:
+        """Whether this folder may run ``cfg`` on the dataset (a ConfigError naming what differs if not), and
+        what ``record`` will write. Writes nothing."""
+        want = {"config_digest": config_digest(cfg), "dataset": cfg.data.dataset, "dataset_hash": dataset_hash,
+                "config": identity_config(cfg)}
+        if not self.identity.exists():
+            self._refuse_foreign()
+            return Claim(False, {**want, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        try:
+            have = json.loads(self.identity.read_text())
+            if not isinstance(have, dict):
+                raise ValueError(f"expected a JSON object, got {type(have).__name__}")
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{self.identity}: unreadable ({e}); this folder's run cannot be continued") from None
+        changed = [k for k in ("config_digest", "dataset_hash") if have.get(k) != want[k]]
+        if not changed:
+            # a run.json of an older version gains the config it belongs to
+            return Claim(True, None if "config" in have else {**have, "config": want["config"]})
+        if cfg.train.resume != "force":
+            what = " and ".join({"config_digest": "config", "dataset_hash": "dataset"}[k] for k in changed)
+            raise ConfigError(f"{self.path} belongs to a run with another {what} ({self._differences(have, want)}): "
+                              "use a new --run-dir, or --set train.resume=force to continue this run with the change")
+        return Claim(True, {**have, **want, "forced": have.get("forced", 0) + 1}, forced=True)
+
+    def _differences(self, have: dict, want: dict) -> str:
+        """The settings that differ, from the config run.json records (or, for a run.json of an older version,
+        the run's config.yaml), and the dataset if it changed."""
+        parts = []
+        if have.get("config_digest") != want["config_digest"]:
+            old = have.get("config")
+            if old is None and self.config.is_file():
+                try:
+                    old = self.read_config()
+                except ConfigError:
+                    old = None
+            old = _flat(old) if isinstance(old, dict) else None
+            if old is not None:  # config.yaml holds the operational settings and "run_dir" too: compared alike
+                old = {k: v for k, v in old.items() if k not in OPERATIONAL}
+            changes = config_changes(old, want["config"]) if old is not None else []
+            parts.append(", ".join(changes) if changes else
+                         f"config digest {have.get('config_digest')} → {want['config_digest']}")
+        if have.get("dataset_hash") != want["dataset_hash"]:
+            if have.get("dataset") != want["dataset"]:
+                parts.append(f"dataset {short_repr(have.get('dataset'))} → {short_repr(want['dataset'])}")
+            else:
+                parts.append(f"dataset {short_repr(want['dataset'])} changed since (manifest hash "
+                             f"{str(have.get('dataset_hash'))[:12]} → {want['dataset_hash'][:12]})")
+        return "; ".join(parts)
+
+    def record(self, claim: Claim) -> None:
+        """Write what ``check`` decided (after every start-up check has passed)."""
+        if claim.forced:
+            log.warning("train.resume=force: continuing %s with a changed config or dataset", self.path)
+        if claim.identity is not None:
+            _write_json(self.identity, claim.identity)
+
+    def check_checkpoints(self, model_digest: str, env) -> None:
+        """The refusals a resume meets in Checkpointer.load_latest on its newest complete checkpoint (another
+        model, another world size), made before anything is written. Reads the COMPLETE markers only."""
+        from .checkpoint import COMPLETE, Checkpointer
+
+        folder, world_size = self.checkpoints, env.world_size
+        tags = Checkpointer(self.path, env).complete_tags() if folder.is_dir() else []
+        if not tags:
+            return
+        state = json.loads((folder / tags[-1] / COMPLETE).read_text())
+        if state.get("config_digest") != model_digest:
+            raise ConfigError(f"{folder / tags[-1]} belongs to a different model configuration (digest "
+                              f"{state.get('config_digest')} ≠ {model_digest}); use a new run directory")
+        if state.get("world_size") != world_size:
+            raise ConfigError(f"{folder / tags[-1]} was written by {state.get('world_size')} processes, this run "
+                              f"has {world_size}; ZeRO shards are per rank (restart with the same world size, or "
+                              "start from its export with train.init_from)")
 
     def _refuse_foreign(self) -> None:
         if self.identity.exists() or not self.path.exists():
@@ -115,9 +206,7 @@ class RunDir:
                               "and is never reused; choose another --run-dir")
 
     def read_config(self) -> Optional[dict]:
-        import yaml
-
-        return yaml.safe_load(self.config.read_text()) if self.config.exists() else None
+        return load_yaml(read_text(self.config, "a YAML file"), str(self.config)) if self.config.exists() else None
 
 
 def _write_json(path: Path, data: dict) -> None:
