@@ -521,6 +521,18 @@ class Converted:
     items: str
 
 
+class Phases:
+    """Logs each phase of a conversion as it ends, with its time: a long conversion shows where it is."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.perf_counter()
+
+    def done(self, what: str) -> None:
+        now = time.perf_counter()
+        log.info("%s (%.1f s, %.1f s in all)", what, now - self.last, now - self.started)
+        self.last = now
+
+
 def convert(out_dir: str | os.PathLike, identity: dict[str, Any], scale: Scale,
             step2: Callable[[Engine], Converted]) -> Optional[Manifest]:
     """A whole conversion: ``step2`` (the converter's reading and filtering, in the engine) unless a previous run
@@ -529,9 +541,12 @@ def convert(out_dir: str | os.PathLike, identity: dict[str, Any], scale: Scale,
     build = Build.open(out_dir, identity)
     try:
         if build.converted is None:
+            phases = Phases()
             with build.engine(scale.memory_limit, scale.threads) as engine:
                 done = step2(engine)
+                phases.done("events read and filtered")
                 done.sequences.write(build.path, done.items, scale.partitions)
+                phases.done(f"{scale.partitions} partitions of sequences and items written")
             build.finish_conversion(name=done.name, licence=done.licence, provenance=done.provenance,
                                     shard_size=done.shard_size, partitions=scale.parts())
         if scale.defer_shards:
@@ -544,8 +559,9 @@ def convert(out_dir: str | os.PathLike, identity: dict[str, Any], scale: Scale,
 
 def finish(build: Build, workers: int = 1) -> Manifest:
     """Steps 3 and 4 in this process (and ``workers`` processes), then the build folder goes."""
+    phases = Phases()
     written = write_shards(build.path, workers)
-    log.info("shards: %d partitions written, assembling %s", written, build.out_dir)
+    phases.done(f"shards: {written} partitions written by {workers} worker(s), assembling {build.out_dir}")
     manifest = assemble(build.path, build.out_dir)
     build.remove()
     return manifest

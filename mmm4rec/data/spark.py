@@ -13,11 +13,13 @@ folder is local (an absent folder reads as empty anyway). Spark also leaves ``se
 file system, hidden ``.crc`` files: the shard writer reads ``*.parquet`` only.
 
 - ``spark_sequences``: events (domain, user id, item id, t int64 seconds: ``build.Sequences``' input; the keys
-  are qualified here, ``<domain>:<id>``) -> the partitions, and per domain ``build.Sequences.build``'s statistics: ``spark_kcore`` (de-duplication and
-  k-core, in DataFrame operations, materialised round by round) then ``write_sequences``.
+  are qualified here, ``<domain>:<id>``) -> the partitions, and per domain ``build.Sequences.build``'s
+  statistics: ``spark_kcore`` (keys dictionary-encoded, de-duplication and k-core in DataFrame operations,
+  materialised round by round) then ``write_sequences``.
 - ``read_events`` / ``clean_events``: the usual inputs (a Parquet, CSV or TSV table, or any DataFrame such as a
-  Hive table, with columns user, item, timestamp and optionally domain) as such events, with the rows it dropped counted by reason (``bad_record``,
-  ``bad_timestamps``), by the cell rules of the single-machine converter (mmm4rec.data.tables).
+  Hive table, with columns user, item, timestamp and optionally domain) as such events, with the rows dropped
+  counted by reason (``bad_record``, ``bad_timestamps``), by the cell rules of the single-machine converter
+  (mmm4rec.data.tables).
 
 What this path leaves out: the item side of a build (``items/part=<p>/``, from the converter's catalogue; the
 items kept after filtering are the distinct ``item`` values of the sequences) and ``convert.json``; the file and
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 EVENT_COLUMNS = ("domain", "user", "item", "t")
 # What Python's str.strip() removes: ids are trimmed exactly as the converters trim them
 WHITESPACE = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
-BROADCAST_KEYS = 1_000_000  # dropped keys up to this many are broadcast to the anti-join, else shuffled
+BROADCAST_KEYS = 1_000_000  # a table of keys up to this many rows is broadcast to its join, else shuffled
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
 _INTEGER_TEXT = r"^[+-]?[0-9]+(_[0-9]+)*$"  # what Python's int() reads (ASCII digits)
 _FLOAT_TEXT = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$"  # float text, without Java's 1d or 0x1p3
@@ -59,13 +61,16 @@ def partition_column(column: str, parts: int) -> Any:
 @dataclass
 class KCore:
     """The result of ``spark_kcore``, materialised: the kept events as integers (did, uid, iid, t), the
-    dictionaries ``users`` (domain, id, key, uid) and ``items`` (domain, id, key, iid) of the keys before
-    filtering, numbered in key order, the domains (``domains[did]``), and per domain the statistics of
-    ``build.Sequences.build``. ``release()`` frees the executors' copies once the sequences are written."""
+    dictionaries ``users`` (domain, id, key, uid) and ``items`` (domain, id, key, iid) of every key before
+    filtering (``n_users``, ``n_items`` rows), numbered in key order, the domains (``domains[did]``), and per
+    domain the statistics of ``build.Sequences.build``. ``release()`` frees the executors' copies once the
+    sequences are written."""
 
     events: Any
     users: Any
     items: Any
+    n_users: int
+    n_items: int
     domains: list[str]
     stats: dict[str, dict[str, int]]
     rounds: int
@@ -77,7 +82,8 @@ class KCore:
 
 
 def spark_sequences(spark: Any, events: Any, build_dir: str | os.PathLike, k: int = 5, parts: int = 1, *,
-                    checkpoint: Optional[str] = None, broadcast_keys: int = BROADCAST_KEYS) -> dict[str, dict[str, int]]:
+                    checkpoint: Optional[str] = None,
+                    broadcast_keys: int = BROADCAST_KEYS) -> dict[str, dict[str, int]]:
     """Events -> k-core user sequences written as ``build_dir/seqs/part=<p>/`` (replacing a ``seqs`` folder
     there, ``parts`` partitions); returns per domain the statistics of ``build.Sequences.build``: rows,
     duplicate_rows, rows_after_<k>core, <k>core_rounds, users, items. ``spark_kcore`` then
@@ -118,15 +124,16 @@ def spark_kcore(spark: Any, events: Any, k: int = 5, *, checkpoint: Optional[str
 
     ``checkpoint``: how each step's tables are materialised: "local" (``localCheckpoint``, on the executors,
     released once the next round has its own; lost with an executor, which then fails the job) or "reliable"
-    (``checkpoint`` into ``spark.checkpoint.dir``, which must be set: survives a lost executor, costs a write
-    per round). Default: "reliable" when ``spark.checkpoint.dir`` is set, else "local".
+    (``checkpoint`` into ``spark.checkpoint.dir`` or ``SparkContext.setCheckpointDir``'s folder, which must be
+    set: survives a lost executor, costs a write per round). Default: "reliable" where that folder is set,
+    else "local".
     """
     from pyspark.sql import functions as F
 
     if type(k) is not int or k < 1:
         raise DataError(f"k must be a positive integer, got {k!r}")
     if checkpoint is None:
-        checkpoint = "reliable" if spark.conf.get("spark.checkpoint.dir", None) else "local"
+        checkpoint = "reliable" if _checkpoint_dir(spark) else "local"
     if checkpoint not in ("local", "reliable"):
         raise DataError(f"checkpoint must be 'local' or 'reliable', got {checkpoint!r}")
     missing = [c for c in EVENT_COLUMNS if c not in events.columns]
@@ -199,7 +206,18 @@ def spark_kcore(spark: Any, events: Any, k: int = 5, *, checkpoint: Optional[str
                  f"{k}core_rounds": rounds[d], "users": user[d][0], "items": item[d][0]} for d in sorted(rows)}
     log.info("spark k-core: %d rounds, %d rows kept (%.1f s)", r, sum(u[1] for u in user.values()),
              time.perf_counter() - started)
-    return KCore(ev, users, items, domains, stats, r, broadcast_keys, keep)
+    return KCore(ev, users, items, n_users, n_items, domains, stats, r, broadcast_keys, keep)
+
+
+def _checkpoint_dir(spark: Any) -> Optional[str]:
+    """``spark.checkpoint.dir``, or the folder given to ``SparkContext.setCheckpointDir``."""
+    found = spark.conf.get("spark.checkpoint.dir", None)
+    if not found:
+        try:
+            found = spark.sparkContext.getCheckpointDir()
+        except Exception:  # Spark Connect has no SparkContext
+            found = None
+    return found or None
 
 
 def _sized(df: Any, rows: int, broadcast_keys: int) -> Any:
@@ -240,8 +258,6 @@ def write_sequences(spark: Any, core: KCore, build_dir: str | os.PathLike, parts
     if type(parts) is not int or parts < 1:
         raise DataError(f"parts must be a positive integer, got {parts!r}")
     seqs = _join(build_dir, "seqs")
-    stats = core.stats.values()
-    n_users, n_items = sum(s["users"] for s in stats), sum(s["items"] for s in stats)
     # md5 once per user, not per event. Spark partition p must hold contract partition p alone (one file per
     # folder, no task holding two), but repartition(P, col) hashes the column: repartition by a value chosen
     # per partition to hash to it.
@@ -249,8 +265,8 @@ def write_sequences(spark: Any, core: KCore, build_dir: str | os.PathLike, parts
                                partition_column("key", parts).alias("part"))
              .join(F.broadcast(partition_salt(spark, parts)), "part"))
     items = core.items.select("iid", F.col("key").alias("item"))
-    rows = (core.events.join(_sized(items, n_items, core.broadcast_keys), "iid")
-            .join(_sized(users, n_users, core.broadcast_keys), "uid"))
+    rows = (core.events.join(_sized(items, core.n_items, core.broadcast_keys), "iid")
+            .join(_sized(users, core.n_users, core.broadcast_keys), "uid"))
     out = (rows.repartition(parts, "salt").sortWithinPartitions("part", "uid", "t", "iid")
            .select("user", "domain", "item", F.col("t").alias("timestamp"), "part"))
     (out.write.mode("overwrite").option("partitionOverwriteMode", "static").option("maxRecordsPerFile", 0)
@@ -345,12 +361,12 @@ def clean_events(table: Any, domain: Optional[str] = None, *, user: str = "user"
     and how many rows were dropped by reason (``bad_record``, ``bad_timestamps``; reasons without rows left out).
 
     The domain comes from ``domain_column`` where the table has it, else it is ``domain`` (required then);
-    ids stay as the table names them (``spark_sequences`` qualifies them). Cells follow the single-machine converter's rules
-    (mmm4rec.data.tables): ids are trimmed text (an integral float is an integer); a timestamp is an integer, an
-    integral float or the text of either (or a Spark timestamp: seconds from 1970 UTC, fractions cut off),
-    between 1970 and the year 9999. A row with a missing or empty id, a list for an id, a domain containing
-    ':' (or ``malformed``, a boolean column) is ``bad_record``; an empty or unusable timestamp is
-    ``bad_timestamps`` (an id problem is named first, as the converter does).
+    ids stay as the table names them (``spark_sequences`` qualifies them). Cells follow the single-machine
+    converter's rules (mmm4rec.data.tables): ids are trimmed text (an integral float is an integer); a timestamp
+    is an integer, an integral float or the text of either (or a Spark timestamp: seconds from 1970 UTC,
+    fractions cut off), between 1970 and the year 9999. A row with a missing or empty id, a list for an id, a
+    domain containing ':' (or ``malformed``, a boolean column) is ``bad_record``; an empty or unusable timestamp
+    is ``bad_timestamps`` (an id problem is named first, as the converter does).
 
     Only the counts come back, not the file and line of each bad row: the single-machine path
     (tools/prepare_tables.py, mmm4rec.data.tables) reports those; Spark reads a table in parallel splits. The

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from .amazon import download_images
-from .build import Converted, Scale, Sequences, convert
+from .build import Converted, Phases, Scale, Sequences, convert
 from .dataset import check_output
 from .engine import (LIST, WHITESPACE, Engine, Problems, csv_fields, id_problem, json_id, json_seconds, quote,
                      seconds_problem, text_id, text_seconds, trimmed, typed_id, typed_seconds)
@@ -663,8 +663,11 @@ def prepare(interactions: str | os.PathLike, items: str | os.PathLike, out_dir: 
 
     def step2(engine: Engine) -> Converted:
         bad = BadRecords(strict)
+        phases = Phases()
         catalogue = read_items(engine, item_table, columns, text_fields, bad)
+        phases.done(f"{item_table.path}: {catalogue.items:,} items read")
         events = read_events(engine, inter_table, columns, domain, catalogue, bad)
+        phases.done(f"{inter_table.path}: read and checked")
         sequences = Sequences(engine, k)
         stats = sequences.build("SELECT * FROM events")
         engine.execute("DROP VIEW events")
