@@ -35,6 +35,14 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" >"$stamp"
 fi
 
+if [ "$profile" = dev ] && ! command -v java >/dev/null 2>&1; then  # pyspark's local mode (tests/data/test_spark.py)
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null) \
+      || echo "setup: could not install a Java runtime; the Spark tests will be skipped" >&2
+  else
+    echo "setup: no Java runtime (needs root + apt); the Spark tests will be skipped" >&2
+  fi
+fi
 if [ "$profile" = dev ] && ! command -v slurmctld >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null) \
