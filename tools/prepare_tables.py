@@ -19,7 +19,8 @@ from dataclasses import replace
 
 from mmm4rec.data.build import add_scale_arguments, scale_from_args
 from mmm4rec.data.schema import DataError
-from mmm4rec.data.tables import LICENCE, RECBOLE_COLUMNS, Columns, TextField, prepare, prepare_recbole
+from mmm4rec.data.tables import (LICENCE, RECBOLE_COLUMNS, Columns, TextField, prepare, prepare_items_for,
+                                  prepare_recbole)
 
 
 def list_field(text: str) -> tuple[str, str]:
@@ -32,6 +33,9 @@ if __name__ == "__main__":
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--interactions", help="table of (user, item, timestamp[, domain]) rows")
     source.add_argument("--recbole", metavar="DIR/NAME", help="RecBole atomic files NAME.inter and NAME.item in DIR")
+    source.add_argument("--sequences-from", metavar="BUILD",
+                        help="a build folder whose sequences another engine wrote (tools/spark_sequences.py): read "
+                             "the --items table for the items they name, then write the shards")
     p.add_argument("--items", help="item table (with --interactions)")
     p.add_argument("--out", required=True, help="dataset folder to write")
     p.add_argument("--name", help="dataset name (default: the file name, or the domains joined by '+')")
@@ -52,8 +56,10 @@ if __name__ == "__main__":
     p.add_argument("--licence", default=LICENCE, help="licence text recorded in dataset.json")
     add_scale_arguments(p)
     args = p.parse_args()
-    if bool(args.interactions) != bool(args.items):
-        p.error("--items goes with --interactions (RecBole: NAME.item is read with --recbole)")
+    if bool(args.interactions or args.sequences_from) != bool(args.items):
+        p.error("--items goes with --interactions or --sequences-from (RecBole: NAME.item is read with --recbole)")
+    if args.sequences_from and not args.name:
+        p.error("--sequences-from needs --name (the dataset's name)")
     if args.download_images and not (args.images and args.image_col):
         p.error("--download-images needs --image-col (the URLs) and --images DIR (where they go)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -72,6 +78,10 @@ if __name__ == "__main__":
                        licence=args.licence, scale=scale_from_args(args))
         if args.recbole:
             manifest = prepare_recbole(args.recbole, args.out, **options)
+        elif args.sequences_from:
+            for key in ("download", "k"):
+                options.pop(key)
+            manifest = prepare_items_for(args.sequences_from, args.items, args.out, **options)
         else:
             manifest = prepare(args.interactions, args.items, args.out, **options)
     except DataError as e:

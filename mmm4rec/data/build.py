@@ -266,20 +266,27 @@ class Sequences:
         # md5 once per user and item, not per event
         e.execute(f"CREATE OR REPLACE TABLE user_part AS SELECT uid, user, domain, {partition_sql('user', parts)} "
                   "AS part FROM users WHERE uid IN (SELECT uid FROM ev)")
-        e.execute(f"CREATE OR REPLACE TABLE item_out AS SELECT {_names(ITEM_COLUMNS)}, "
-                  f"{partition_sql('key', parts)} AS part FROM ({items})")
         for p in range(parts):
-            self._copy(f"""SELECT u.user, u.domain, i.item, e.t AS timestamp FROM ev e
-                           JOIN (SELECT * FROM user_part WHERE part = {p}) u ON u.uid = e.uid
-                           JOIN items i ON i.iid = e.iid ORDER BY e.uid, e.t, e.iid""", folder / "seqs" / f"part={p}")
-            self._copy(f"SELECT {_names(ITEM_COLUMNS)} FROM item_out WHERE part = {p} ORDER BY key",
-                       folder / "items" / f"part={p}")
-        for table in ("item_out", "user_part"):
-            e.execute(f"DROP TABLE {table}")
+            _copy(e, f"""SELECT u.user, u.domain, i.item, e.t AS timestamp FROM ev e
+                         JOIN (SELECT * FROM user_part WHERE part = {p}) u ON u.uid = e.uid
+                         JOIN items i ON i.iid = e.iid ORDER BY e.uid, e.t, e.iid""", folder / "seqs" / f"part={p}")
+        e.execute("DROP TABLE user_part")
+        write_item_partitions(e, folder, items, parts)
 
-    def _copy(self, query: str, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.engine.execute(f"COPY ({query}) TO {quote(str(folder / 'data.parquet'))} (FORMAT parquet)")
+
+def write_item_partitions(engine: Engine, folder: Path, items: str, parts: int) -> None:
+    """The contract's ``items/part=<p>/`` from ``items`` (SQL yielding ITEM_COLUMNS)."""
+    engine.execute(f"CREATE OR REPLACE TABLE item_out AS SELECT {_names(ITEM_COLUMNS)}, "
+                   f"{partition_sql('key', parts)} AS part FROM ({items})")
+    for p in range(parts):
+        _copy(engine, f"SELECT {_names(ITEM_COLUMNS)} FROM item_out WHERE part = {p} ORDER BY key",
+              folder / "items" / f"part={p}")
+    engine.execute("DROP TABLE item_out")
+
+
+def _copy(engine: Engine, query: str, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    engine.execute(f"COPY ({query}) TO {quote(str(folder / 'data.parquet'))} (FORMAT parquet)")
 
 
 def _names(columns: Sequence[str]) -> str:

@@ -110,17 +110,17 @@ def spark_kcore(spark: Any, events: Any, k: int = 5, *, checkpoint: Optional[str
     the contract's, ``<domain>:<id>``, so domains are filtered independently.
 
     As in ``build.Sequences``, the keys are dictionary-encoded first: the distinct (domain, id) of users and of
-    items are sorted by key and numbered in that order (``monotonically_increasing_id`` over the sorted keys:
-    comparing numbers compares keys), so that the de-duplication, the rounds and the final sort shuffle and
-    compare integers, not strings; the keys come back when the partitions are written. Exact duplicates (same
-    user, item, t) are dropped; then each round drops, at once, every row whose user or item has fewer than
-    ``k`` rows at the round's start, until a round drops nothing. A domain's rounds count up to and including
-    the first round that drops none of its rows. A round counts the rows of every user and of every item (one
-    aggregation, a row per key), from which come the per-domain counts, the keys to drop and, after the last
-    round, the users and items; the kept rows are an anti-join with the dropped keys, materialised before the
-    next round so that the query plan does not grow with the rounds. Jobs per round: the counts, their
-    per-domain summary (collected), the anti-join. A table of keys (a dictionary, the dropped keys) of at most
-    ``broadcast_keys`` rows is broadcast to its join, a larger one shuffled (hash join).
+    items (one pass over the events) are sorted by key and numbered in that order (``monotonically_increasing_id``
+    over the sorted keys: comparing numbers compares keys), so that the de-duplication, the rounds and the final
+    sort shuffle and compare integers, not strings; the keys come back when the partitions are written. Exact
+    duplicates (same user, item, t) are dropped; then each round drops, at once, every row whose user or item has
+    fewer than ``k`` rows at the round's start, until a round drops nothing. A domain's rounds count up to and
+    including the first round that drops none of its rows. A round counts the rows of every user and of every item
+    (one aggregation, a row per key), from which come the per-domain counts, the keys to drop and, after the last
+    round, the users and items; the kept rows are an anti-join with the dropped keys, materialised before the next
+    round so that the query plan does not grow with the rounds. Jobs per round: the counts, their per-domain summary
+    (collected), the anti-join. A table of keys (a dictionary, the dropped keys) of at most ``broadcast_keys`` rows
+    is broadcast to its join, a larger one shuffled (hash join).
 
     ``checkpoint``: how each step's tables are materialised: "local" (``localCheckpoint``, on the executors,
     released once the next round has its own; lost with an executor, which then fails the job) or "reliable"
@@ -143,19 +143,19 @@ def spark_kcore(spark: Any, events: Any, k: int = 5, *, checkpoint: Optional[str
     keep = _Materialised(checkpoint)
     src = events.select(*(F.col(c).cast("string").alias(c) for c in EVENT_COLUMNS[:3]), F.col("t").cast("long"))
 
-    def dictionary(column: str, number: str) -> tuple[Any, int]:
-        found = keep(src.select("domain", F.col(column).alias("id")).distinct()
-                     .select("domain", "id", F.concat("domain", F.lit(":"), "id").alias("key"))
-                     .orderBy("key").withColumn(number, F.monotonically_increasing_id()))
-        n, nulls = found.agg(F.count(F.lit(1)), F.count_if(F.col("key").isNull())).first()
-        if nulls:
-            keep.release(found)
-            raise DataError(f"events with a null domain or {column} (clean_events drops such rows)")
-        return found, int(n)
-
-    users, n_users = dictionary("user", "uid")
-    items, n_items = dictionary("item", "iid")
-    domains = [d for (d,) in users.select("domain").distinct().orderBy("domain").collect()]
+    # Both dictionaries from one pass over the events: the distinct (kind, domain, id), kind 0 a user and 1 an
+    # item, sorted by (kind, key) and numbered in that order.
+    keys = keep(src.selectExpr("domain", "stack(2, 0, user, 1, item) AS (kind, id)").distinct()
+                .select("kind", "domain", "id", F.concat("domain", F.lit(":"), "id").alias("key"))
+                .orderBy("kind", "key").withColumn("number", F.monotonically_increasing_id()))
+    sizes = keys.groupBy("kind", "domain").agg(F.count(F.lit(1)), F.count_if(F.col("key").isNull())).collect()
+    if any(nulls for *_, nulls in sizes):
+        keep.release(keys)
+        raise DataError("events with a null domain, user or item (clean_events drops such rows)")
+    users = keys.filter(F.col("kind") == 0).select("domain", "id", "key", F.col("number").alias("uid"))
+    items = keys.filter(F.col("kind") == 1).select("domain", "id", "key", F.col("number").alias("iid"))
+    n_users, n_items = (sum(n for kind, _, n, _ in sizes if kind == wanted) for wanted in (0, 1))
+    domains = sorted({d for _, d, _, _ in sizes})
     did = spark.createDataFrame(list(enumerate(domains)), "did int, domain string")
     fit = lambda df, n: _sized(df, n, broadcast_keys)  # noqa: E731
     encoded = (src.join(fit(users.join(F.broadcast(did), "domain").select("domain", F.col("id").alias("user"), "uid",
@@ -165,7 +165,7 @@ def spark_kcore(spark: Any, events: Any, k: int = 5, *, checkpoint: Optional[str
     counted = keep(encoded.groupBy("did", "uid", "iid", "t").agg(F.count(F.lit(1)).alias("n")))
     found = counted.groupBy("did").agg(F.sum("n"), F.count(F.lit(1)), F.count_if(F.col("t").isNull())).collect()
     if any(nulls for *_, nulls in found):
-        keep.release(counted, users, items)
+        keep.release(counted, keys)
         raise DataError("events with a null t (clean_events drops such rows)")
     totals = {domains[d]: (int(rows), int(distinct)) for d, rows, distinct, _ in found}
     rows = {d: totals[d][0] for d in domains}

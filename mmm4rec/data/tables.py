@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from .amazon import download_images
-from .build import Converted, Phases, Scale, Sequences, convert
+from .build import Build, Converted, Phases, Scale, Sequences, convert, finish, write_item_partitions
 from .dataset import check_output
 from .engine import (LIST, WHITESPACE, Engine, Problems, csv_fields, id_problem, json_id, json_seconds, quote,
                      seconds_problem, text_id, text_seconds, trimmed, typed_id, typed_seconds)
@@ -696,6 +696,56 @@ def prepare(interactions: str | os.PathLike, items: str | os.PathLike, out_dir: 
     identity = {"converter": "mmm4rec.data.tables", "args": args, "sources": sources, "name": name,
                 "licence": licence, "image_folder": str(image_folder)}
     return convert(out_dir, identity, scale, step2)
+
+
+def prepare_items_for(build_dir: str | os.PathLike, items: str | os.PathLike, out_dir: str | os.PathLike, *,
+                      text_fields: Sequence[TextField], name: str, columns: Columns = Columns(),
+                      images: Optional[str | os.PathLike] = None, shard_size: int = 1000, strict: bool = False,
+                      licence: str = LICENCE, scale: Scale = Scale()) -> Optional[Manifest]:
+    """The rest of step 2 for sequences another engine wrote into ``build_dir`` (``seqs/part=<p>/`` and
+    ``spark_stats.json``, tools/spark_sequences.py): the item partitions of the items the sequences name, read
+    from the item table as ``prepare`` reads it, and ``convert.json``; then steps 3-4 into ``out_dir`` (unless
+    ``scale.defer_shards``). An item the sequences name without a usable row in the item table is an error: the
+    events must be joined with the item table before the k-core filtering."""
+    if not text_fields:
+        raise DataError("no text fields: name the item columns that form the item text")
+    build = Build(Path(build_dir), Path(out_dir))
+    try:
+        spark = json.loads((build.path / "spark_stats.json").read_text())
+        parts = int(spark["partitions"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{build.path}: no readable spark_stats.json with the partition count ({e})") from None
+    check_output(out_dir)
+    item_table = Table(items)
+    image_folder = Path(images) if images is not None else None
+    build.lock()
+    try:
+        with build.engine(scale.memory_limit, scale.threads) as engine:
+            bad = BadRecords(strict)
+            catalogue = read_items(engine, item_table, columns, text_fields, bad)
+            engine.execute(f"""CREATE OR REPLACE TABLE kept AS SELECT DISTINCT domain,
+                substr(item, length(domain) + 2) AS item FROM read_parquet({quote(str(build.path / 'seqs'))} ||
+                '/part=*/*.parquet')""")
+            missing = engine.rows(f"SELECT domain || ':' || item FROM kept k WHERE NOT EXISTS (SELECT 1 FROM catalogue c "
+                                  f"WHERE c.ok AND {_catalogue_match(catalogue, 'k')}) ORDER BY 1 LIMIT 1")
+            if missing:
+                raise DataError(f"{build.path}: the sequences name item {missing[0][0]!r}, which has no usable row in "
+                                f"{item_table.path} (join the events with the item table before the k-core)")
+            write_item_partitions(engine, build.path, _items_sql(catalogue, "SELECT * FROM kept", image_folder),
+                                  parts)
+        provenance = {"converter": "mmm4rec.data.spark", "args": {"k_core": spark.get("k"), "partitions": parts,
+                                                                 "text_fields": [asdict(f) for f in text_fields]},
+                      "source": spark.get("source"), "filtering": spark.get("domains", {}),
+                      "sources": [_source(item_table.path, "items")], "images_with_file": 0,
+                      "skipped": {**spark.get("skipped", {}), **bad.as_dict()},
+                      "feedback": "implicit: every row is an interaction"}
+        build.finish_conversion(name=name, licence=licence, provenance=provenance, shard_size=shard_size,
+                                partitions={"items": parts, "seqs": parts})
+        if scale.defer_shards:
+            return None
+        return finish(build, scale.workers)
+    finally:
+        build.unlock()
 
 
 def prepare_recbole(prefix: str | os.PathLike, out_dir: str | os.PathLike, *, columns: Columns = RECBOLE_COLUMNS,
