@@ -10,7 +10,7 @@ result there so that a rerun of the same command redoes only what is unfinished:
 3. shards (``write_shards``): each partition into its own WebDataset shards by an independent worker (processes
    here, ``torchrun``-style ranks or a SLURM array elsewhere: tools/write_shards.py, slurm/convert.sh); a
    partition is done when its ``done/<kind>-<part>.json`` exists;
-4. ``assemble``: once every partition is done, the shards move into the dataset folder with its dataset.json,
+4. ``assemble``: once every partition is done, the shards are linked into the dataset folder with its dataset.json,
    replacing the folder atomically, and the build folder goes.
 
 The hand-off contract (docs/data_format.md, "Building at scale"): a build folder holds ``convert.json`` (written

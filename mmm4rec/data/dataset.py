@@ -54,7 +54,7 @@ def load_manifest(dataset: DatasetLike, verify: bool = False) -> Manifest:
             if size != shard.bytes:
                 raise DataError(f"{shard.path}: {size} bytes but {path} lists {shard.bytes} (truncated or replaced)")
         if verify:
-            digest = sha256_file(shard.path) if source.is_local else sha256_hex(source.read(shard.name))
+            digest = sha256_file(shard.path) if source.is_local else sha256_hex(source.read(shard.name, shard.bytes))
             if digest != shard.sha256:
                 raise DataError(f"{shard.path}: sha256 does not match {path} (corrupted or replaced)")
     return manifest

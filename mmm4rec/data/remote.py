@@ -27,15 +27,17 @@ import os
 import random
 import re
 import shlex
+import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from mmm4rec.config import ConfigError
@@ -54,6 +56,11 @@ PIPE_NAME = "{name}"
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
+MAX_MANIFEST_BYTES = 256 << 20  # a dataset.json is kilobytes to megabytes; a body without end is not one
+MIN_BYTES_PER_S = 64 << 10  # slower than this on average, a read is cut (a trickling server never times out)
+CHUNK = 1 << 16
+
+
 @dataclass(frozen=True)
 class Retry:
     """How often and how patiently a transient failure is retried."""
@@ -65,6 +72,42 @@ class Retry:
     def delay(self, retry: int) -> float:
         # Jittered: the ranks of a job that all lost the same server do not come back in lockstep.
         return min(MAX_BACKOFF_S, self.backoff_s * 2 ** (retry - 1)) * random.uniform(0.5, 1.0)
+
+    def deadline_s(self, size: int) -> float:
+        """The time one attempt at a file of ``size`` bytes may take in all: ``timeout_s`` plus the file at
+        MIN_BYTES_PER_S. The per-read timeout alone never fires on a server sending a byte every second."""
+        return self.timeout_s + size / MIN_BYTES_PER_S
+
+
+class _Body:
+    """A body read in chunks under a size cap and a deadline, progress logged on long reads."""
+
+    def __init__(self, where: str, cap: int, retry: Retry):
+        self.where, self.cap = where, cap
+        self.started = time.monotonic()
+        # a file of unknown size (a manifest: its cap is a bound, not a size) gets the time of 16 MB
+        self.deadline = self.started + retry.deadline_s(min(cap, 16 << 20))
+        self.logged = self.started
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.cap:
+            # not transient: the manifest says how large the file is, and this one is larger
+            raise DataError(f"{self.where}: the body is larger than the {self.cap:,} bytes expected "
+                            "(the manifest's size); not reading further")
+        self.parts.append(chunk)
+        now = time.monotonic()
+        if now > self.deadline:
+            raise _Transient(f"read {self.size:,} of {self.cap:,} bytes in {now - self.started:.0f} s, slower than "
+                             f"{MIN_BYTES_PER_S >> 10} KiB/s after the first {self.deadline - self.started:.0f} s")
+        if now - self.logged >= 10:
+            self.logged = now
+            log.info("%s: still reading, %s bytes in %.0f s", self.where, f"{self.size:,}", now - self.started)
+
+    def bytes(self) -> bytes:
+        return b"".join(self.parts)
 
 
 class _Transient(Exception):
@@ -148,23 +191,26 @@ class DatasetSource:
     def manifest_path(self) -> Union[Path, str]:
         return self.where(self.manifest_name)
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, size: Optional[int] = None) -> bytes:
         """The bytes of the dataset's file ``name``; transient failures are retried (each retry logged), a
-        permanent one, or the last retry's, is a DataError naming the file's URL."""
+        permanent one, or the last retry's, is a DataError naming the file's URL. ``size``: the bytes the
+        manifest lists; a remote body beyond them is not read (an error), and an attempt slower than
+        ``Retry.deadline_s`` is cut (a transient failure)."""
         where = self.where(name)
-        return _with_retries(where, lambda: self._read_once(where), self.retry)
+        cap = MAX_MANIFEST_BYTES if size is None else size
+        return _with_retries(where, lambda: self._read_once(where, cap), self.retry)
 
-    def _read_once(self, where: Union[Path, str]) -> bytes:
+    def _read_once(self, where: Union[Path, str], cap: int) -> bytes:
         if self.kind == "local":
             try:
                 return Path(where).read_bytes()
             except OSError as e:  # local trouble does not pass by waiting
                 raise DataError(f"{where}: cannot read it: {e.strerror or e}") from None
         if self.kind == "http":
-            return _http_get(str(where), self.retry.timeout_s)
+            return _http_get(str(where), self.retry, cap)
         if self.kind == "pipe":
-            return _pipe_output(str(where))
-        return _fsspec_get(str(where))
+            return _pipe_output(str(where), self.retry, cap)
+        return _fsspec_get(str(where), cap)
 
     def read_manifest(self) -> bytes:
         """The manifest's bytes; a DataError that says so when there is none."""
@@ -189,9 +235,10 @@ class DatasetSource:
         return (Path(self.cache).expanduser() if self.cache else default_cache()) / "datasets"
 
 
-def get_url(url: str, retry: Retry = Retry()) -> bytes:
-    """The body of an http(s) URL, with ``retry``'s policy (DataError naming the URL when it fails)."""
-    return _with_retries(url, lambda: _http_get(url, retry.timeout_s), retry)
+def get_url(url: str, retry: Retry = Retry(), max_bytes: int = MAX_MANIFEST_BYTES) -> bytes:
+    """The body of an http(s) URL, with ``retry``'s policy (DataError naming the URL when it fails), at most
+    ``max_bytes``."""
+    return _with_retries(url, lambda: _http_get(url, retry, max_bytes), retry)
 
 
 def _with_retries(where: Union[Path, str], read_once: Callable[[], bytes], retry: Retry) -> bytes:
@@ -252,11 +299,17 @@ def _check_fsspec(scheme: str, location: str) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- readers
-def _http_get(url: str, timeout: float) -> bytes:
+def _http_get(url: str, retry: Retry, cap: int) -> bytes:
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.read()  # IncompleteRead when the body ends before its Content-Length
+        with urllib.request.urlopen(request, timeout=retry.timeout_s) as response:
+            body = _Body(url, cap, retry)
+            while chunk := response.read1(CHUNK):  # returns what has arrived: the deadline is checked meanwhile
+                body.add(chunk)
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) != body.size:
+                raise _Transient(f"the body ended after {body.size:,} of its {int(length):,} bytes")
+            return body.bytes()
     except urllib.error.HTTPError as e:
         problem = f"HTTP {e.code} {e.reason}"
         if e.code >= 500 or e.code in RETRY_STATUS:
@@ -275,12 +328,15 @@ def _http_get(url: str, timeout: float) -> bytes:
         raise DataError(f"{url}: {e}") from None
 
 
-def _fsspec_get(url: str) -> bytes:
+def _fsspec_get(url: str, cap: int) -> bytes:
     import fsspec
 
     try:
         fs, path = fsspec.core.url_to_fs(url)
-        return fs.cat_file(path)
+        data = fs.cat_file(path, start=0, end=cap + 1)  # a ranged read: never more than the cap and one byte
+        if len(data) > cap:
+            raise DataError(f"{url}: the file is larger than the {cap:,} bytes expected (the manifest's size)")
+        return data
     except FileNotFoundError:
         raise DataError(f"{url}: not found") from None
     except (PermissionError, IsADirectoryError, NotADirectoryError, ImportError, ValueError) as e:
@@ -289,13 +345,24 @@ def _fsspec_get(url: str) -> bytes:
         raise _Transient(_describe(e)) from None
 
 
-def _pipe_output(where: str) -> bytes:
-    """stdout of the command; a failing command is permanent: nothing says that running it again would help."""
-    proc = subprocess.run(where[len("pipe:"):], shell=True, capture_output=True)
-    if proc.returncode != 0:
-        said = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise DataError(f"{where}: exited with status {proc.returncode}" + (f": {said[-1]}" if said else ""))
-    return proc.stdout
+def _pipe_output(where: str, retry: Retry, cap: int) -> bytes:
+    """stdout of the command, under the size cap and deadline (the command is killed past either); a failing
+    command is permanent: nothing says that running it again would help."""
+    with tempfile.TemporaryFile() as err, subprocess.Popen(where[len("pipe:"):], shell=True, stdout=subprocess.PIPE,
+                                                           stderr=err, start_new_session=True) as proc:
+        body = _Body(where, cap, retry)
+        try:
+            while chunk := proc.stdout.read1(CHUNK):
+                body.add(chunk)
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        proc.wait()
+        if proc.returncode != 0:
+            err.seek(0)
+            said = err.read().decode(errors="replace").strip().splitlines()
+            raise DataError(f"{where}: exited with status {proc.returncode}" + (f": {said[-1]}" if said else ""))
+        return body.bytes()
 
 
 def _describe(e: BaseException) -> str:

@@ -258,7 +258,7 @@ def _shard_samples(shard: ShardLike, fast: bool) -> Iterator[dict[str, Any]]:
     sha256 = info.sha256 if info else None
     remote = info is not None and info.remote
     if fast or remote or (info is not None and info.bytes <= WHOLE_READ_BYTES):
-        data = info.source.read(info.name) if remote else Path(path).read_bytes()
+        data = info.source.read(info.name, info.bytes) if remote else Path(path).read_bytes()
         digest = sha256_hex(data) if sha256 else None
         samples = tar_reader.parse(data, verified=digest is not None and digest == sha256)
     else:
