@@ -165,6 +165,25 @@ def train(folder: Path, work: Path) -> dict:
     return result
 
 
+def item_read(folder: Path) -> dict:
+    """Stage 1's item read pass over a dataset's item shards (iter_item_records: hash check, parse, validate),
+    items/s: streamed through webdataset's tarfile reader (how it read them before) vs read whole and parsed by
+    tar_reader (listed shards up to shards.WHOLE_READ_BYTES), same shards, same process."""
+    from mmm4rec.data.dataset import load_manifest
+    from mmm4rec.data.schema import BadRecords
+    from mmm4rec.data.shards import iter_item_records
+
+    manifest = load_manifest(folder)
+    result = {"items": manifest.counts["items"]}
+    for label, shards in (("streamed_items_per_s", [s.path for s in manifest.items]),
+                          ("whole_shard_items_per_s", manifest.items)):
+        started = time.perf_counter()
+        n = sum(1 for _ in iter_item_records(shards, BadRecords(), check_images=False))
+        result[label] = round(n / (time.perf_counter() - started))
+    result["speedup"] = round(result["whole_shard_items_per_s"] / result["streamed_items_per_s"], 2)
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=float, nargs="+", default=[1e7, 1e8])
@@ -175,8 +194,19 @@ def main() -> None:
     p.add_argument("--memory-limit", default="3GB")
     p.add_argument("--work", type=Path, default=Path("/tmp/mmm4rec-data-scale"))
     p.add_argument("--train", action="store_true", help="train on the largest fractal dataset")
+    p.add_argument("--item-read", action="store_true", help="stage 1's item read pass on the largest dataset")
     p.add_argument("--json", type=Path)
+    p.add_argument("--item-read-only", type=Path, metavar="DATASET",
+                   help="only measure stage 1's item read pass on this dataset folder")
     args = p.parse_args()
+    if args.item_read_only:
+        report = {"provenance": provenance(), "stage1_item_read": {"dataset": str(args.item_read_only),
+                                                                   **item_read(args.item_read_only)}}
+        text = json.dumps(report, indent=1)
+        if args.json:
+            args.json.write_text(text + "\n")
+        print(text)
+        return
     results = [measure(kind, int(n), args.work, args) for n in args.events for kind in args.inputs]
     report = {"provenance": provenance(), "partitions": args.partitions, "memory_limit": args.memory_limit,
               "results": results}
@@ -190,6 +220,12 @@ def main() -> None:
         largest = max(args.events)
         report["train"] = train(args.work / f"fractal-{int(largest):.0e}" / "dataset", args.work)
         print("train", report["train"], flush=True)
+    if args.item_read:
+        largest = max(results, key=lambda r: (r["dataset"]["items"], r["events_target"]))
+        report["stage1_item_read"] = {"dataset": f"{largest['input']}-{largest['events_target']:.0e}",
+                                      **item_read(args.work / f"{largest['input']}-{largest['events_target']:.0e}"
+                                                  / "dataset")}
+        print("item read", report["stage1_item_read"], flush=True)
     text = json.dumps(report, indent=1)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
