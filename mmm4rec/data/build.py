@@ -528,6 +528,15 @@ class Converted:
     items: str
 
 
+def check_options(args: dict[str, Any]) -> None:
+    """The converters' numeric options, before any work: a shard of 0 samples or a k-core below 1 is no option."""
+    for key, least in (("shard_size", 1), ("k_core", 1)):
+        value = args.get(key, least)
+        if type(value) is not int or value < least:
+            flag = "--" + key.replace("_", "-")
+            raise DataError(f"{key} ({flag}) must be an integer of at least {least}, got {value!r}")
+
+
 class Phases:
     """Logs each phase of a conversion as it ends, with its time: a long conversion shows where it is."""
 
@@ -545,6 +554,7 @@ def convert(out_dir: str | os.PathLike, identity: dict[str, Any], scale: Scale,
     """A whole conversion: ``step2`` (the converter's reading and filtering, in the engine) unless a previous run
     with the same ``identity`` finished it, then the partitions, the shards and the dataset folder. Rerun after
     an interruption, it redoes only what is unfinished. None when ``scale.defer_shards``."""
+    check_options(identity.get("args", {}))
     build = Build.open(out_dir, identity)
     try:
         if build.converted is None:

@@ -77,7 +77,8 @@ class Engine:
         # An in-memory database: its tables spill to temp_directory beyond the limit like any operator's data,
         # and measured 2-3x faster than a database file, which writes every table out compressed.
         self.con = duckdb.connect(":memory:")
-        self.execute(f"SET memory_limit = {quote(memory_limit or default_memory_limit())}")
+        self.memory_limit = memory_limit or default_memory_limit()
+        self.execute(f"SET memory_limit = {quote(self.memory_limit)}")
         self.execute(f"SET temp_directory = {quote(str(self.spill))}")
         # Insertion order is kept only where it carries the line numbers (read_lines): elsewhere it costs memory.
         self.execute("SET preserve_insertion_order = false")
@@ -90,7 +91,13 @@ class Engine:
 
     def execute(self, sql: str, params: Optional[Sequence[Any]] = None) -> Any:
         started = time.perf_counter()
-        result = self.con.execute(sql, params) if params is not None else self.con.execute(sql)
+        try:
+            result = self.con.execute(sql, params) if params is not None else self.con.execute(sql)
+        except self.duckdb.OutOfMemoryException as e:
+            # Most operators spill; a few (joins of long strings feeding a sort) still need room in memory.
+            raise DataError(f"the conversion's engine ran out of memory under its limit ({self.memory_limit}): "
+                            f"{_first_line(e)}; raise --memory-limit (measured: 10^8 events need 3GB, "
+                            "docs/results/data_scale.json)") from None
         log.debug("%.2f s: %s", time.perf_counter() - started, " ".join(sql.split())[:160])
         return result
 

@@ -419,3 +419,13 @@ def test_a_domain_value_never_chooses_a_path(tmp_path, domain):
                        columns=Columns(domain="shop", image="img"), images=tmp_path / "images")
     with pytest.raises(DataError, match="is the domain of every key"):
         tables.prepare(inter, items, tmp_path / "named", text_fields=[TextField.parse("title")], name=domain)
+
+
+@pytest.mark.parametrize("option,value", [("--shard-size", "0"), ("--kcore", "-3")])
+def test_nonsense_sizes_are_one_line_errors(tmp_path, option, value):
+    inter, items = synthetic_events(tmp_path / "raw", users=50)
+    done = subprocess.run(_convert_cmd(inter, items, tmp_path / "ds", option, value), env=run_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ") and "must be an integer of at least 1" in done.stderr
+    assert not (tmp_path / "ds").exists() and not (tmp_path / ".ds.build").exists()
