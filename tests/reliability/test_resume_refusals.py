@@ -14,21 +14,11 @@ import pytest
 
 from mmm4rec.train.checkpoint import COMPLETE
 from tests.conftest import run
+from tests.reliability.test_runs import args, one_line_error  # one launcher command line, one error check
 
 pytestmark = pytest.mark.slow
 
-BASE = ["--config", "tiny", "--set", "model.dropout=0.0"]
 ORIGINAL = ["--set", "train.max_steps=6", "--set", "train.checkpoint_every=3"]
-
-
-def args(dataset, run_dir, *extra):
-    return BASE + ["--set", f"data.dataset={dataset}", "--run-dir", str(run_dir), *extra]
-
-
-def one_line_error(proc) -> str:
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    return proc.stderr
 
 
 @pytest.fixture(scope="module")

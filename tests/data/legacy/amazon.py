@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Mapping, Optional
 
 from mmm4rec.data.dataset import check_output, write_dataset
-from .interactions import build_sequences
+from mmm4rec.data.interactions import build_sequences  # unchanged: the in-memory reference
 from mmm4rec.data.remote import Retry, get_url
 from mmm4rec.data.schema import MAX_TIMESTAMP, BadRecords, DataError, ItemRecord, Manifest
 from mmm4rec.data.shards import decode_image, image_ext, sha256_file

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from mmm4rec.data.dataset import check_output, write_dataset
-from .interactions import build_sequences
+from mmm4rec.data.interactions import build_sequences  # unchanged: the in-memory reference
 from mmm4rec.data.schema import DataError, ItemRecord, Manifest
 from mmm4rec.data.shards import sha256_file
 

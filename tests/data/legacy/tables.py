@@ -40,7 +40,7 @@ from typing import IO, Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from .amazon import _local_image, download_images
 from mmm4rec.data.dataset import check_output, write_dataset
-from .interactions import build_sequences
+from mmm4rec.data.interactions import build_sequences  # unchanged: the in-memory reference
 from mmm4rec.data.schema import MAX_TIMESTAMP, BadRecords, DataError, InvalidRecord, ItemRecord, Manifest, SeqRecord
 from mmm4rec.data.shards import decode_image, image_ext, sha256_file
 
