@@ -4,11 +4,12 @@ Interaction logs have 10⁸–10⁹ rows, so no converter holds a Python object 
 de-duplicated, k-core filtered and ordered by DuckDB; Python only sees the rows it reports as bad and, when the
 shards are written, one user at a time.
 
-Why DuckDB (measured in docs/results/data_scale.json, 2-core AVX2): it reads CSV, JSON lines and Parquet (plain or
-gzipped) itself, runs out of core under a memory limit with a named spill folder (``SET memory_limit``,
-``temp_directory``), and keeps the physical line of every row. That last one decided it against Polars and
-pyarrow's CSV readers, which report a malformed row without its line: the bad-row policy (``BadRecords``) names
-the file and line of each skipped row, and a fast reader that loses it is not a replacement.
+Why DuckDB: it reads CSV, JSON lines and Parquet (plain or gzipped) itself, runs out of core under a memory limit
+with a named spill folder (``SET memory_limit``, ``temp_directory``), and keeps the physical line of every row.
+That last one decided it against Polars and pyarrow's CSV readers, which report a malformed row without its line:
+the bad-row policy (``BadRecords``) names the file and line of each skipped row, and a fast reader that loses it
+is not a replacement. Polars and pyarrow were not benchmarked side by side; what DuckDB does here is measured
+against the old converter in docs/results/data_scale.json.
 
 How lines are kept: a text table is read as one VARCHAR column per physical line (no quoting, no delimiter), so
 DuckDB's row id is the line number minus one — blank lines included — and the fields are split in SQL. A quoted
