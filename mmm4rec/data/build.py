@@ -227,7 +227,7 @@ class Sequences:
         while len(rounds) < len(rows):
             # One round drops every row whose user or item has fewer than k rows at the round's start (the
             # reference's simultaneous mask). The dropped keys are few next to the rows: deleting by them
-            # measured faster than rewriting the table through a semi-join with the kept ones.
+            # cheaper than rewriting the table through a semi-join with the kept ones.
             r += 1
             e.execute(f"CREATE OR REPLACE TABLE drop_u AS SELECT uid FROM ev GROUP BY uid HAVING count(*) < {k}")
             e.execute(f"CREATE OR REPLACE TABLE drop_i AS SELECT iid FROM ev GROUP BY iid HAVING count(*) < {k}")

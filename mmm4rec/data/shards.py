@@ -97,9 +97,9 @@ def tar_header(name: str, size: int) -> bytes:
     """The 512-byte header tarfile writes for a member of ``size`` bytes named ``name`` with webdataset's
     TarWriter settings (mtime 0): a POSIX ustar header, no pax extension needed for a short ASCII name.
 
-    Written by hand because tarfile's TarInfo, pax check and copy cost ~75 us per member, most of the
-    conversion's shard-writing time (docs/results/data_scale.json); tests/data/test_build.py holds it
-    byte-identical to webdataset's writer."""
+    Written by hand because tarfile's TarInfo, pax check and copy were most of the shard-writing time in a
+    profile of a 10^7-event conversion (no result file); tests/data/test_build.py holds it byte-identical to
+    webdataset's writer."""
     encoded = name.encode("ascii", "strict") if name.isascii() else b""
     if not encoded or len(encoded) > 100 or size >= 8 ** 11:
         raise ValueError(f"tar member {name!r} of {size} bytes needs a pax header")

@@ -415,7 +415,7 @@ def _sql_items(engine: Engine, table: Table, columns: Columns, fields: Sequence[
     ``_json_value``: every cell of a text table is a string), filling ``catalogue_rows``; False where it does not
     apply and the Python pass runs instead: JSON lines and Parquet (typed cells), and a CSV/TSV table with a
     quoted value spanning lines (a line with an odd number of quotes), which only Python's csv module reads
-    right. Measured ~4x faster than the Python pass on 500 k items (docs/results/data_scale.json)."""
+    right. The Python pass, a loop per item row, was the slowest part of converting a large item table."""
     if table.format not in ("csv", "tsv", "atomic"):
         return False
     engine.read_lines("item_lines", table.path)
