@@ -21,7 +21,7 @@ import typing
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 
@@ -516,3 +516,14 @@ def save_config(cfg: RunConfig, path: str | Path, header: Optional[dict] = None)
     """The resolved config as YAML (loadable as a preset); ``header`` (e.g. provenance) goes in as comments."""
     lines = "".join(f"# {line}\n" for line in yaml.safe_dump(header, sort_keys=False).splitlines()) if header else ""
     Path(path).write_text(lines + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys: {"train": {"lr": 1e-3}} -> {"train.lr": 1e-3}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

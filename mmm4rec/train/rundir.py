@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ..config import ConfigError, RunConfig, load_yaml, read_text, short_repr
+from ..config import ConfigError, RunConfig, flatten, load_yaml, read_text, short_repr
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +58,10 @@ def config_changes(old: Any, new: dict, limit: int = 6) -> list[str]:
     at most ``limit``, then how many more)."""
     if not isinstance(old, dict):
         return []
-    a, b = _flat(old), _flat(new)
+    a, b = flatten(old), flatten(new)
     changed = [f"{k}: {short_repr(a.get(k, '(unset)'), 40)} → {short_repr(b.get(k, '(unset)'), 40)}"
                for k in sorted(a.keys() | b.keys()) if k not in OPERATIONAL and a.get(k) != b.get(k)]
     return changed[:limit] + ([f"and {len(changed) - limit} more"] if len(changed) > limit else [])
-
-
-def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 @dataclass
@@ -159,7 +149,7 @@ class RunDir:
                     old = self.read_config()
                 except ConfigError:
                     old = None
-            old = _flat(old) if isinstance(old, dict) else None
+            old = flatten(old) if isinstance(old, dict) else None
             if old is not None:  # config.yaml holds the operational settings and "run_dir" too: compared alike
                 old = {k: v for k, v in old.items() if k not in OPERATIONAL}
             changes = config_changes(old, want["config"]) if old is not None else []

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from .. import distributed
-from ..config import RunConfig
+from ..config import RunConfig, flatten
 from ..data.features import FeatureStore
 from ..data.stream import EvalStream, SeqIndex, TrainStream
 from ..distributed import DistEnv, barrier
@@ -33,7 +33,7 @@ from ..provenance import provenance
 from ..serving.export import item_features, write_export
 from .checkpoint import Checkpointer, CheckpointError
 from .evaluation import evaluate
-from .monitor import Monitor, flatten, peak_memory_mb
+from .monitor import Monitor, peak_memory_mb
 from .rundir import RunDir
 
 log = logging.getLogger(__name__)
