@@ -11,7 +11,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import IO, Any, Iterator, Optional
 
 from .schema import DataError
 
@@ -80,17 +80,41 @@ def replace_folder(path: str | os.PathLike, keep: tuple[str, ...] = (), layout: 
     shutil.rmtree(old, ignore_errors=True)
 
 
+class AtomicFile:
+    """A file written beside ``path`` (a hidden temp name) that takes its place only on ``commit``: flushed to
+    disk, then renamed over it, so readers see the old content or the new, never part of it. ``discard`` (also
+    on leaving a ``with`` block by an exception) removes the temp file and leaves ``path`` as it was."""
+
+    def __init__(self, path: str | os.PathLike, encoding: Optional[str] = None):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        self.file = open(self.tmp, "x", encoding=encoding) if encoding else open(self.tmp, "xb")
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        try:
+            self.file.close()
+        except OSError:  # after a failed write the close may fail too: the file goes anyway
+            pass
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> IO:
+        return self.file
+
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        try:
+            if kind is None:
+                self.commit()
+        finally:
+            self.discard()
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write a file so that readers see the old content or the new, never part of it: a temp file in the same
-    folder, flushed to disk, then renamed over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write a whole file atomically (AtomicFile)."""
+    with AtomicFile(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)

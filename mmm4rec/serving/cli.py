@@ -24,6 +24,7 @@ from typing import IO, Iterator, Optional
 
 from .. import __version__
 from ..config import ConfigError, load_config, short_repr
+from ..data.atomic import AtomicFile
 from ..data.schema import DataError
 
 
@@ -180,20 +181,14 @@ def _output(path: Optional[str]) -> Iterator[IO[str]]:
         yield sys.stdout
         return
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     with _write_errors(target):
-        f = open(tmp, "x", encoding="utf-8")
+        out = AtomicFile(target, encoding="utf-8")
     try:
-        yield _Writer(f, target)
+        yield _Writer(out.file, target)
         with _write_errors(target):
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-            os.replace(tmp, target)
+            out.commit()
     finally:
-        with contextlib.suppress(OSError):  # after a failed write the close may fail too: the file goes anyway
-            f.close()
-        tmp.unlink(missing_ok=True)
+        out.discard()  # after a commit: nothing left to remove
 
 
 @contextlib.contextmanager
