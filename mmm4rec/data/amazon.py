@@ -15,7 +15,6 @@ k-core filtering (their text would be empty).
 from __future__ import annotations
 
 import ast
-import csv
 import gzip
 import html
 import json

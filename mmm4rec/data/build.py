@@ -566,19 +566,20 @@ def convert(out_dir: str | os.PathLike, identity: dict[str, Any], scale: Scale,
                 phases.done(f"{scale.partitions} partitions of sequences and items written")
             build.finish_conversion(name=done.name, licence=done.licence, provenance=done.provenance,
                                     shard_size=done.shard_size, partitions=scale.parts())
-        if scale.defer_shards:
-            log.info("sequences written to %s; write the shards with tools/write_shards.py %s", build.path, build.path)
-            return None
-        return finish(build, scale.workers)
+        return finish(build, scale)
     finally:
         build.unlock()
 
 
-def finish(build: Build, workers: int = 1) -> Manifest:
-    """Steps 3 and 4 in this process (and ``workers`` processes), then the build folder goes."""
+def finish(build: Build, scale: Scale) -> Optional[Manifest]:
+    """Steps 3 and 4 in this process (and ``scale.workers`` processes), then the build folder goes; nothing
+    (None) with ``scale.defer_shards``: the shards are written elsewhere."""
+    if scale.defer_shards:
+        log.info("sequences written to %s; write the shards with tools/write_shards.py %s", build.path, build.path)
+        return None
     phases = Phases()
-    written = write_shards(build.path, workers)
-    phases.done(f"shards: {written} partitions written by {workers} worker(s), assembling {build.out_dir}")
+    written = write_shards(build.path, scale.workers)
+    phases.done(f"shards: {written} partitions written by {scale.workers} worker(s), assembling {build.out_dir}")
     manifest = assemble(build.path, build.out_dir)
     build.remove()
     return manifest
@@ -605,15 +606,14 @@ def scale_from_args(args: Any) -> Scale:
 
 
 def rank_from_env(environ: Optional[dict[str, str]] = None) -> tuple[int, int]:
-    """(rank, world size) of this shard writer: torchrun's RANK/WORLD_SIZE, a SLURM array task
-    (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT) or a SLURM step's task
-    (SLURM_PROCID of SLURM_NTASKS); (0, 1) alone."""
+    """(rank, world size) of this shard writer: a SLURM array task (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of
+    SLURM_ARRAY_TASK_COUNT), else the launcher's rank as training reads it (DistEnv: torchrun's RANK/WORLD_SIZE,
+    srun's SLURM_PROCID/SLURM_NTASKS); (0, 1) alone."""
     env = os.environ if environ is None else environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return int(env["RANK"]), int(env["WORLD_SIZE"])
     if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
         return (int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0)),
                 int(env["SLURM_ARRAY_TASK_COUNT"]))
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
-    return 0, 1
+    from mmm4rec.distributed import DistEnv  # torch: only writers started by a launcher pay for it
+
+    launched = DistEnv.from_environ(dict(env))
+    return launched.rank, launched.world_size

@@ -30,7 +30,7 @@ SEQ_SHARDS = "seqs-%06d.tar"
 IMAGE_EXTS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # PIL format -> tar member extension
 MAX_SHARD_BYTES = 1 << 30
 # A listed shard up to this size is read whole, hashed in memory and parsed by tar_reader: one read instead of two,
-# and ~5x webdataset's tarfile path for stage 1's item read pass (docs/results/data_scale.json, stage1_item_read).
+# and 7x webdataset's tarfile path for stage 1's item read pass (docs/results/stage1_item_read.json).
 WHOLE_READ_BYTES = 256 << 20
 MAX_IMAGE_PIXELS = EncoderConfig.max_image_pixels  # PIL's own limit lets a 140 KB PNG decode to ~550 MB
 
@@ -72,7 +72,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image
 
 
 # ----------------------------------------------------------------------------------------------------------- write
-BLOCK, RECORD = 512, 20 * 512  # tar's block and record sizes (tarfile.BLOCKSIZE, RECORDSIZE)
+BLOCK, RECORD = tar_reader.BLOCK, 20 * tar_reader.BLOCK  # tar's block and record (tarfile.RECORDSIZE) sizes
 TAR_USER = "bigdata"  # webdataset's TarWriter defaults: owner, group and mode of every member
 TAR_MODE = 0o444
 

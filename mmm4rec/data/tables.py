@@ -190,6 +190,16 @@ class Table:
     def _delimiter(self) -> str:
         return "\t" if self.format == "tsv" else ","
 
+    def fields_sql(self, lines: str) -> str:
+        """SQL: (n, f) for every data row of a CSV/TSV/RecBole table read by ``Engine.read_lines`` into
+        ``lines``, f its fields as the Python readers below split them: a CSV/TSV line by csv's rules (one line
+        per row), an atomic line on tabs; blank lines skipped (whitespace-only too in an atomic file)."""
+        if self.format == "atomic":
+            split, keep = "string_split(line, '\t')", "trim(line, ' \t\r\n\x0b\x0c') <> ''"
+        else:
+            split, keep = csv_fields("line", self._delimiter), "true"
+        return f"SELECT n, {split} AS f FROM {lines} WHERE n > 1 AND line IS NOT NULL AND {keep}"
+
     def rows(self, bad: BadRecords, columns: Optional[Sequence[str]] = None) -> Iterator[tuple[int, dict[str, Any]]]:
         """(line or row number, row); malformed lines are ``bad_record``. ``columns``: what Parquet must read."""
         reader = {"csv": self._csv_rows, "tsv": self._csv_rows, "atomic": self._atomic_rows,
@@ -423,12 +433,7 @@ def _sql_items(engine: Engine, table: Table, columns: Columns, fields: Sequence[
             "SELECT count(*) FROM item_lines WHERE (length(line) - length(replace(line, '\"', ''))) % 2 = 1"):
         return False
     position = {c: i + 1 for i, c in enumerate(table.columns)}
-    if table.format == "atomic":
-        split, keep = "string_split(line, '\t')", "trim(line, ' \t\r\n\x0b\x0c') <> ''"
-    else:
-        split, keep = csv_fields("line", "\t" if table.format == "tsv" else ","), "true"
-    engine.execute(f"CREATE OR REPLACE TABLE item_fields AS SELECT n, {split} AS f FROM item_lines "
-                   f"WHERE n > 1 AND line IS NOT NULL AND {keep}")
+    engine.execute(f"CREATE OR REPLACE TABLE item_fields AS {table.fields_sql('item_lines')}")
     shape = f"len(f) = {len(table.columns)}"
     where = _where_sql(table)
     ids = [(columns.domain, "domain_v")] if per_domain else []
@@ -538,14 +543,7 @@ def _cells(engine: Engine, table: Table, needed: Sequence[str]) -> tuple[str, st
         def cell(column: str) -> tuple[str, Any]:
             return json_id("line", column), json_seconds("line", column)
         return "rows", "object", cell
-    if table.format == "atomic":
-        split = "string_split(line, '\t')"
-        keep = "trim(line, ' \t\r\n\x0b\x0c') <> ''"
-    else:
-        split = csv_fields("line", "\t" if table.format == "tsv" else ",")
-        keep = "true"
-    engine.execute(f"CREATE OR REPLACE VIEW rows AS SELECT n, {split} AS f FROM lines "
-                   f"WHERE n > 1 AND line IS NOT NULL AND {keep}")
+    engine.execute(f"CREATE OR REPLACE VIEW rows AS {table.fields_sql('lines')}")
     position = {c: i + 1 for i, c in enumerate(table.columns)}
 
     def cell(column: str) -> tuple[str, Any]:
@@ -741,9 +739,7 @@ def prepare_items_for(build_dir: str | os.PathLike, items: str | os.PathLike, ou
                       "feedback": "implicit: every row is an interaction"}
         build.finish_conversion(name=name, licence=licence, provenance=provenance, shard_size=shard_size,
                                 partitions={"items": parts, "seqs": parts})
-        if scale.defer_shards:
-            return None
-        return finish(build, scale.workers)
+        return finish(build, scale)
     finally:
         build.unlock()
 
