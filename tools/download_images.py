@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mmm4rec.data.amazon import download_images, image_urls
 from mmm4rec.data.schema import BadRecords
+from mmm4rec.tool import tool_errors
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,8 +27,9 @@ if __name__ == "__main__":
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     bad = BadRecords()
-    urls = image_urls(args.meta, bad)
-    if args.limit:
-        urls = dict(list(urls.items())[: args.limit])
-    counts = download_images(urls, args.out, timeout=args.timeout, retries=args.retries, workers=args.workers)
+    with tool_errors():
+        urls = image_urls(args.meta, bad)
+        if args.limit:
+            urls = dict(list(urls.items())[: args.limit])
+        counts = download_images(urls, args.out, timeout=args.timeout, retries=args.retries, workers=args.workers)
     print(json.dumps({"items_with_url": len(urls), **counts, "bad_metadata_lines": bad.as_dict()}, indent=1))

@@ -9,12 +9,14 @@ import argparse
 import logging
 
 from mmm4rec.data.movielens import LICENCE, fetch
+from mmm4rec.tool import tool_errors
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="data/raw", help="raw data folder (default: data/raw)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for path in fetch(args.out):
-        print(path)
+    with tool_errors():
+        for path in fetch(args.out):
+            print(path)
     print(f"\nLicence terms: {LICENCE}")

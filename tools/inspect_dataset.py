@@ -4,12 +4,10 @@
   python tools/inspect_dataset.py https://host/ml-1m      (or file://, s3://…, pipe:… with --allow-pipe)
 """
 import argparse
-import sys
 
-from mmm4rec.config import ConfigError
 from mmm4rec.data.dataset import load_manifest
 from mmm4rec.data.remote import DatasetSource
-from mmm4rec.data.schema import DataError
+from mmm4rec.tool import tool_errors
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -17,10 +15,8 @@ if __name__ == "__main__":
     p.add_argument("--verify", action="store_true", help="re-hash every shard against the manifest")
     p.add_argument("--allow-pipe", action="store_true", help="let the dataset be a pipe: command")
     args = p.parse_args()
-    try:
+    with tool_errors():
         m = load_manifest(DatasetSource.parse(args.dataset, allow_pipe=args.allow_pipe), verify=args.verify)
-    except (DataError, ConfigError) as e:
-        sys.exit(f"error: {e}")
     c, s = m.counts, m.split
     print(f"{m.name}: {c['users']:,} users, {c['items']:,} items, {c['interactions']:,} interactions")
     for domain, d in c["per_domain"].items():

@@ -17,7 +17,7 @@ import sys
 import time
 
 from mmm4rec.data.fractal import DEFAULT_KEEP, generate
-from mmm4rec.data.schema import DataError
+from mmm4rec.tool import tool_errors
 
 
 def count(text: str) -> int:
@@ -49,11 +49,9 @@ if __name__ == "__main__":
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
-    try:
+    with tool_errors():
         report = generate(args.input, args.out, args.events, seed=args.seed, fmt=args.format,
                           user_factor=args.user_factor, item_factor=args.item_factor, keep=args.keep)
-    except DataError as e:
-        sys.exit(f"error: {e}")
     summary = {key: report[key] for key in ("counts", "distributions", "rank_agreement")}
     summary["factors"] = {key: report["factors"][key] for key in ("user_copies", "item_variants", "keep_rate")}
     print(json.dumps(summary, indent=1))

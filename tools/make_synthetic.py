@@ -11,6 +11,7 @@ import json
 import sys
 
 from mmm4rec.data.synthetic import fashion_mnist_available, generate
+from mmm4rec.tool import tool_errors
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,6 +27,7 @@ if __name__ == "__main__":
     if args.images == "fashion-mnist" and not fashion_mnist_available():
         sys.exit("fashion-mnist images need Debian's dataset-fashion-mnist package (apt-get install "
                  "dataset-fashion-mnist); use --images generated or none instead")
-    manifest = generate(args.out, args.users, args.items, images=args.images, seed=args.seed,
-                        n_clusters=args.clusters, mean_length=args.mean_length, shard_size=args.shard_size)
+    with tool_errors():
+        manifest = generate(args.out, args.users, args.items, images=args.images, seed=args.seed,
+                            n_clusters=args.clusters, mean_length=args.mean_length, shard_size=args.shard_size)
     print(json.dumps({"counts": manifest.counts, "split": manifest.split}, indent=1))

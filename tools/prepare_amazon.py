@@ -10,12 +10,11 @@ The review file's format (2018 ratings CSV or 2023 reviews JSONL) is recognised 
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 from mmm4rec.data.amazon import DomainSource, prepare
 from mmm4rec.data.build import add_scale_arguments, scale_from_args
-from mmm4rec.data.schema import DataError
+from mmm4rec.tool import tool_errors
 
 
 def pair(text: str) -> tuple[str, str]:
@@ -48,11 +47,9 @@ if __name__ == "__main__":
     unknown = set(images) - {d.name for d in domains}
     if unknown:
         p.error(f"--images for unknown domain(s): {sorted(unknown)}")
-    try:
+    with tool_errors():
         manifest = prepare(domains, args.out, args.name or "+".join(sorted(d.name for d in domains)),
                            shard_size=args.shard_size, k=args.k_core, strict=args.strict, scale=scale_from_args(args))
-    except DataError as e:
-        sys.exit(f"error: {e}")
     if manifest is not None:
         print(json.dumps({"counts": manifest.counts, "filtering": manifest.provenance["filtering"],
                           "skipped": manifest.provenance["skipped"]}, indent=1))

@@ -7,11 +7,10 @@ Every rating is an implicit interaction; 5-core filtering to a fixed point; per-
 import argparse
 import json
 import logging
-import sys
 
 from mmm4rec.data.build import add_scale_arguments, scale_from_args
 from mmm4rec.data.movielens import VARIANTS, prepare
-from mmm4rec.data.schema import DataError
+from mmm4rec.tool import tool_errors
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -22,9 +21,7 @@ if __name__ == "__main__":
     add_scale_arguments(p)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+    with tool_errors():
         manifest = prepare(args.raw, args.variant, args.out, shard_size=args.shard_size, scale=scale_from_args(args))
-    except DataError as e:
-        sys.exit(f"error: {e}")
     if manifest is not None:
         print(json.dumps({"counts": manifest.counts, "filtering": manifest.provenance["filtering"]}, indent=1))

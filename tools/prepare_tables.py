@@ -14,13 +14,13 @@ k-core filtering to a fixed point; per-user order by (timestamp, item key).
 import argparse
 import json
 import logging
-import sys
 from dataclasses import replace
 
 from mmm4rec.data.build import add_scale_arguments, scale_from_args
 from mmm4rec.data.schema import DataError
 from mmm4rec.data.tables import (LICENCE, RECBOLE_COLUMNS, Columns, TextField, prepare, prepare_items_for,
                                   prepare_recbole)
+from mmm4rec.tool import tool_errors
 
 
 def list_field(text: str) -> tuple[str, str]:
@@ -68,7 +68,7 @@ if __name__ == "__main__":
     columns = replace(RECBOLE_COLUMNS if args.recbole else Columns(),
                       **{key: value for key, value in overrides.items() if value})
     lists = dict(args.list_fields)
-    try:
+    with tool_errors():
         fields = [TextField.parse(spec, lists) for spec in args.text_fields]
         unknown = sorted(set(lists) - {f.column for f in fields})
         if unknown:
@@ -84,8 +84,6 @@ if __name__ == "__main__":
             manifest = prepare_items_for(args.sequences_from, args.items, args.out, **options)
         else:
             manifest = prepare(args.interactions, args.items, args.out, **options)
-    except DataError as e:
-        sys.exit(f"error: {e}")
     if manifest is not None:
         print(json.dumps({"counts": manifest.counts, "filtering": manifest.provenance["filtering"],
                           "skipped": manifest.provenance["skipped"]}, indent=1))

@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 
 from mmm4rec.data.schema import DataError  # noqa: E402
 from mmm4rec.data.spark import clean_events, local_path, read_events, spark_sequences  # noqa: E402
+from mmm4rec.tool import error_line, tool_errors  # noqa: E402
 
 
 def write_text(spark, target: str, text: str) -> None:
@@ -102,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         text = json.dumps(report, indent=1, ensure_ascii=False) + "\n"
         write_text(spark, args.build.rstrip("/") + "/spark_stats.json", text)
         print(text, end="")
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (DataError, OSError) as e:  # returned, not raised: a caller in this process keeps its session
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
     finally:
         if existing is None:
@@ -112,4 +113,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with tool_errors():
+        sys.exit(main())

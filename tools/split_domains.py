@@ -23,6 +23,7 @@ from mmm4rec.data.interactions import build_sequences
 from mmm4rec.data.schema import BadRecords, DataError, ItemRecord
 from mmm4rec.data.shards import iter_item_records, iter_seq_records
 from mmm4rec.data.stream import UserSubset, user_key_hash
+from mmm4rec.tool import tool_errors
 
 log = logging.getLogger(__name__)
 
@@ -95,4 +96,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with tool_errors():
+        main()

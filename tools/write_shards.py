@@ -16,10 +16,10 @@ partition is missing, and removes the build folder after the dataset is complete
 import argparse
 import json
 import logging
-import sys
 
 from mmm4rec.data.build import Build, assemble, rank_from_env, write_shards
 from mmm4rec.data.schema import DataError
+from mmm4rec.tool import tool_errors
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,7 +31,7 @@ if __name__ == "__main__":
     p.add_argument("--assemble", metavar="OUT", help="assemble the dataset folder OUT once every partition is done")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+    with tool_errors():
         if args.workers < 1:
             raise DataError(f"--workers must be at least 1, got {args.workers}")
         if args.assemble:
@@ -46,5 +46,3 @@ if __name__ == "__main__":
                 raise DataError(f"rank {rank} is not in 0..{world - 1}")
             written = write_shards(args.build, args.workers, rank, world)
             print(json.dumps({"rank": rank, "world_size": world, "partitions_written": written}))
-    except DataError as e:
-        sys.exit(f"error: {e}")

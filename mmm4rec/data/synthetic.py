@@ -183,12 +183,18 @@ def _users(n_users: int, cat: _Catalogue, seed: int, mean_length: float, block: 
 
 def generate(out_dir: str | Path, n_users: int, n_items: int, images: ImageSource = "generated", seed: int = 0,
              n_clusters: int = 8, mean_length: float = 10.0, shard_size: int = 1000) -> Manifest:
+    # named like the tool's flags (tools/make_synthetic.py), checked before anything is written
+    for flag, value in (("--users", n_users), ("--shard-size", shard_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DataError(f"{flag} must be at least 1, got {value!r}")
+    if not (isinstance(mean_length, (int, float)) and mean_length > 0 and np.isfinite(mean_length)):
+        raise DataError(f"--mean-length must be positive, got {mean_length!r}")
     if images == "fashion-mnist":
         n_clusters = len(FASHION_CLASSES)
     if not 1 <= n_clusters <= len(WORDS) // 4:
         raise DataError(f"clusters must be between 1 and {len(WORDS) // 4} (each needs its own words)")
     if n_items < n_clusters:
-        raise DataError(f"need at least {n_clusters} items for {n_clusters} clusters, got {n_items}")
+        raise DataError(f"--items must be at least {n_clusters} for {n_clusters} clusters, got {n_items}")
     cat = _Catalogue(n_items, n_clusters, images, seed)
     args = {"users": n_users, "items": n_items, "images": images, "seed": seed, "clusters": n_clusters,
             "mean_length": mean_length, "shard_size": shard_size}
