@@ -14,6 +14,12 @@ A store folder (docs/data_format.md has the details):
 job: ranks take whole item shards round-robin and write per-shard parts; rank 0 merges them into a new folder
 that replaces the old one atomically. Each shard is encoded in the same fixed batches whoever encodes it, so one
 or N processes give byte-identical stores. An update re-encodes only items whose content hash changed.
+
+A build holds an exclusive lock (``.<store>.lock`` next to the store, rank 0) from its plan to its merge: a second
+build of the same store fails at once naming the holder. The parts folder ``.<store>.parts-<token>`` is named by
+what the build encodes (dataset items, encoder settings, the store an update reuses): a build killed half-way
+leaves it, and the same build again keeps every part whose files check out (its shard's sha256, its own sha256)
+and encodes the rest; parts folders of other builds are stale (nothing else may write the store) and removed.
 """
 from __future__ import annotations
 
@@ -24,8 +30,8 @@ import logging
 import os
 import platform
 import shutil
+import socket
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -40,7 +46,7 @@ import transformers
 from mmm4rec.config import EncoderConfig
 from mmm4rec.encoders import Encoders, build_encoders, encoder_identity, encoder_slug, identity_matches
 
-from .atomic import Layout, check_replaceable, replace_folder
+from .atomic import Layout, check_replaceable, replace_folder, write_atomic
 from .dataset import load_manifest
 from .remote import DatasetLike, DatasetSource
 from .schema import PAD_KEY, BadRecords, DataError, ItemRecord, Manifest, ShardInfo, content_hash
@@ -272,8 +278,25 @@ def _dataset_of(store_dir: Path) -> Optional[str]:
         return None
 
 
+def _parts_token(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, strict: bool, mode: str,
+                 reuse: str) -> str:
+    """Names the parts folder by everything a part depends on, so that only the same build reuses parts."""
+    old = Path(reuse or store_dir) / MANIFEST
+    what = {"mode": mode, "items_digest": dataset.items_digest, "encoder": encoder_identity(cfg),
+            "settings": vars(cfg), "strict": strict, "reuse": str(reuse),
+            "reused_store": hashlib.sha256(old.read_bytes()).hexdigest() if mode == "update" else None}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _plan(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, strict: bool, earlier: list[Path]) -> _Plan:
-    token = uuid.uuid4().hex[:8]
+    plan = _decide(store_dir, dataset, cfg, strict, earlier)
+    if plan.mode != "fresh":
+        plan.token = _parts_token(store_dir, dataset, cfg, strict, plan.mode, plan.reuse)
+    return plan
+
+
+def _decide(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, strict: bool, earlier: list[Path]) -> _Plan:
+    token = ""
     check_replaceable(store_dir, LAYOUT)  # before hours of encoding, not at the final swap
     if not store_dir.exists():
         identity = encoder_identity(cfg) if earlier else None
@@ -399,8 +422,59 @@ class _ShardEncoder:
                 rows[list(at)] = old[list(old_ids)]
             arrays[name] = rows
         np.savez(part.with_suffix(".npz"), **arrays)
-        info = {"keys": keys, "encoded": len(encoded_rows), "reused": len(reused), "bad": bad.as_dict()}
-        part.with_suffix(".json").write_text(json.dumps(info))
+        info = {"keys": keys, "encoded": len(encoded_rows), "reused": len(reused), "bad": bad.as_dict(),
+                "shard_sha256": shard.sha256, "npz_sha256": _file_sha256(part.with_suffix(".npz"))}
+        write_atomic(part.with_suffix(".json"), json.dumps(info))  # last: a part is finished once this exists
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _finished_part(part: Path, shard: ShardInfo) -> bool:
+    """Whether a part of an interrupted build is whole and of this very shard (else it is encoded again)."""
+    try:
+        info = json.loads(part.with_suffix(".json").read_text())
+        return info["shard_sha256"] == shard.sha256 and info["npz_sha256"] == _file_sha256(part.with_suffix(".npz"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+class _StoreLock:
+    """The exclusive lock of one store's builds: ``.<store>.lock`` next to it, holding who has it (fcntl: released
+    when the process ends, however it ends)."""
+
+    def __init__(self, store_dir: Path):
+        self.path = store_dir.parent / f".{store_dir.name}.lock"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise DataError(f"{store_dir}: another feature build is writing this store now ({holder}; lock "
+                            f"{self.path.name}); wait for it to finish, then run again") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"host {socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        self.file.close()
+
+
+def _remove_stale_parts(store_dir: Path, keep: Path) -> None:
+    """Parts folders of builds that were killed (or built something else): only the lock holder writes parts."""
+    for stale in store_dir.parent.glob(f".{store_dir.name}.parts-*"):
+        if stale != keep and stale.is_dir():
+            log.info("%s: removing the parts of an interrupted build", stale)
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _merge(store_dir: Path, dataset: Manifest, cfg: EncoderConfig, parts: Path, plan: _Plan, strict: bool,
@@ -482,28 +556,49 @@ def ensure_features(location: DatasetLike, encoder_cfg: EncoderConfig,
     source = dataset.source
     store_dir = _local_store(features_dir) if features_dir else default_features_dir(dataset, encoder_cfg)
     group = _Group()
-    plan = group.run(lambda: _plan(store_dir, dataset, encoder_cfg, strict,
-                                   _earlier_stores(source, dataset, store_dir)), rank0_only=True)
-    if group.rank == 0:
-        log.info("%s: %s", store_dir, plan.reason)
+    earlier = _earlier_stores(source, dataset, store_dir)
+    # a fresh store needs no lock (two runs starting on it together both use it); a build plans again under it
+    plan = group.run(lambda: _decide(store_dir, dataset, encoder_cfg, strict, earlier), rank0_only=True)
     if plan.mode == "fresh":
+        if group.rank == 0:
+            log.info("%s: %s", store_dir, plan.reason)
         return store_dir
-    parts = store_dir.parent / f".{store_dir.name}.parts-{plan.token}"
+    lock: list[_StoreLock] = []
+
+    def lock_and_plan() -> _Plan:
+        lock.append(_StoreLock(store_dir))
+        return _plan(store_dir, dataset, encoder_cfg, strict, earlier)
+
     try:
+        plan = group.run(lock_and_plan, rank0_only=True)
+        if group.rank == 0:
+            log.info("%s: %s", store_dir, plan.reason)
+        if plan.mode == "fresh":  # another build finished it meanwhile
+            return store_dir
+        parts = store_dir.parent / f".{store_dir.name}.parts-{plan.token}"
+        if group.rank == 0:
+            _remove_stale_parts(store_dir, keep=parts)
+
         def encode_my_shards() -> None:
             parts.mkdir(parents=True, exist_ok=True)
             old = FeatureStore.open(plan.reuse or store_dir) if plan.mode == "update" else None
             encode = _ShardEncoder(encoder_cfg, old, strict)
             for idx in range(group.rank, len(dataset.items), group.world):
+                if _finished_part(parts / f"{idx:06d}", dataset.items[idx]):
+                    log.info("rank %d: item shard %d/%d kept from the interrupted build", group.rank, idx + 1,
+                             len(dataset.items))
+                    continue
                 encode(dataset.items[idx], parts / f"{idx:06d}")
                 log.info("rank %d: item shard %d/%d encoded", group.rank, idx + 1, len(dataset.items))
 
         group.run(encode_my_shards)
         manifest = group.run(lambda: _merge(store_dir, dataset, encoder_cfg, parts, plan, strict, group.world,
                                             started), rank0_only=True)
-    finally:
-        if group.rank == 0:
+        if group.rank == 0:  # kept on a failure: the same build again resumes from the finished parts
             shutil.rmtree(parts, ignore_errors=True)
+    finally:
+        for held in lock:
+            held.release()
     if group.rank == 0:
         build = manifest["last_build"]
         log.info("%s: %d items (%d encoded, %d reused) in %.1f s; bad records: %s", store_dir, manifest["num_items"],

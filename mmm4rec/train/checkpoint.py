@@ -65,12 +65,47 @@ def _safe_engine_class():
     from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 
     class SafeCheckpointEngine(TorchCheckpointEngine):
-        """DeepSpeed's torch checkpoint engine, loading with weights_only=True and the allow-list."""
+        """DeepSpeed's torch checkpoint engine, loading with weights_only=True and the allow-list, and saving
+        through a Python file so that a failed write keeps its OSError (see ``save_file``)."""
 
         def load(self, path: str, map_location=None):
             return safe_load(path, map_location)
 
+        def save(self, state_dict, path: str):
+            save_file(state_dict, path, _use_new_zipfile_serialization=self.zipfile_serialization)
+
     return SafeCheckpointEngine
+
+
+class _WriteErrors:
+    """A file's ``write`` that remembers the first OSError (torch's writer turns it into a RuntimeError)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def save_file(obj, path: str | os.PathLike, **kwargs) -> None:
+    """``torch.save`` that reports a failed write as the OSError it is, naming the file. torch's own writer turns
+    a full disk (ENOSPC, EFBIG) into "RuntimeError: [enforce fail at inline_container.cc] unexpected pos …", with
+    no path and no reason, whether given a path or a file."""
+    with open(path, "wb") as f:
+        out = _WriteErrors(f)
+        try:
+            torch.save(obj, out, **kwargs)
+        except RuntimeError:
+            if out.error is None:
+                raise
+            raise OSError(out.error.errno, out.error.strerror, str(path)) from None
 
 
 def install_safe_loading(engine) -> None:
@@ -110,19 +145,29 @@ class Checkpointer:
         barrier()
         try:
             engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
-            torch.save(rng_state(), path / f"rng-rank{self.env.rank}.pt")
+            save_file(rng_state(), path / f"rng-rank{self.env.rank}.pt")
         except OSError as e:
-            raise CheckpointError(f"{path}: writing the checkpoint failed ({e.strerror or e}); the previous "
-                                  f"checkpoint is kept") from None
+            self._failed(path, e)
         barrier()
         if self.env.is_main:
-            sizes = {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
-            _write_atomic(path / COMPLETE, json.dumps({"step": step, "world_size": self.env.world_size,
-                                                        "config_digest": config_digest, "files": sizes}))
-            _write_atomic(self.dir / "latest", tag)
+            try:
+                sizes = {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
+                _write_atomic(path / COMPLETE, json.dumps({"step": step, "world_size": self.env.world_size,
+                                                            "config_digest": config_digest, "files": sizes}))
+                _write_atomic(self.dir / "latest", tag)
+            except OSError as e:
+                self._failed(path, e)
             self._retain(tag)
         barrier()
         return path
+
+    def _failed(self, path: Path, e: OSError):
+        """One line naming the checkpoint and the system's reason ("No space left on device"); the partial
+        folder is removed (it would hold the space a retry needs) and ``latest`` still names the previous one."""
+        shutil.rmtree(path, ignore_errors=True)
+        where = e.filename if e.filename and Path(e.filename) != path else path
+        raise CheckpointError(f"{where}: writing the checkpoint failed ({(e.strerror or str(e)).lower()}); the "
+                              f"previous checkpoint is kept") from None
 
     def _retain(self, newest: str) -> None:
         """Keep the ``keep`` most recent complete checkpoints by step — and always the one just written."""

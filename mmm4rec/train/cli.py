@@ -28,6 +28,7 @@ from ..model import ItemFeatures, SequentialRecommender, build_model, from_pretr
 from ..model.ssd import triton_usable
 from ..resources import default_deepspeed_template
 from ..serving.export import item_features
+from ..tool import error_line
 from .checkpoint import CheckpointError
 from ..provenance import cpu_isa, provenance
 from .engine import deepspeed_config, initialize, step_precision
@@ -130,6 +131,11 @@ def main(task: str, argv: Optional[list[str]] = None) -> int:
         return _train(cfg, env, args, run)
     except (ConfigError, DataError, CheckpointError) as e:
         log.error("%s", e)
+        return 2
+    except OSError as e:  # a read-only, missing or full path: the path and the system's reason, in one line
+        if not e.strerror:
+            raise
+        log.error("%s", error_line(e))
         return 2
     finally:
         distributed.shutdown()

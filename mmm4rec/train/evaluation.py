@@ -13,17 +13,24 @@ all-reduced — the same ranks as one process computes.
 The target's own score is read from a matrix product too (the diagonal of user @ targetsᵀ): an elementwise dot
 product rounds differently in the last bit, which would make exact ties (e.g. a model that scores everything
 equal) count wrongly. The target column itself is excluded by index, not by value.
+
+A stop request (SIGTERM during a run's validation or test) is checked between batches of users: the ranking
+stops there and ``StopRequested`` is raised on every rank, so a run never waits for a whole ranking to stop.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
 from .. import distributed
 from ..model import Batch, SequentialRecommender
+
+
+class StopRequested(Exception):
+    """The evaluation stopped early because a stop was requested (on any rank); no metrics."""
 
 
 def metric_names(ks: Iterable[int]) -> list[str]:
@@ -91,18 +98,31 @@ def _sharded_ranks(user, items, first_id, targets, item_chunk, seen) -> torch.Te
 
 @torch.no_grad()
 def evaluate(model: SequentialRecommender, batches: Iterable[dict], *, ks: list[int], item_chunk: int,
-             device: torch.device, mask_history: bool = False, gather_params=None) -> dict[str, float]:
+             device: torch.device, mask_history: bool = False, gather_params=None,
+             stop: Optional[Callable[[], bool]] = None) -> dict[str, float]:
     """Metrics over every valid row of ``batches`` on all ranks (identical on 1 and N processes).
 
     ``gather_params``: a context manager that materialises ZeRO-3-partitioned parameters (None otherwise).
+    ``stop``: asked before each batch (a host flag, no device sync); once it says so on any rank, every rank
+    raises ``StopRequested`` (ranks with their own users stop on their own and agree in the final all-reduce;
+    with item parallelism, whose batches are collectives, they agree before every batch).
     """
     was_training = model.training
     model.eval()
-    sums = torch.zeros(2 * len(ks) + 2, dtype=torch.float64, device=device)  # on the device: no sync per batch
+    # on the device: no sync per batch; the last entry counts the ranks that stopped early
+    sums = torch.zeros(2 * len(ks) + 3, dtype=torch.float64, device=device)
     with gather_params or contextlib.nullcontext():
         tables = model.item_tables()  # every item this rank holds (all of them, or its shard)
         items = tables.scores.float()
         for raw in batches:
+            if stop is not None:
+                stopping = stop()
+                if model.sharded:
+                    flag = torch.tensor([float(stopping)], device=device)
+                    stopping = bool(distributed.all_reduce(flag, "max").item())
+                if stopping:
+                    sums[-1] = 1
+                    break
             batch = Batch.from_dict(raw).to(device)
             valid = raw["valid"].to(device)
             user = model(batch, tables).float()
@@ -111,12 +131,14 @@ def evaluate(model: SequentialRecommender, batches: Iterable[dict], *, ks: list[
                 ranks = _sharded_ranks(user, items, tables.first_id, batch.targets, item_chunk, seen)
             else:
                 ranks = target_ranks(user, items, batch.targets, item_chunk, seen)
-            sums[:-1] += ranking_sums(ranks, ks, valid)
-            sums[-1] += valid.sum()
+            sums[:-2] += ranking_sums(ranks, ks, valid)
+            sums[-2] += valid.sum()
             distributed.beat()
     model.train(was_training)
     sums = distributed.all_reduce(sums).cpu()
-    count = sums[-1].item()
-    out = {name: (v / count if count else math.nan) for name, v in zip(metric_names(ks), sums[:-1].tolist())}
+    if sums[-1].item():
+        raise StopRequested()
+    count = sums[-2].item()
+    out = {name: (v / count if count else math.nan) for name, v in zip(metric_names(ks), sums[:-2].tolist())}
     out["users"] = int(count)
     return out

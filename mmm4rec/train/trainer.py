@@ -3,8 +3,13 @@ exports and the run summary.
 
 The step never waits on the device: between log boundaries (every train.log_every optimizer steps) nothing reads a
 device value on the host — the loss and token counts accumulate on the device, the gradient norm is computed only
-on log steps, and the preemption flag is agreed on at log boundaries (so SIGTERM takes effect within
-train.log_every steps). Validation, checkpoints and exports are boundaries of their own.
+on log steps. Validation, checkpoints and exports are boundaries of their own.
+
+A stop request (SIGTERM / SIGUSR1; ``Preemption``) is honoured in every phase of ``fit``: between training steps
+(one process reads its flag after every step; several agree about once a second, or after every step when a step
+takes longer), between batches of users of a validation (the checkpoint then records the validation as pending,
+and the resumed run redoes it first) and of the final test evaluation (the export is written by then; the test
+is not, and no summary.json: the same command again tests the export). Each ends with a checkpoint and exit 0.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ from ..model import Batch, ItemFeatures, SequentialRecommender, build_model, fro
 from ..provenance import provenance
 from ..serving.export import item_features, write_export
 from .checkpoint import Checkpointer, CheckpointError
-from .evaluation import evaluate
+from .evaluation import StopRequested, evaluate
 from .monitor import Monitor, peak_memory_mb
 from .rundir import RunDir
 
@@ -50,6 +55,7 @@ class Progress:
     bad_evals: int = 0  # validations in a row without improvement
     wall_time_s: float = 0.0  # training time over all resumes
     history: list = field(default_factory=list)  # validation metrics, one entry per validation
+    pending_validation: Optional[int] = None  # the epoch of a validation a stop request interrupted
 
     @classmethod
     def from_state(cls, state: dict) -> "Progress":
@@ -71,23 +77,44 @@ class Data:
 
 
 class Preemption:
-    """SIGTERM / SIGUSR1 set a flag; the loop stops at the next log boundary, once every rank agrees."""
+    """SIGTERM / SIGUSR1 set a flag; training stops after the step where every rank has agreed on it.
+
+    One process reads its own flag after every step (no device sync). Several must stop at the same step, so they
+    agree by an all-reduce — a host sync, hence not after every step: about every ``AGREE_S`` seconds, the number
+    of steps between agreements derived from the slowest rank's step time (the reduced maximum, identical on every
+    rank), and after every step when a step takes longer than that."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    AGREE_S = 1.0
 
-    def __init__(self):
+    def __init__(self, world_size: int = 1, step: int = 0):
         self.requested = False
+        self.world = world_size
+        self._next, self._last = step + 1, (step, time.time())
         self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame):
         if not self.requested:
-            log.warning("received %s: stopping at the next log boundary with a checkpoint",
-                        signal.Signals(signum).name)
+            log.warning("received %s: stopping with a checkpoint (training: after the current step; validation or "
+                        "test: after the current batch of users)", signal.Signals(signum).name)
         self.requested = True
 
-    def agreed(self, device) -> bool:
-        flag = torch.tensor([float(self.requested)], device=device)
-        return bool(distributed.all_reduce(flag, "max").item())
+    def __call__(self) -> bool:
+        """This rank's flag (what an evaluation asks between batches)."""
+        return self.requested
+
+    def agreed(self, step: int, device) -> bool:
+        """Whether every rank stops after ``step`` (called after every optimizer step, on every rank)."""
+        if self.world == 1:
+            return self.requested
+        if step < self._next:
+            return False
+        now = time.time()
+        per_step = (now - self._last[1]) / max(step - self._last[0], 1)
+        flag, slowest = distributed.all_reduce(torch.tensor([float(self.requested), per_step], dtype=torch.float64,
+                                                            device=device), "max").tolist()
+        self._next, self._last = step + max(1, int(self.AGREE_S / max(slowest, 1e-6))), (step, now)
+        return bool(flag)
 
     def restore(self):
         for s, handler in self.previous.items():
@@ -126,6 +153,7 @@ class Trainer:
         self.progress = Progress()
         self.digest = cfg.digest()
         self.monitor: Optional[Monitor] = None
+        self._preempt: Optional[Preemption] = None  # installed by fit
         self._clock = time.time()
         self.provenance = provenance(world_size=env.world_size, launcher=env.launcher,
                                      dataset=cfg.data.dataset, dataset_hash=data.dataset_hash)
@@ -140,9 +168,10 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _evaluate(self, model, stream: EvalStream, gather=None) -> dict:
+        """Metrics; StopRequested when a stop request came during it."""
         e = self.cfg.eval
         return evaluate(model, stream, ks=e.ks, item_chunk=e.item_chunk, device=self.device,
-                        mask_history=e.mask_history, gather_params=gather)
+                        mask_history=e.mask_history, gather_params=gather, stop=self._preempt)
 
     def _export(self, path) -> None:
         """A self-contained export (mmm4rec.serving.export) written beside ``path`` and renamed into place by
@@ -207,27 +236,40 @@ class Trainer:
         self.monitor = Monitor(self.run, self.env, purge_step=self.progress.global_step + 1
                                if self.progress.global_step else None)
         log.info("%s: %s", t.task, self.stream.describe())
-        preempt = Preemption()
+        # installed until fit returns: the final test evaluation honours a stop request too
+        preempt = self._preempt = Preemption(self.env.world_size, self.progress.global_step)
         try:
-            while self.stream.epoch < t.epochs and not self._done():
-                epoch = self.stream.epoch
-                ended = self._train_epoch(epoch, preempt)
-                if ended == "preempted":
-                    distributed.stop_watchdog()
-                    self.monitor.close()
-                    return None
-                stopped = ended == "stopped" or (self.validation is not None and self._validate(epoch))
-                self._checkpoint()
+            try:
+                stopped = False
+                if self.progress.pending_validation is not None:  # a stop request interrupted it: redo it
+                    stopped = self._validate(self.progress.pending_validation)  # the next checkpoint records it
+                while not stopped and self.stream.epoch < t.epochs and not self._done():
+                    epoch = self.stream.epoch
+                    ended = self._train_epoch(epoch, preempt)
+                    if ended == "preempted":
+                        return self._stopped(None)
+                    stopped = ended == "stopped" or (self.validation is not None and self._validate(epoch))
+                    self._checkpoint()
+                    if ended == "max_steps":
+                        break
                 if stopped:
                     log.info("early stopping: no %s improvement in %d validations", self.cfg.eval.metric,
                              t.patience)
-                    break
-                if ended == "max_steps":
-                    break
+            except StopRequested:
+                self._checkpoint()  # progress.pending_validation is set: the resumed run validates first
+                log.warning("stop requested during validation at step %d: checkpoint written, exiting for requeue "
+                            "(the resumed run redoes this validation)", self.progress.global_step)
+                return self._stopped(None)
+            finally:
+                distributed.stop_watchdog()
+            summary = self._finish()
+            self.monitor.close()
+            return summary
         finally:
             preempt.restore()
-            distributed.stop_watchdog()
-        summary = self._finish()
+
+    def _stopped(self, summary: Optional[dict]) -> Optional[dict]:
+        distributed.stop_watchdog()
         self.monitor.close()
         return summary
 
@@ -267,11 +309,11 @@ class Trainer:
             end_of_epoch = self.stream.step == 0
             if log_step or end_of_epoch:
                 self._log_train(step, epoch, window, steps)
-                if preempt.agreed(self.device):
-                    self._checkpoint()
-                    log.warning("preempted at step %d: checkpoint written, exiting for requeue", step)
-                    ended = "preempted"
-                    break
+            if preempt.agreed(step, self.device):
+                self._checkpoint()
+                log.warning("preempted at step %d: checkpoint written, exiting for requeue", step)
+                ended = "preempted"
+                break
             if e.every_steps and step % e.every_steps == 0 and not end_of_epoch and self.validation is not None:
                 if self._validate(epoch):
                     ended = "stopped"
@@ -326,7 +368,10 @@ class Trainer:
         p, e = self.progress, self.cfg.eval
         if p.history and p.history[-1]["step"] == p.global_step:  # a step validation just before an epoch end
             return p.bad_evals >= self.cfg.train.patience
+        log.info("validating at step %d", p.global_step)
+        p.pending_validation = epoch  # what a checkpoint written while it runs records
         metrics = self._evaluate(self.model, self.validation, self._gather_params())
+        p.pending_validation = None
         value = metrics[e.metric]
         p.history.append({"epoch": epoch, "step": p.global_step, **metrics})
         if value > p.best:
@@ -341,8 +386,9 @@ class Trainer:
                  p.best, p.best_epoch)
         return p.bad_evals >= self.cfg.train.patience
 
-    def _finish(self) -> dict:
-        """Export (the best validated weights when there was validation), test (fine-tuning), write summary.json."""
+    def _finish(self) -> Optional[dict]:
+        """Export (the best validated weights when there was validation), test (fine-tuning), write summary.json
+        (None, no summary, when a stop request interrupted the test)."""
         p, cfg = self.progress, self.cfg
         export = self.run.export
         if p.best_epoch < 0:
@@ -359,7 +405,13 @@ class Trainer:
         test = None
         if cfg.train.task == "finetune":
             best = from_pretrained(export, self.data.features, expect=cfg.model).to(self.device)
-            test = self._evaluate(best, eval_stream(cfg, self.data, self.env, "test"))
+            log.info("testing %s", export)
+            try:
+                test = self._evaluate(best, eval_stream(cfg, self.data, self.env, "test"))
+            except StopRequested:
+                log.warning("stop requested during the test evaluation: %s is written, its test metrics and "
+                            "summary.json are not; the same command again tests it", export)
+                return None
             self.monitor.scalars(p.global_step, {f"test/{k}": v for k, v in test.items()})
             log.info("test: %s", ", ".join(f"{k} {v:.4f}" for k, v in test.items() if k != "users"))
         summary = {
