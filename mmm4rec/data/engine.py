@@ -108,7 +108,7 @@ class Engine:
         return self.con.execute(sql).fetchall()
 
     def value(self, sql: str) -> Any:
-        return self.con.execute(sql).fetchone()[0]
+        return self.con.execute(sql).fetchall()[0][0]  # whole: DuckDB 2 refuses new work while a result is open
 
     def table_from_arrow(self, name: str, table: Any) -> None:
         """Table ``name`` holding an Arrow table's rows."""
@@ -143,6 +143,10 @@ class Engine:
             self.execute("SET preserve_insertion_order = true")  # row ids follow the file: line numbers
             self.execute(f"CREATE OR REPLACE TABLE {name}_raw AS SELECT line FROM {source}")
         except self.duckdb.Error as e:
+            too_long = re.search(r"CSV Error on Line: (\d+)", str(e)) if "Maximum line size" in str(e) else None
+            if too_long:
+                raise DataError(f"{path}:{too_long[1]}: a line larger than {MAX_LINE_BYTES >> 20} MiB, the longest "
+                                "a table may hold") from None
             raise DataError(f"{path}: cannot read: {_first_line(e)}") from None
         finally:
             self.execute("SET preserve_insertion_order = false")

@@ -45,6 +45,8 @@ from .engine import (LIST, WHITESPACE, Engine, Problems, csv_fields, id_problem,
                      seconds_problem, text_id, text_seconds, trimmed, typed_id, typed_seconds)
 from .schema import MAX_TIMESTAMP, BadRecords, DataError, InvalidRecord, Manifest
 from .shards import sha256_file
+from .engine import MAX_LINE_BYTES
+from ..config import short_repr
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,12 @@ class Table:
         self.format = table_format(self.path)
         with _reading(self.path):
             self.columns = self._header()
+        if self.format in ("csv", "tsv") and len(self.columns) == 1:
+            other = next((d for d in ";,\t|" if d != self._delimiter and d in self.columns[0]), None)
+            if other:  # e.g. a spreadsheet's "CSV" in a locale whose decimal mark is the comma
+                raise DataError(f"{self.path}:1: the header is one column, {short_repr(self.columns[0])}: its "
+                                f"fields are separated by {other!r}, and a .{self.format} file's by "
+                                f"{self._delimiter!r}; convert the file (or name a tab-separated one .tsv)")
         if self.columns is not None and len(set(self.columns)) < len(self.columns):
             twice = next(c for c in self.columns if self.columns.count(c) > 1)
             raise DataError(f"{self.path}: column {twice!r} appears twice in the header")
@@ -211,16 +219,46 @@ class Table:
         bad.report("bad_record", f"{self.where(n)}: {got} fields, the header has {len(self.columns)}")
 
     def _csv_rows(self, bad: BadRecords) -> Iterator[tuple[int, dict[str, Any]]]:
-        with _open(self.path) as f:
-            reader = csv.reader(f, delimiter=self._delimiter)
-            next(reader)
-            for row in reader:
-                if not row:
-                    continue
-                if len(row) != len(self.columns):
-                    self._fields_mismatch(bad, reader.line_num, len(row))
-                    continue
-                yield reader.line_num, dict(zip(self.columns, row))
+        """Rows by csv's rules (a quoted value may span lines), but a stray quote costs its own row only: a row
+        read over several lines that is not well-formed (csv's strict rules: a closing quote followed by a
+        delimiter or the end of its line) or has the wrong number of fields is a bad record at its first line, and
+        the lines after that one are read again as rows of their own. A row of one line keeps csv's lenient
+        rules (as the SQL pass). Cells up to the engine's longest line are read: csv's own limit, 128 KiB, refused
+        an ordinary long description."""
+        limit = csv.field_size_limit(MAX_LINE_BYTES)
+        try:
+            with _open(self.path) as f:
+                lines = _Lines(f)
+                reader = csv.reader(lines, delimiter=self._delimiter, strict=True)
+                next(reader)
+                while True:
+                    first, problem = lines.mark(), None
+                    try:
+                        row = next(reader, None)
+                    except csv.Error as e:
+                        row, problem = [], str(e)
+                        if lines.taken() == 1:  # one line: csv's lenient rules, as the SQL pass reads it
+                            try:
+                                row, problem = next(csv.reader([lines.row[0][1]], delimiter=self._delimiter)), None
+                            except csv.Error as e2:
+                                problem = str(e2)
+                    if row is None:
+                        return
+                    if problem is None and (not row or len(row) == len(self.columns)):
+                        if row:
+                            yield first, dict(zip(self.columns, row))
+                        continue
+                    if lines.taken() > 1:
+                        what = problem or f"{len(row)} fields over {lines.taken()} lines"
+                        bad.report("bad_record", f"{self.where(first)}: a quote opened in this line is not closed "
+                                                 f"where its row should end ({what}); only this line is skipped")
+                        lines.replay_after_first()
+                    elif problem is not None:
+                        bad.report("bad_record", f"{self.where(first)}: {problem}")
+                    else:
+                        self._fields_mismatch(bad, first, len(row))
+        finally:
+            csv.field_size_limit(limit)
 
     def _atomic_rows(self, bad: BadRecords) -> Iterator[tuple[int, dict[str, Any]]]:
         with _open(self.path) as f:
@@ -256,6 +294,38 @@ class Table:
             for row in batch.to_pylist():
                 n += 1
                 yield n, row
+
+
+class _Lines:
+    """A text file's lines for csv.reader, numbered from 1, with the lines of the row being read kept so that a
+    damaged row's lines after its first can be read again."""
+
+    def __init__(self, f: IO[str]):
+        self.f, self.n, self.again, self.row = f, 0, [], []
+
+    def __iter__(self) -> "_Lines":
+        return self
+
+    def __next__(self) -> str:
+        if self.again:
+            self.n, line = self.again.pop()
+        else:
+            line = next(self.f)
+            self.n += 1
+        self.row.append((self.n, line))
+        return line
+
+    def mark(self) -> int:
+        """Start a row; the number of its first line."""
+        self.row = []
+        return (self.again[-1][0] if self.again else self.n + 1)
+
+    def taken(self) -> int:
+        return len(self.row)
+
+    def replay_after_first(self) -> None:
+        self.again.extend(reversed(self.row[1:]))
+        self.row = []
 
 
 # ----------------------------------------------------------------------------------------------------------- cells

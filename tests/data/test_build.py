@@ -279,7 +279,7 @@ def test_ranks_write_disjoint_partitions_and_assemble_the_same_dataset(tmp_path)
     script = str(REPO / "tools" / "write_shards.py")
     done = subprocess.run([PYTHON, script, str(work), "--assemble", str(tmp_path / "ds")], capture_output=True,
                           text=True, env=run_env(), timeout=120)
-    assert done.returncode == 1 and "8 partitions are not written yet" in done.stderr
+    assert done.returncode == 2 and "8 partitions are not written yet" in done.stderr
     for rank in (1, 0):
         env = {**run_env(), "SLURM_ARRAY_TASK_ID": str(rank + 3), "SLURM_ARRAY_TASK_MIN": "3",
                "SLURM_ARRAY_TASK_COUNT": "2"}
@@ -428,6 +428,6 @@ def test_nonsense_sizes_are_one_line_errors(tmp_path, option, value):
     inter, items = synthetic_events(tmp_path / "raw", users=50)
     done = subprocess.run(_convert_cmd(inter, items, tmp_path / "ds", option, value), env=run_env(),
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: ") and "must be an integer of at least 1" in done.stderr
     assert not (tmp_path / "ds").exists() and not (tmp_path / ".ds.build").exists()

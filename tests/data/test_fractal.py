@@ -202,7 +202,7 @@ def test_cli(source, tmp_path):
 
     missing = subprocess.run([PYTHON, tool, "--input", str(tmp_path / "nowhere" / "ml-1m"), "--events", "100",
                               "--out", str(tmp_path / "x")], capture_output=True, text=True, env=run_env(), timeout=60)
-    assert missing.returncode == 1 and missing.stderr.startswith("error: ") and "cannot read" in missing.stderr
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "cannot read" in missing.stderr
     bad = subprocess.run([PYTHON, tool, "--events", "1.5", "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, env=run_env(), timeout=60)
     assert bad.returncode == 2 and "not a positive whole number" in bad.stderr

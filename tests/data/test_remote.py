@@ -441,7 +441,7 @@ def test_inspect_dataset_reads_a_pipe_only_with_allow_pipe(toy):
 
     piped = f"pipe:cat {toy}/{{name}}"
     refused, allowed = inspect(piped), inspect(piped, "--allow-pipe", "--verify")
-    assert refused.returncode == 1 and refused.stderr == (
+    assert refused.returncode == 2 and refused.stderr == (
         f"error: data.dataset={piped!r}: a pipe: location runs a shell command; allow it with data.allow_pipe=true\n")
     assert allowed.returncode == 0 and allowed.stdout.startswith("toy: 6 users, 12 items"), allowed.stderr
     assert "seqs: 2 shards, 6 samples" in allowed.stdout and "checksums verified" in allowed.stdout

@@ -418,10 +418,10 @@ def test_cli_bad_input_is_one_line(tmp_path):
     edit_row(inter, 4, 2, "1.25")
     done = cli("--interactions", inter, "--items", items, "--out", tmp_path / "out", "--strict",
                "--text-fields", "title")
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (f"error: {inter}:4: timestamp '1.25' is not integer Unix seconds")
     done = cli("--interactions", inter, "--items", items, "--out", tmp_path / "out", "--text-fields", "title",
                "--list-fields", "genres")
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr.strip() == "error: --list-fields genres: not among the --text-fields columns"
     assert not (tmp_path / "out").exists()
