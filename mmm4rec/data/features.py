@@ -466,6 +466,9 @@ class _StoreLock:
         self.file.flush()
 
     def release(self) -> None:
+        """Unlinked before it is unlocked: whoever opens the name later gets a fresh file to lock (a build that
+        opened the old one meanwhile was refused, never made to wait on it)."""
+        self.path.unlink(missing_ok=True)
         self.file.close()
 
 
@@ -591,11 +594,13 @@ def ensure_features(location: DatasetLike, encoder_cfg: EncoderConfig,
                 encode(dataset.items[idx], parts / f"{idx:06d}")
                 log.info("rank %d: item shard %d/%d encoded", group.rank, idx + 1, len(dataset.items))
 
-        group.run(encode_my_shards)
-        manifest = group.run(lambda: _merge(store_dir, dataset, encoder_cfg, parts, plan, strict, group.world,
-                                            started), rank0_only=True)
-        if group.rank == 0:  # kept on a failure: the same build again resumes from the finished parts
-            shutil.rmtree(parts, ignore_errors=True)
+        try:
+            group.run(encode_my_shards)
+            manifest = group.run(lambda: _merge(store_dir, dataset, encoder_cfg, parts, plan, strict, group.world,
+                                                started), rank0_only=True)
+        finally:
+            if group.rank == 0:  # a failed build leaves nothing; only a killed one leaves parts to resume from
+                shutil.rmtree(parts, ignore_errors=True)
     finally:
         for held in lock:
             held.release()
