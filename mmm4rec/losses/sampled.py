@@ -22,6 +22,8 @@ from .weights import sample_weights
 
 
 class SampledSoftmax(nn.Module):
+    needs_target_counts = True  # the popularity sampler and the logQ correction read them
+
     def __init__(self, t: TrainConfig, target_counts: np.ndarray):
         super().__init__()
         counts = np.asarray(target_counts, dtype=np.float64).copy()

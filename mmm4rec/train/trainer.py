@@ -25,12 +25,13 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..config import RunConfig, flatten
-from ..data.features import FeatureStore
-from ..data.stream import EvalStream, SeqIndex, TrainStream
+from ..data.stream import EvalStream, TrainStream
 from ..distributed import DistEnv, barrier
-from ..model import Batch, ItemFeatures, SequentialRecommender, build_model, from_pretrained
+from ..model import Batch, SequentialRecommender, build_model, from_pretrained
+from ..model.items import item_features
 from ..provenance import provenance
-from ..serving.export import item_features, write_export
+from ..serving.export import write_export
+from .assembly import Data, eval_stream
 from .checkpoint import Checkpointer, CheckpointError
 from .evaluation import evaluate
 from .monitor import Monitor, peak_memory_mb
@@ -55,19 +56,6 @@ class Progress:
     def from_state(cls, state: dict) -> "Progress":
         known = {k: v for k, v in state.items() if k in cls.__dataclass_fields__}
         return cls(**known)
-
-
-@dataclass
-class Data:
-    features: ItemFeatures
-    store: FeatureStore  # where the features come from (exports carry it)
-    seq_index: SeqIndex
-    bad_records: dict  # counted skips of this run's inputs
-    dataset_hash: str  # sha256 of dataset.json: what the run trained on
-
-    @property
-    def item_index(self) -> dict[str, int]:
-        return self.store.index
 
 
 class Preemption:
@@ -397,15 +385,6 @@ def hparams(cfg: RunConfig, env: DistEnv, global_batch: int, data: Data) -> dict
                    "encoder": vars(cfg.data.encoder)})
     return out | {"world_size": env.world_size, "global_batch": global_batch, "loss": cfg.loss_name,
                   "num_items": data.features.num_items}
-
-
-def eval_stream(cfg: RunConfig, data: Data, env: DistEnv, split: str, users=None) -> EvalStream:
-    """The one definition of an evaluation stream of a run (validation, test, the evaluate launcher)."""
-    e = cfg.eval
-    kwargs = {} if users is None else {"users": users}
-    return EvalStream(data.seq_index, data.item_index, split=split, max_len=cfg.model.max_len,
-                      batch_size=e.batch_size, rank=env.rank, world=env.world_size, mask_history=e.mask_history,
-                      **kwargs)
 
 
 def _link_or_copy(src: str, dst: str) -> None:
