@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import math
 import reprlib
 import types
@@ -301,17 +299,6 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    def digest(self) -> str:
-        """Hash of the architecture-relevant parts, stored in checkpoints to catch mismatched resumes."""
-        model = dataclasses.asdict(self.model)
-        for how in IMPLEMENTATION_CHOICES:  # same model, other kernels: checkpoints stay interchangeable
-            model.pop(how)
-        return hashlib.sha256(json.dumps(model, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# Model settings that choose how the same math runs, not what it computes.
-IMPLEMENTATION_CHOICES = ("kernels", "stack_streams")
 
 
 # ------------------------------------------------------------------------------------------- building from dicts

@@ -100,8 +100,8 @@ class SequentialRecommender(nn.Module):
         exactly the batch's items (b·L rows: a static shape, whatever the batch holds)."""
         if tables is not None and tables.first_id == 0 and not self.sharded:
             return tuple(x[batch.items] for x in tables.inputs)
-        rows = self.item_tables(batch.items.flatten()).inputs
-        return tuple(x.view(*batch.items.shape, -1) for x in rows)
+        return history_and_candidates(self, batch)[0]
+
 
     def forward(self, batch: Batch, tables: Optional[ItemTables] = None) -> torch.Tensor:
         """User vectors of ``batch`` (with autograd; the training losses call this)."""
@@ -147,6 +147,16 @@ class SequentialRecommender(nn.Module):
                                         f"shape mismatch {shapes[:8]}" if shapes else "") if p)
             )
         self.load_state_dict(theirs, strict=False)  # strictness checked above; only the dropped tables differ
+
+
+def history_and_candidates(model: "SequentialRecommender", batch: Batch, ids: Optional[torch.Tensor] = None
+                           ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """One ``model.item_tables`` call for the batch's b·L history items followed by the items ``ids`` (e.g. a
+    loss's candidates): the history rows, (b, L, N) per input stream, and the candidate vectors of ``ids``."""
+    b, L = batch.items.shape
+    wanted = batch.items.flatten() if ids is None else torch.cat([batch.items.flatten(), ids])
+    tables = model.item_tables(wanted)
+    return tuple(x[: b * L].view(b, L, -1) for x in tables.inputs), tables.scores[b * L :]
 
 
 def init_weights(module: nn.Module) -> None:

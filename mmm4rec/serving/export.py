@@ -38,6 +38,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..config import ConfigError, ModelConfig, from_dict, short_repr
+from ..data.atomic import Layout
 from ..data.features import HASHES, IMAGE, ITEMS, MANIFEST, MISSING, TEXT, FeatureStore
 from ..data.schema import PAD_KEY, DataError
 from ..data.shards import sha256_file
@@ -50,6 +51,8 @@ OLD_FORMATS = ("mmm4rec-export/1",)  # config.json outside every hash: refused, 
 IDENTITY = "export.json"
 CONFIG, MODEL, CANDIDATES, FEATURES = "config.json", "model.safetensors", "candidates.safetensors", "features"
 REQUIRED = (CONFIG, MODEL, ITEMS, CANDIDATES)  # what every export's export.json must list
+# An export written before folders carried the project's marker (data/atomic.py): still ours to replace.
+EXPORT_LAYOUT = Layout(IDENTITY, EXPORT_FORMAT, (IDENTITY, *REQUIRED, FEATURES, ".*"))
 PINNED = (TEXT, IMAGE, MISSING, ITEMS)  # the store files that decide the model inputs, pinned by sha256
 SHA256 = re.compile(r"[0-9a-f]{64}")
 # Candidates are recomputed from the model on load: an export whose stored vectors disagree beyond float

@@ -19,6 +19,7 @@ import torch
 
 from .. import distributed
 from ..config import ConfigError, RunConfig, save_config
+from ..data.atomic import write_atomic
 from ..data.schema import DataError, Manifest
 from ..model import build_model, from_pretrained
 from ..model.ssd import triton_usable
@@ -29,7 +30,7 @@ from .checkpoint import CheckpointError
 from .engine import step_precision
 from .evaluation import evaluate
 from .monitor import announce, setup_logging
-from .rundir import Claim, RunDir, export_of
+from .rundir import Claim, RunDir, export_of, model_digest
 from .trainer import Trainer
 
 log = logging.getLogger("mmm4rec")
@@ -80,7 +81,7 @@ def _claim(cfg: RunConfig, env, run: RunDir, dataset: Manifest) -> Claim:
         run.lock()
         claim = run.check(cfg, dataset.digest)
         if claim.continuing:
-            run.check_checkpoints(cfg.digest(), env)
+            run.check_checkpoints(model_digest(cfg), env)
         return claim
 
     claim = distributed.on_main(check)
@@ -153,6 +154,5 @@ def _evaluate(cfg: RunConfig, env, args, run: RunDir) -> int:
         print(json.dumps(out, indent=2))
         where = Path(args.run_dir) if args.run_dir else (export.parent if export.name == "export" else export)
         where.mkdir(parents=True, exist_ok=True)
-        name = f"eval-{args.split}{'-masked' if e.mask_history else ''}.json"
-        (where / name).write_text(json.dumps(out, indent=2))
+        write_atomic(where / f"eval-{args.split}{'-masked' if e.mask_history else ''}.json", json.dumps(out, indent=2))
     return 0
