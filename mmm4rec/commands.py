@@ -22,14 +22,10 @@ from typing import Callable, Optional
 
 import yaml
 
-from .config import PRESET_DIR, ConfigError, EncoderConfig, RunConfig, load_config
+from .config import ConfigError, EncoderConfig, RunConfig, load_config, presets
 from .registry import load_plugins
 
 TRAINING = ("pretrain", "finetune", "evaluate")
-
-
-def presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
 # ------------------------------------------------------------------------------------------------------ training

@@ -382,6 +382,11 @@ def parse_override(text: str) -> dict:
     return value
 
 
+def presets() -> list[str]:
+    """The names of the shipped presets (mmm4rec/presets/*.yaml)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
 def resolve_preset(preset: str) -> Path:
     path = Path(preset)
     if path.suffix in (".yaml", ".yml") and path.exists():
@@ -389,7 +394,7 @@ def resolve_preset(preset: str) -> Path:
     named = PRESET_DIR / f"{preset}.yaml"
     if named.exists():
         return named
-    choices = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+    choices = ", ".join(presets())
     raise ConfigError(f"no preset {short_repr(preset)}: not a YAML file and not one of: {choices}")
 
 

@@ -470,10 +470,6 @@ class TrainStream:
                 f"(global batch), {self.partitions} partitions of {plan.chunk} per step, "
                 f"{plan.steps * self.global_batch - plan.total} rows of weight 0 fill the last step")
 
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.step = epoch, 0
-
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "partitions": self.partitions,
                 "global_batch": self.global_batch, "users": str(self.users) if self.users else None}

@@ -47,12 +47,6 @@ class ItemFeatures:
         part = lambda t: None if t is None else t[lo:hi]  # noqa: E731 — views: a memory map stays one
         return ItemFeatures(part(self.text), part(self.image), part(self.image_missing), lo, self.num_items + 1)
 
-    @classmethod
-    def placeholder(cls, num_items: int, text_dim: int, image_dim: int | None) -> "ItemFeatures":
-        image = None if image_dim is None else torch.zeros(num_items + 1, image_dim)
-        return cls(torch.zeros(num_items + 1, text_dim), image,
-                   None if image is None else torch.zeros(num_items + 1, dtype=torch.bool))
-
 
 def shard_bounds(rows: int, rank: int, world: int) -> tuple[int, int]:
     """Rows [lo, hi) of shard ``rank`` when ``rows`` rows are cut into ``world`` contiguous shards (±1 row)."""

@@ -41,6 +41,8 @@ import torch
 
 from provenance import REPO, provenance
 
+from mmm4rec.distributed import free_port
+
 DIM = 768
 GIB = 1 << 30
 HERE = Path(__file__).resolve()
@@ -311,14 +313,6 @@ def run(args, config: Config, items: int, need_gib: float) -> dict:
             break
         earlier.append(row["status"])
     return {**row, "earlier_tries": earlier} if earlier else row
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def features_path(args) -> Path:
