@@ -14,7 +14,7 @@ import contextlib
 import sys
 from typing import Iterator
 
-from .config import ConfigError
+from .errors import ConfigError
 from .data.schema import DataError
 
 
