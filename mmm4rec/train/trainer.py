@@ -30,7 +30,7 @@ from ..data.stream import EvalStream, SeqIndex, TrainStream
 from ..distributed import DistEnv, barrier
 from ..model import Batch, ItemFeatures, SequentialRecommender, build_model, from_pretrained
 from ..provenance import provenance
-from ..serving.export import item_features, write_export
+from ..serving.export import catalogue_extras, item_features, write_export
 from .checkpoint import Checkpointer, CheckpointError
 from .evaluation import evaluate
 from .monitor import Monitor, peak_memory_mb
@@ -153,7 +153,7 @@ class Trainer:
             tmp = path.with_name(path.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             try:
-                write_export(model, tmp, store=self.data.store, provenance=self.provenance)
+                write_export(model, tmp, store=self.data.store, provenance=self.provenance, **self._catalogue())
             except OSError as e:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise CheckpointError(f"{tmp}: writing the export failed ({e.strerror or e})") from None
@@ -164,6 +164,20 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
 
         distributed.on_main(write)
+
+    def _catalogue(self) -> dict:
+        """The export's popularity (the empty-history fallback) and item titles; without them (the dataset's items
+        unreadable here) the export is still written, and serving says what is missing."""
+        from ..data.dataset import load_manifest
+        from ..data.remote import DatasetSource
+
+        split = "pretrain" if self.cfg.train.task == "pretrain" else "train"
+        try:
+            return catalogue_extras(load_manifest(DatasetSource.from_config(self.cfg.data)), self.data.store,
+                                    self.data.seq_index, split)
+        except (OSError, ValueError) as e:  # DataError is a ValueError
+            log.warning("export without popularity and titles: %s", e)
+            return {}
 
     def _whole_model(self) -> Optional[SequentialRecommender]:
         """The model as one process can save and serve it (rank 0; None elsewhere). ZeRO-3 partitions parameters
