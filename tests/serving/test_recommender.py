@@ -142,7 +142,7 @@ def test_an_unknown_key_is_an_error_naming_it_or_a_counted_skip(rec, trained):
     ({"syn:01": T0}, "history 0: a history is a list of"),
     ("syn:01", "history 0: a history is a list of"),
     ([("syn:01",)], "history 0: entry 0 is not an \\[item key, unix seconds\\] pair"),
-    ([("syn:01", "yesterday")], "entry 0 is not an"),
+    ([("syn:01", "yesterday")], "entry 0: 'yesterday' is not an ISO-8601 time"),
     ([("syn:01", 1.5)], "entry 0 is not an"),
     ([("syn:01", T0), ("syn:02", T0 - 1)], "history 0: entry 1 is older than the one before it"),
 ])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import time
 
@@ -104,7 +105,7 @@ def main():
         del index, vectors, vt
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({**provenance(), "k": args.k, "clusters": args.clusters, "spread": args.spread, "queries": args.queries,
+            json.dump({**provenance(), "load_average_at_end": os.getloadavg(), "k": args.k, "clusters": args.clusters, "spread": args.spread, "queries": args.queries,
                        "torch_threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
             f.write("\n")
 
