@@ -24,14 +24,13 @@ and add_items replaces the model the others read).
 import argparse
 import base64
 import binascii
-import json
 import logging
 import math
 import sys
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("static") / "index.html"

@@ -4,7 +4,6 @@ exact when the probed lists hold too few items, and items added after the index 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from mmm4rec.serving import Recommender

@@ -9,7 +9,6 @@ import io
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,10 @@ import pytest
 from tests.conftest import subprocess_env
 from PIL import Image
 
+from mmm4rec.distributed import free_port
 from mmm4rec.serving import Recommender
 
 T0 = 881250949
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

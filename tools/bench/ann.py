@@ -102,7 +102,7 @@ def main():
             row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
             print(json.dumps(row), flush=True)
             rows.append(row)
-        del index, vectors, vt
+        index = vectors = vt = None  # free before the next size
     if args.json:
         with open(args.json, "w") as f:
             json.dump({**provenance(), "load_average_at_end": os.getloadavg(), "k": args.k, "clusters": args.clusters, "spread": args.spread, "queries": args.queries,

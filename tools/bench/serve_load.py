@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from provenance import provenance
+
+from mmm4rec.distributed import free_port
 
 T0 = 1_600_000_000
 
@@ -156,9 +157,7 @@ def main():
         export = tiny_export(Path(tmp), args.dim)
         keys = json.loads((export / "items.json").read_text())
         for items in args.items:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+            port = free_port()
             cmd = [sys.executable, __file__, "--serve", "--export", str(export), "--port", str(port), "--items",
                    str(items), "--k", str(args.k), "--direct-calls", str(args.direct_calls), "--batches",
                    *map(str, args.batches)]
