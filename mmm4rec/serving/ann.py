@@ -13,6 +13,7 @@ export's hashes on load, so the index is of exactly the served catalogue); it is
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import time
@@ -30,6 +31,11 @@ ANN_MIN_ITEMS = 100_000
 TRAIN_PER_LIST = 32  # k-means training points per list, a sample of the catalogue (the build's cost)
 HNSW_ITEMS = 2_000_000
 MAX_NLIST = 8192  # 16384 lists at 10^7 items: k-means on 2 cores takes too long for the recall it adds
+
+
+def available() -> bool:
+    """Whether FAISS is installed (the [serve] extra); without it every catalogue is ranked exactly."""
+    return importlib.util.find_spec("faiss") is not None
 
 
 def default_nlist(num_items: int) -> int:

@@ -107,6 +107,9 @@ def recommend(args: argparse.Namespace) -> int:
 
         rec = Recommender.from_pretrained(args.export, device=args.device, transfer=args.transfer,
                                           features=args.features)
+        if args.with_text and rec.texts is None:  # the export's, not a line's: stop before any scoring
+            raise DataError(f"{args.export}: --with-text, but this export stores no item texts (texts.json); "
+                            "re-export it from its run: `mmm4rec export --run RUN_DIR --out NEW_DIR`")
         users, bad = 0, {"count": 0}
         with _output(args.output) as out:
             records = _records(lines, args.input, None if args.strict else bad)

@@ -24,6 +24,7 @@ and add_items replaces the model the others read).
 import argparse
 import base64
 import binascii
+import importlib.util
 import logging
 import math
 import sys
@@ -89,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--port must be 0 to 65535, got {args.port}")
         if args.ann_min_items is not None and args.ann_min_items < 0:
             raise ConfigError(f"--ann-min-items must be >= 0, got {args.ann_min_items}")
+        missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(f"mmm4rec serve needs the [serve] extra ({', '.join(missing)} missing): pip install "
+                              "'mmm4rec[serve]' (tools/setup.sh installs it)")
         import uvicorn
 
         from .ann import ANN_MIN_ITEMS

@@ -46,6 +46,7 @@ from ..data.shards import decode_image
 from ..encoders import Encoders, build_encoders, encoder_identity
 from ..model import Batch, ItemFeatures, build_model
 from .ann import ANN_MIN_ITEMS, AnnIndex, retrieve
+from .ann import available as ann_available
 from .export import Export, load_export, resize_id_tables
 
 log = logging.getLogger(__name__)
@@ -196,8 +197,15 @@ class Recommender:
 
     @property
     def uses_ann(self) -> bool:
-        return (self.ann_min_items is not None and self.num_items >= self.ann_min_items
-                and self.device.type == "cpu")
+        wanted = (self.ann_min_items is not None and self.num_items >= self.ann_min_items
+                  and self.device.type == "cpu")
+        if wanted and not ann_available():
+            if not getattr(self, "_warned_ann", False):
+                log.warning("%d items: ANN retrieval needs faiss-cpu (pip install 'mmm4rec[serve]'); ranking the "
+                            "whole catalogue exactly instead", self.num_items)
+                self._warned_ann = True
+            return False
+        return wanted
 
     def _ann_index(self) -> AnnIndex:
         if self._ann is None or self._ann.size > self.num_items:
