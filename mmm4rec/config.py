@@ -293,6 +293,12 @@ class RunConfig:
             return self.train.loss
         return "in_batch" if self.train.task == "pretrain" else "full"
 
+    @property
+    def train_split(self) -> str:
+        """The stage-2 split the run trains on: every prefix for pre-training, up to the validation item for
+        fine-tuning (docs/model.md §11)."""
+        return "pretrain" if self.train.task == "pretrain" else "train"
+
     def global_batch(self, world_size: int) -> int:
         """Samples per optimizer step: micro-batch × accumulation × world size."""
         return self.data.batch_size * self.train.grad_accum * world_size

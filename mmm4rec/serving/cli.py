@@ -18,9 +18,7 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import sys
-from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
 from typing import IO, Iterator, Optional
@@ -46,12 +44,11 @@ def _one_line_errors(run):
 @_one_line_errors
 def export(args: argparse.Namespace) -> int:
     """A run's weights + the feature store its config names -> a new self-contained export folder."""
-    import torch
-
     from ..data.atomic import replace_folder
     from ..data.features import FeatureStore, default_features_dir
     from ..data.remote import DatasetSource
     from ..model import from_pretrained
+    from ..provenance import provenance
     from .export import catalogue_extras, item_features, write_export
 
     run, out = Path(args.run), Path(args.out)
@@ -72,26 +69,23 @@ def export(args: argparse.Namespace) -> int:
         raise DataError(f"{store.path}: {store.num_items} items, but {weights} was trained on {meta.get('num_items')}")
     model = from_pretrained(weights, item_features(store), expect=cfg.model)
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
-    provenance = {
-        "written_by": f"mmm4rec export {__version__}", "run": str(run.resolve()), "weights": args.weights,
-        "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
-        "torch": torch.__version__, "run_config": cfg.to_dict(),
-        "run_summary": {k: summary[k] for k in ("task", "test", "best_epoch", "global_step", "world_size")
-                        if k in summary},
-    }
+    prov = provenance(written_by=f"mmm4rec export {__version__}", run=str(run.resolve()), weights=args.weights,
+                      run_config=cfg.to_dict(),
+                      run_summary={k: summary[k] for k in ("task", "test", "best_epoch", "global_step", "world_size")
+                                   if k in summary})
     extras = {}
     try:  # the empty-history fallback and the titles; the export is still written without them
         from ..data.dataset import load_manifest
         from ..data.stream import SeqIndex
 
         dataset = load_manifest(DatasetSource.from_config(cfg.data))
-        split = "pretrain" if cfg.train.task == "pretrain" else "train"
-        extras = catalogue_extras(dataset, store, SeqIndex.load_or_build(dataset, store.index, store.path), split)
+        extras = catalogue_extras(dataset, store, SeqIndex.load_or_build(dataset, store.index, store.path),
+                                  cfg.train_split)
     except (OSError, ValueError, ConfigError) as e:  # DataError is a ValueError
         print(f"warning: export without popularity and titles (the dataset is not readable here: {e})",
               file=sys.stderr)
     with replace_folder(out) as tmp:  # out does not exist: nothing is replaced, the export appears complete
-        write_export(model, tmp, store=store, provenance=provenance, copy_features=not args.reference_features,
+        write_export(model, tmp, store=store, provenance=prov, copy_features=not args.reference_features,
                      **extras)
     print(json.dumps({"export": str(out), "items": store.num_items, "features": "referenced" if
                       args.reference_features else "copied"}))

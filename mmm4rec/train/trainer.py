@@ -155,10 +155,9 @@ class Trainer:
         from ..data.dataset import load_manifest
         from ..data.remote import DatasetSource
 
-        split = "pretrain" if self.cfg.train.task == "pretrain" else "train"
         try:
             return catalogue_extras(load_manifest(DatasetSource.from_config(self.cfg.data)), self.data.store,
-                                    self.data.seq_index, split)
+                                    self.data.seq_index, self.cfg.train_split)
         except (OSError, ValueError) as e:  # DataError is a ValueError
             log.warning("export without popularity and titles: %s", e)
             return {}
