@@ -1,5 +1,6 @@
 """The ``mmm4rec`` command (sub-commands) and the ``mmm4rec-<task>`` console scripts.
 
+  mmm4rec prepare --interactions T --items T --out DIR --name DOMAIN --text-fields COL … [--time-format …]
   mmm4rec pretrain|finetune|evaluate --config PRESET --set key=value … [--print-config]
   mmm4rec extract --dataset DIR [--text NAME|PATH] [--image NAME|PATH]
   mmm4rec export --run RUN_DIR --out DIR
@@ -20,7 +21,7 @@ from typing import Callable, Optional
 
 import yaml
 
-from .config import PRESET_DIR, ConfigError, EncoderConfig, RunConfig, load_config
+from .config import PRESET_DIR, ConfigError, EncoderConfig, RunConfig, load_config, named_after_dataset
 
 TRAINING = ("pretrain", "finetune", "evaluate")
 
@@ -64,7 +65,7 @@ def resolved_config(task: str, args: argparse.Namespace) -> RunConfig:
                               "pass --config")
         preset = str(own)
     sets = list(args.set) + ([f"train.task={task}"] if task in ("pretrain", "finetune") else [])
-    return load_config(preset, sets)
+    return named_after_dataset(load_config(preset, sets), preset, args.set)
 
 
 def print_config(cfg: RunConfig) -> None:
@@ -171,7 +172,15 @@ def _run_recommend(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------- the CLI
+def _run_prepare(args: argparse.Namespace, argv: list[str]) -> int:
+    from .data.prepare import run_prepare
+
+    return run_prepare(args)
+
+
 COMMANDS: dict[str, tuple[str, Callable]] = {
+    "prepare": ("your own interaction + item tables (CSV/TSV/JSONL/Parquet, RecBole) -> a dataset folder",
+                _run_prepare),
     "pretrain": ("pre-train on a (multi-domain) dataset", _run_training),
     "finetune": ("fine-tune on one domain", _run_training),
     "evaluate": ("full-ranking metrics of an export on a dataset split", _run_training),
@@ -190,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
         parser = sub.add_parser(name, help=summary, description=summary)
         if name in TRAINING:
             add_training_arguments(parser, name)
+        elif name == "prepare":
+            from .data.prepare import add_prepare_arguments
+
+            add_prepare_arguments(parser)
         else:
             {"extract": add_extract_arguments, "export": add_export_arguments,
              "recommend": add_recommend_arguments}[name](parser)
