@@ -48,10 +48,19 @@ def add_training_arguments(p: argparse.ArgumentParser, task: str) -> argparse.Ar
     return p
 
 
+EVALUATE_HELP = (
+    "Full-ranking evaluation of an export (a run's export/ or any export folder): for every user of the split, "
+    "the held-out next item is ranked against every item of the catalogue; prints HR@k, NDCG@k and MRR "
+    "(eval.ks) as JSON and writes eval-<split>[-masked].json into the run (or --run-dir). Uses the run's own "
+    "config.yaml unless --config is given; --set eval.mask_history=true does not rank the user's own earlier "
+    "items. Under torchrun the users are split over the ranks (same numbers).")
+
+
 def training_parser(task: str, prog: Optional[str] = None) -> argparse.ArgumentParser:
     """The arguments of the pretrain / finetune / evaluate launchers."""
+    description = EVALUATE_HELP if task == "evaluate" else f"MMM4Rec {task}"
     return add_training_arguments(argparse.ArgumentParser(prog=prog or f"mmm4rec {task}",
-                                                          description=f"MMM4Rec {task}"), task)
+                                                          description=description), task)
 
 
 def resolved_config(task: str, args: argparse.Namespace) -> RunConfig:
@@ -96,6 +105,7 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--max-text-tokens", type=int, default=defaults.max_text_tokens)
     p.add_argument("--strict", action="store_true", help="bad input is an error instead of a counted skip")
+    p.add_argument("--print-config", action="store_true", help="print the resolved settings (YAML) and exit")
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher adds it
     return p
 
@@ -103,6 +113,16 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser
 def _run_extract(args: argparse.Namespace, argv: list[str]) -> int:
     """Stage 1: encode every item of a dataset into its feature store (or bring it up to date), in one process or
     on every rank of a torchrun job; prints a JSON summary."""
+    cfg = EncoderConfig(text=args.text, image=args.image, batch_size=args.batch_size,
+                        max_text_tokens=args.max_text_tokens)
+    if args.print_config:
+        import dataclasses
+
+        settings = {"dataset": args.dataset,
+                    "features": args.features or "(default) <dataset>/features/<encoder slug>",
+                    "strict": args.strict, "encoder": dataclasses.asdict(cfg)}
+        sys.stdout.write(yaml.safe_dump(settings, sort_keys=False))
+        return 0
     import logging
 
     from . import distributed
@@ -112,8 +132,6 @@ def _run_extract(args: argparse.Namespace, argv: list[str]) -> int:
     env = distributed.init()
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
                         format=f"%(asctime)s [rank {env.rank}] %(name)s: %(message)s")
-    cfg = EncoderConfig(text=args.text, image=args.image, batch_size=args.batch_size,
-                        max_text_tokens=args.max_text_tokens)
     try:
         path = ensure_features(args.dataset, cfg, args.features, strict=args.strict)
         if env.is_main:
@@ -183,7 +201,7 @@ COMMANDS: dict[str, tuple[str, Callable]] = {
                 _run_prepare),
     "pretrain": ("pre-train on a (multi-domain) dataset", _run_training),
     "finetune": ("fine-tune on one domain", _run_training),
-    "evaluate": ("full-ranking metrics of an export on a dataset split", _run_training),
+    "evaluate": ("full-ranking metrics (HR@k, NDCG@k, MRR) of an export on a dataset split", _run_training),
     "extract": ("stage 1: build or update a dataset's feature store", _run_extract),
     "export": ("a self-contained export (weights, catalogue, features) from a run", _run_export),
     "recommend": ("top-k items for the histories of a JSON-lines file", _run_recommend),
@@ -196,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"presets (--config): {', '.join(presets())}. `mmm4rec <command> --help` for a command's options.")
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
     for name, (summary, _) in COMMANDS.items():
-        parser = sub.add_parser(name, help=summary, description=summary)
+        parser = sub.add_parser(name, help=summary, description=EVALUATE_HELP if name == "evaluate" else summary)
         if name in TRAINING:
             add_training_arguments(parser, name)
         elif name == "prepare":

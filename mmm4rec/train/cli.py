@@ -30,9 +30,9 @@ from ..resources import default_deepspeed_template
 from ..serving.export import item_features
 from .checkpoint import CheckpointError
 from ..provenance import cpu_isa, provenance
-from .engine import deepspeed_config, initialize, step_precision
+from .engine import deepspeed_config, initialize, precision_warning, step_precision
 from .evaluation import evaluate
-from .monitor import announce, setup_logging
+from .monitor import StartupClock, announce, report_error, setup_logging
 from .rundir import Claim, RunDir, export_of
 from .trainer import Data, Trainer, eval_stream
 
@@ -129,7 +129,7 @@ def main(task: str, argv: Optional[list[str]] = None) -> int:
             return _evaluate(cfg, env, args, run)
         return _train(cfg, env, args, run)
     except (ConfigError, DataError, CheckpointError) as e:
-        log.error("%s", e)
+        report_error(env, str(e))
         return 2
     finally:
         distributed.shutdown()
@@ -183,6 +183,7 @@ def _train(cfg: RunConfig, env, args, run: RunDir) -> int:
     held = _HeldLogs()
     if env.is_main:
         logging.getLogger().addHandler(held)
+    clock = StartupClock()
     dataset = read_manifest(cfg)
     if cfg.model.ssd.form == "triton" and not triton_usable(env.device):
         raise ConfigError(f"model.ssd.form=triton needs a CUDA device and mamba-ssm; this run is on {env.device} "
@@ -190,9 +191,12 @@ def _train(cfg: RunConfig, env, args, run: RunDir) -> int:
     claim = _claim(cfg, env, run, dataset)
     precision = step_precision(cfg, env.device)
     log.info("precision %s (train.precision=%s)", precision, cfg.train.precision)
+    if precision_warning(cfg, env.device, precision):
+        log.warning(precision_warning(cfg, env.device, precision))
     torch.manual_seed(cfg.train.seed)
     data = load_data(cfg, precision, shard=(env.rank, env.world_size) if cfg.train.item_parallel else None,
                      dataset=dataset)
+    clock.done("data (manifest, run folder, features, stage-2 index)")
     model = build_model(cfg.model, data.features)
     log.info("%s: %s parameters (%s without ID tables)", cfg.model.arch,
              f"{sum(p.numel() for p in model.parameters()):,}",
@@ -204,7 +208,9 @@ def _train(cfg: RunConfig, env, args, run: RunDir) -> int:
     stream = train_stream(cfg, env, data)
     template = args.deepspeed_config or cfg.train.deepspeed_config or default_deepspeed_template(cfg.train)
     total_steps = cfg.train.max_steps or cfg.train.epochs * stream.steps_per_epoch
+    clock.done("model")
     engine = initialize(objective, cfg, env, deepspeed_config(cfg, env.world_size, template, precision), total_steps)
+    clock.done("engine (DeepSpeed)")
     _record(cfg, env, run, claim, held)
     summary = Trainer(cfg, env, engine, data, stream, run, validation_stream(cfg, env, data)).fit()
     if summary is None:
@@ -240,6 +246,8 @@ def validation_stream(cfg: RunConfig, env, data: Data):
         return eval_stream(cfg, data, env, "valid")
     if cfg.data.holdout_users:
         return eval_stream(cfg, data, env, "valid", users=holdout(cfg))
+    log.warning("pre-training without validation (data.holdout_users=0): no early stopping, the last weights "
+                "are exported; --set data.holdout_users=0.05 validates on 5 %% of the users")
     return None
 
 
