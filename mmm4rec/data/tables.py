@@ -146,22 +146,33 @@ class Table:
         return f"{self.path}: row {n}" if self.format == "parquet" else f"{self.path}:{n}"
 
     def require(self, columns: Iterable[tuple[str, str]]) -> None:
-        """(column, role) pairs that must be in the header."""
+        """(column, role) pairs that must be in the header. JSON lines have none: there the user, item and time
+        columns must be in the first record (a record may leave out a text field, never these)."""
         for column, role in columns:
             if self.columns is not None and column not in self.columns:
                 raise DataError(f"{self.path}: no {role} {column!r} (columns: {', '.join(self.columns)})")
+            if self.columns is None and role in ("user column", "item column", "time column"):
+                first = self._first_record()
+                if first is not None and column not in first:
+                    raise DataError(f"{self.path}: no {role} {column!r} in the first record (its fields: "
+                                    f"{', '.join(first)})")
 
-    def has_column(self, column: str) -> bool:
-        """In the header; for JSON lines, in the first record."""
-        if self.columns is not None:
-            return column in self.columns
+    def _first_record(self) -> Optional[dict]:
+        """The first non-blank line of a JSON-lines table as a dict (None if it is not one)."""
         with _reading(self.path), _open(self.path) as f:
             first = next((line for line in f if line.strip()), "{}")
         try:
             record = json.loads(first)
         except ValueError:
-            return False
-        return isinstance(record, dict) and column in record
+            return None
+        return record if isinstance(record, dict) else None
+
+    def has_column(self, column: str) -> bool:
+        """In the header; for JSON lines, in the first record."""
+        if self.columns is not None:
+            return column in self.columns
+        record = self._first_record()
+        return record is not None and column in record
 
     def _header(self) -> Optional[list[str]]:
         if self.format == "parquet":
