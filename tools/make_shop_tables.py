@@ -1,6 +1,6 @@
 """A small synthetic online shop's raw tables, for the README's "Your own data" walkthrough and tests (offline).
 
-  python tools/make_shop_tables.py --out raw/shop [--visitors 2000 --products 500 --seed 0]
+  python tools/make_shop_tables.py --out raw/shop [--visitors 1000 --products 300 --seed 0]
 
 writes
   events.csv       visitor,sku,ts            one row per product view; ts in Unix milliseconds (as web logs have it)
@@ -39,8 +39,8 @@ BRANDS = ["Northwind", "Acme", "Bluepeak", "Lumen", "Orca", "Kestrel", "Tandem"]
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for the three files")
-    p.add_argument("--visitors", type=int, default=2000)
-    p.add_argument("--products", type=int, default=500)
+    p.add_argument("--visitors", type=int, default=1000)
+    p.add_argument("--products", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     rng = np.random.default_rng(args.seed)
