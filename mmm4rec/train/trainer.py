@@ -25,17 +25,19 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..config import RunConfig, flatten
-from ..data.features import FeatureStore
-from ..data.stream import EvalStream, SeqIndex, TrainStream
+from ..data.atomic import replace_folder, write_atomic
+from ..data.stream import EvalStream, TrainStream
 from ..distributed import DistEnv, barrier
-from ..model import Batch, ItemFeatures, SequentialRecommender, build_model, from_pretrained
+from ..model import Batch, SequentialRecommender, build_model, from_pretrained
+from ..model.items import item_features
 from ..provenance import provenance
-from ..serving.export import item_features, write_export
+from ..serving.export import EXPORT_LAYOUT, write_export
+from .assembly import Data, eval_stream
 from .checkpoint import Checkpointer, CheckpointError
 from .evaluation import evaluate
 from .examples import Examples
 from .monitor import Monitor, peak_memory_mb
-from .rundir import RunDir
+from .rundir import RunDir, model_digest
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +58,6 @@ class Progress:
     def from_state(cls, state: dict) -> "Progress":
         known = {k: v for k, v in state.items() if k in cls.__dataclass_fields__}
         return cls(**known)
-
-
-@dataclass
-class Data:
-    features: ItemFeatures
-    store: FeatureStore  # where the features come from (exports carry it)
-    seq_index: SeqIndex
-    bad_records: dict  # counted skips of this run's inputs
-    dataset_hash: str  # sha256 of dataset.json: what the run trained on
-
-    @property
-    def item_index(self) -> dict[str, int]:
-        return self.store.index
 
 
 class Preemption:
@@ -125,7 +114,7 @@ class Trainer:
         self.validation = validation  # None: no validation signal (pre-training without held-out users)
         self.checkpoints = Checkpointer(run.path, env, keep=cfg.train.keep_checkpoints)
         self.progress = Progress()
-        self.digest = cfg.digest()
+        self.digest = model_digest(cfg)
         self.monitor: Optional[Monitor] = None
         self._clock = time.time()
         self._first_step_logged = False
@@ -148,23 +137,16 @@ class Trainer:
                         mask_history=e.mask_history, gather_params=gather)
 
     def _export(self, path) -> None:
-        """A self-contained export (mmm4rec.serving.export) written beside ``path`` and renamed into place by
-        rank 0; a failure there is raised on every rank."""
+        """A self-contained export (mmm4rec.serving.export) that takes the place of ``path`` whole (rank 0); a
+        failure there is raised on every rank and leaves ``path`` as it was."""
         model = self._whole_model()
 
         def write() -> None:
-            tmp = path.with_name(path.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
             try:
-                write_export(model, tmp, store=self.data.store, provenance=self.provenance)
+                with replace_folder(path, layout=EXPORT_LAYOUT) as tmp:
+                    write_export(model, tmp, store=self.data.store, provenance=self.provenance)
             except OSError as e:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise CheckpointError(f"{tmp}: writing the export failed ({e.strerror or e})") from None
-            old = path.with_name(path.name + ".old")
-            if path.exists():
-                path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
+                raise CheckpointError(f"{path}: writing the export failed ({e.strerror or e})") from None
 
         distributed.on_main(write)
 
@@ -189,8 +171,7 @@ class Trainer:
         now = time.time()
         self.progress.wall_time_s += now - self._clock
         self._clock = now
-        client = {"global_step": self.progress.global_step, "progress": vars(self.progress),
-                  "stream": self.stream.state_dict(), "config_digest": self.digest}
+        client = {"progress": vars(self.progress), "stream": self.stream.state_dict()}
         with distributed.quiet_period():
             self.checkpoints.save(self.engine, self.progress.global_step, client, self.digest)
 
@@ -367,12 +348,8 @@ class Trainer:
             self._export(export)
         else:
             if self.env.is_main:
-                tmp = export.with_name("export.tmp")
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(self.run.best, tmp, copy_function=_link_or_copy)  # exports are never edited
-                if export.exists():
-                    shutil.rmtree(export)
-                tmp.rename(export)
+                with replace_folder(export, layout=EXPORT_LAYOUT) as tmp:  # exports are never edited: links
+                    shutil.copytree(self.run.best, tmp, copy_function=_link_or_copy, dirs_exist_ok=True)
             barrier()
         test = None
         if cfg.train.task == "finetune":
@@ -402,9 +379,7 @@ class Trainer:
                              {k: v for k, v in (test or {}).items() if k != "users"}
                              or ({"best_valid": p.best} if p.best_epoch >= 0 else {}))
         if self.env.is_main:
-            tmp = self.run.summary.with_name(".summary.json.tmp")
-            tmp.write_text(json.dumps(summary, indent=2, default=str))
-            tmp.rename(self.run.summary)
+            write_atomic(self.run.summary, json.dumps(summary, indent=2, default=str))
         return summary
 
 
@@ -415,15 +390,6 @@ def hparams(cfg: RunConfig, env: DistEnv, global_batch: int, data: Data) -> dict
                    "encoder": vars(cfg.data.encoder)})
     return out | {"world_size": env.world_size, "global_batch": global_batch, "loss": cfg.loss_name,
                   "num_items": data.features.num_items}
-
-
-def eval_stream(cfg: RunConfig, data: Data, env: DistEnv, split: str, users=None) -> EvalStream:
-    """The one definition of an evaluation stream of a run (validation, test, the evaluate launcher)."""
-    e = cfg.eval
-    kwargs = {} if users is None else {"users": users}
-    return EvalStream(data.seq_index, data.item_index, split=split, max_len=cfg.model.max_len,
-                      batch_size=e.batch_size, rank=env.rank, world=env.world_size, mask_history=e.mask_history,
-                      **kwargs)
 
 
 def _link_or_copy(src: str, dst: str) -> None:

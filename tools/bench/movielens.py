@@ -577,7 +577,7 @@ def load_export(cfg, export: Path, transfer: bool = False):
     """The data ``cfg`` names, the process environment, and ``export``'s model loaded onto that data's features."""
     from mmm4rec import distributed
     from mmm4rec.model import from_pretrained
-    from mmm4rec.train.cli import load_data
+    from mmm4rec.train.assembly import load_data
 
     env = distributed.init()
     data = load_data(cfg, build=False)
@@ -588,7 +588,7 @@ def load_run(run: Path):
     """A finished run's config, data, process environment, best export (loaded) and the split its scores use
     (test; a pre-training run: its held-out users' validation targets)."""
     from mmm4rec.config import load_config
-    from mmm4rec.train.cli import holdout
+    from mmm4rec.train.assembly import holdout
     from mmm4rec.train.rundir import export_of
 
     cfg = load_config(str(run / "config.yaml"))
@@ -601,7 +601,7 @@ def load_run(run: Path):
 def score(model, cfg, data, env, split: str, users=None, masked: bool = False, zeroed: bool = False) -> dict:
     """The evaluation code's metrics on one split: seen items masked or not, timestamps kept or all zeroed."""
     from mmm4rec.train.evaluation import evaluate
-    from mmm4rec.train.trainer import eval_stream
+    from mmm4rec.train.assembly import eval_stream
 
     masked_cfg = replace(cfg, eval=replace(cfg.eval, mask_history=masked))  # the stream carries seen items
     stream = eval_stream(masked_cfg, data, env, split, users)
@@ -612,7 +612,7 @@ def score(model, cfg, data, env, split: str, users=None, masked: bool = False, z
 def timeless(args) -> None:
     """Score a run's export with its timestamps and with all of them zeroed, unmasked and masked, through the
     same evaluation code. Writes <run>/timeless.json."""
-    from mmm4rec.train.trainer import eval_stream
+    from mmm4rec.train.assembly import eval_stream
 
     cfg, data, env, export, model, split, users = load_run(Path(args.run))
     pretraining = users is not None
@@ -651,7 +651,7 @@ def probe(run: Path) -> dict:
     time path's position mix) on the run's first evaluation batch. In float32, x − tanh(x) is exactly 0 once
     |x| ≲ 4e-4 (tanh(x) rounds to x), and then D ⊙ 0 leaves the time path a constant, timestamp-free scale."""
     from mmm4rec.model import Batch
-    from mmm4rec.train.trainer import eval_stream
+    from mmm4rec.train.assembly import eval_stream
 
     cfg, data, env, export, model, split, users = load_run(run)
     seen = {}
