@@ -90,3 +90,31 @@ def test_a_name_is_registered_once():
         reg.register("b", max)
     assert ARCHS.names() == sorted(set(ARCHS.names()) | {"mmm4rec", "sasrec"})
     assert {"full", "in_batch", "sampled"} <= set(LOSSES.names())
+
+
+def test_the_package_has_no_import_circle():
+    """tools/import_cycles.py over every module, lazy imports included (a lazy import only moves a circle)."""
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "import_cycles.py")], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout
+    assert proc.stdout.startswith("0 import circle(s) among ")
+
+
+def test_the_circle_checker_finds_a_lazy_circle(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("import_cycles", REPO / "tools" / "import_cycles.py")
+    checker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checker)
+    package = tmp_path / "mmm4rec"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "a.py").write_text("from .sub import b\n")
+    (package / "sub" / "b.py").write_text("def f():\n    from ..a import x\n")
+    (package / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import a\n")
+    monkeypatch.setattr(checker, "ROOT", tmp_path)
+    edges = checker.graph()
+    assert edges["mmm4rec.a"] == {"mmm4rec.sub.b"} and edges["mmm4rec.sub.b"] == {"mmm4rec.a"}
+    assert edges["mmm4rec.c"] == set()  # annotations only
+    assert checker.circles(edges) == [["mmm4rec.a", "mmm4rec.sub.b"]]

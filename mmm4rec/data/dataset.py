@@ -46,7 +46,7 @@ def load_manifest(dataset: DatasetLike, verify: bool = False) -> Manifest:
         data = json.loads(raw)
     except ValueError as e:
         raise DataError(f"{path}: not valid JSON: {e}") from None
-    manifest = Manifest.from_json(data, source, sha256_hex(raw))
+    manifest = Manifest.from_json(data, path, sha256_hex(raw)).locate(source)
     for shard in manifest.items + manifest.seqs:
         if source.is_local:
             if not shard.path.is_file():

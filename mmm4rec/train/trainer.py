@@ -52,6 +52,7 @@ class Progress:
     best_step: int = -1
     bad_evals: int = 0  # validations in a row without improvement
     wall_time_s: float = 0.0  # training time over all resumes
+    best_wall_time_s: float = -1.0  # wall_time_s when the best validation was reached (over resumes too)
     history: list = field(default_factory=list)  # validation metrics, one entry per validation
 
     @classmethod
@@ -215,6 +216,14 @@ class Trainer:
         self.monitor.close()
         return summary
 
+    def _stopped_by(self) -> str:
+        """Why training ended: "early_stopping" (train.patience validations without improvement), "max_steps"
+        or "epochs"."""
+        t, p = self.cfg.train, self.progress
+        if self.validation is not None and p.bad_evals >= t.patience:
+            return "early_stopping"
+        return "max_steps" if t.max_steps and p.global_step >= t.max_steps else "epochs"
+
     def _done(self) -> bool:
         t = self.cfg.train
         return bool(t.max_steps and self.progress.global_step >= t.max_steps) or (
@@ -326,6 +335,7 @@ class Trainer:
         p.history.append({"epoch": epoch, "step": p.global_step, **metrics})
         if value > p.best:
             p.best, p.best_epoch, p.best_step, p.bad_evals = value, epoch, p.global_step, 0
+            p.best_wall_time_s = p.wall_time_s + (time.time() - self._clock)
             self._export(self.run.best)
         else:
             p.bad_evals += 1
@@ -364,8 +374,11 @@ class Trainer:
             "best_step": p.best_step,
             "epochs_to_best": p.best_epoch + 1 if p.best_epoch >= 0 else None,
             "best_valid": p.best if p.best_epoch >= 0 else None,
+            "wall_time_to_best_s": round(p.best_wall_time_s, 2) if p.best_epoch >= 0 else None,
             "valid_history": p.history,
+            "stopped_by": self._stopped_by(),
             "global_step": p.global_step,
+            "steps_per_epoch": self.stream.steps_per_epoch,
             "epochs": self.stream.epoch,
             "world_size": self.env.world_size,
             "global_batch": self.stream.global_batch,
