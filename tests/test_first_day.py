@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, free_port, run, subprocess_env
+from tests.conftest import REPO, free_port, run, subprocess_env
 
 from mmm4rec.config import dataset_run_name, load_config, named_after_dataset
 from mmm4rec.train.engine import precision_warning
