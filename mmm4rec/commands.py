@@ -167,6 +167,11 @@ def add_recommend_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPars
     p.add_argument("--features", help="serve on another feature store than the export's own")
     p.add_argument("--transfer", action="store_true",
                    help="allow --features to be another catalogue (content-only scores, ID tables dropped)")
+    p.add_argument("--time-unit", choices=["s", "ms"], default="s",
+                   help="numeric history times: Unix seconds (default) or milliseconds; ISO-8601 strings need none")
+    p.add_argument("--with-text", action="store_true", help="each item as [key, score, title]")
+    p.add_argument("--strict", action="store_true",
+                   help="a bad input line stops the run (default: reported as file:line, counted, left out)")
     return p
 
 
@@ -198,7 +203,15 @@ COMMANDS: dict[str, tuple[str, Callable]] = {
     "extract": ("stage 1: build or update a dataset's feature store", _run_extract),
     "export": ("a self-contained export (weights, catalogue, features) from a run", _run_export),
     "recommend": ("top-k items for the histories of a JSON-lines file", _run_recommend),
+    # serve: arguments and main in mmm4rec.serving.http (imports nothing heavy until it runs)
+    "serve": ("an export behind a JSON HTTP service and an exploration page", lambda args: _serve().run(args)),
 }
+
+
+def _serve():
+    from .serving import http
+
+    return http
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
             add_prepare_arguments(parser)
         else:
             {"extract": add_extract_arguments, "export": add_export_arguments,
-             "recommend": add_recommend_arguments}[name](parser)
+             "recommend": add_recommend_arguments, "serve": lambda p: _serve().add_arguments(p)}[name](parser)
         parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                             help="import MODULE first: it registers an architecture or a loss of your own "
                                  "(mmm4rec.registry)")

@@ -31,7 +31,7 @@ from ..distributed import DistEnv, barrier
 from ..model import Batch, SequentialRecommender, build_model, from_pretrained
 from ..model.items import item_features
 from ..provenance import provenance
-from ..serving.export import EXPORT_LAYOUT, write_export
+from ..serving.export import EXPORT_LAYOUT, catalogue_extras, write_export
 from .assembly import Data, eval_stream
 from .checkpoint import Checkpointer, CheckpointError
 from .evaluation import evaluate
@@ -145,11 +145,26 @@ class Trainer:
         def write() -> None:
             try:
                 with replace_folder(path, layout=EXPORT_LAYOUT) as tmp:
-                    write_export(model, tmp, store=self.data.store, provenance=self.provenance)
+                    write_export(model, tmp, store=self.data.store, provenance=self.provenance,
+                                 **self._catalogue())
             except OSError as e:
                 raise CheckpointError(f"{path}: writing the export failed ({e.strerror or e})") from None
 
         distributed.on_main(write)
+
+    def _catalogue(self) -> dict:
+        """The export's popularity (the empty-history fallback) and item titles; without them (the dataset's items
+        unreadable here) the export is still written, and serving says what is missing."""
+        from ..data.dataset import load_manifest
+        from ..data.remote import DatasetSource
+
+        split = "pretrain" if self.cfg.train.task == "pretrain" else "train"
+        try:
+            return catalogue_extras(load_manifest(DatasetSource.from_config(self.cfg.data)), self.data.store,
+                                    self.data.seq_index, split)
+        except (OSError, ValueError) as e:  # DataError is a ValueError
+            log.warning("export without popularity and titles: %s", e)
+            return {}
 
     def _whole_model(self) -> Optional[SequentialRecommender]:
         """The model as one process can save and serve it (rank 0; None elsewhere). ZeRO-3 partitions parameters
