@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import reprlib
 import types
@@ -415,6 +416,34 @@ def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...
     for o in overrides:
         data = _merge(data, parse_override(o))
     return from_dict(RunConfig, data).validate()
+
+
+def dataset_run_name(dataset: str, task: str) -> str:
+    """``<dataset folder>-<task>``: data/shop -> shop-finetune (a URL's last path part; dataset.json dropped)."""
+    parts = [p for p in dataset.replace("\\", "/").split("/") if p and p != "dataset.json"]
+    stem = parts[-1] if parts else "run"
+    return f"{stem.removesuffix('.json')}-{task}"
+
+
+def named_after_dataset(cfg: RunConfig, preset: str | None, overrides: list[str] | tuple[str, ...],
+                        runs: Path = Path("runs")) -> RunConfig:
+    """A run is named after its dataset, not its preset: with ``data.dataset`` other than the preset's own
+    (a generic preset such as cpu_finetune plus --set data.dataset=data/shop) and no ``name`` override, the name
+    (and so the default run folder runs/<name>) becomes ``shop-finetune``. A run of this command made before
+    that rule, in runs/<preset name> on the same dataset, keeps its name: it resumes where it is."""
+    keys = {o.split("=", 1)[0].strip() for o in overrides}
+    if "name" in keys or not cfg.data.dataset or cfg.train.task not in ("pretrain", "finetune"):
+        return cfg
+    preset_cfg = load_config(preset) if preset else RunConfig()
+    if preset_cfg.data.dataset == cfg.data.dataset:
+        return cfg
+    legacy = runs / cfg.name / "run.json"
+    try:
+        if json.loads(legacy.read_text()).get("dataset") == cfg.data.dataset:
+            return cfg
+    except (OSError, ValueError, AttributeError):
+        pass
+    return dataclasses.replace(cfg, name=dataset_run_name(cfg.data.dataset, cfg.train.task))
 
 
 # ------------------------------------------------------------------------------------------------------- YAML

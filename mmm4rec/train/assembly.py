@@ -141,6 +141,8 @@ def validation_stream(cfg: RunConfig, env, data: Data):
         return eval_stream(cfg, data, env, "valid")
     if cfg.data.holdout_users:
         return eval_stream(cfg, data, env, "valid", users=holdout(cfg))
+    log.warning("pre-training without validation (data.holdout_users=0): no early stopping, the last weights "
+                "are exported; --set data.holdout_users=0.05 validates on 5 %% of the users")
     return None
 
 

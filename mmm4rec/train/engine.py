@@ -8,6 +8,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -27,8 +28,25 @@ def step_precision(cfg: RunConfig, device: torch.device) -> str:
         return cfg.train.precision
     if device.type == "cuda":
         return "bf16"
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return "bf16" if native else "fp32"
+    return "bf16" if native_bf16() else "fp32"
+
+
+def native_bf16() -> bool:
+    """The CPU computes bf16 natively (AVX-512-BF16 or AMX); without, torch emulates it."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def precision_warning(cfg: RunConfig, device: torch.device, precision: str,
+                      native: Optional[bool] = None) -> Optional[str]:
+    """The start-up warning of a bf16 step on a CPU that emulates bf16 (a GPU preset on a CPU); None otherwise.
+    "auto" never picks bf16 there; an explicit or preset bf16 runs, but says what it costs."""
+    if device.type != "cpu" or precision != "bf16":
+        return None
+    if native_bf16() if native is None else native:
+        return None
+    return (f"train.precision={cfg.train.precision} on a CPU without native bf16 (no AVX-512-BF16 or AMX): bf16 "
+            "is emulated there, ~25x slower per step than fp32; use a CPU preset (cpu_pretrain, cpu_finetune) or "
+            "--set train.precision=auto")
 
 
 def deepspeed_config(cfg: RunConfig, world_size: int, template: str | os.PathLike, precision: str) -> dict:
