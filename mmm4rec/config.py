@@ -193,8 +193,8 @@ class TrainConfig:
     patience: int = 10  # epochs without improvement of eval.metric
     zero_stage: int = 1
     offload_optimizer: bool = False
-    # "auto": bf16 on CUDA and on CPUs with native bf16 (AVX-512-BF16 / AMX), fp32 elsewhere (emulated bf16 is
-    # ~25x slower than fp32 on AVX2-only CPUs).
+    # "auto": bf16 on CUDA and on CPUs with native bf16 (AVX-512-BF16 / AMX), fp32 elsewhere, where bf16 is
+    # emulated (its cost: mmm4rec.train.engine.EMULATED_BF16_COST).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # torch.compile the training step's forward + loss (and, through AOTAutograd, its backward) inside the
     # DeepSpeed engine; evaluation stays eager. "reduce-overhead" adds CUDA graphs.

@@ -20,10 +20,14 @@ from .optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
+# What bf16 costs on a CPU that emulates it, stated once (measured: docs/results/reference.md, a 2-core AVX2 EPYC,
+# 7.6 samples/s in bf16 autocast against 177 in fp32).
+EMULATED_BF16_COST = "~25x slower per step than fp32"
+
 
 def step_precision(cfg: RunConfig, device: torch.device) -> str:
     """train.precision with "auto" resolved: bf16 on CUDA and on CPUs with native bf16 (AVX-512-BF16 or AMX),
-    fp32 on the rest, where bf16 is emulated and ~25× slower than fp32."""
+    fp32 on the rest, where bf16 is emulated (EMULATED_BF16_COST)."""
     if cfg.train.precision != "auto":
         return cfg.train.precision
     if device.type == "cuda":
@@ -45,7 +49,7 @@ def precision_warning(cfg: RunConfig, device: torch.device, precision: str,
     if native_bf16() if native is None else native:
         return None
     return (f"train.precision={cfg.train.precision} on a CPU without native bf16 (no AVX-512-BF16 or AMX): bf16 "
-            "is emulated there, ~25x slower per step than fp32; use a CPU preset (cpu_pretrain, cpu_finetune) or "
+            f"is emulated there, {EMULATED_BF16_COST}; use a CPU preset (cpu_pretrain, cpu_finetune) or "
             "--set train.precision=auto")
 
 
