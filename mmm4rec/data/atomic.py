@@ -105,14 +105,15 @@ class AtomicFile:
     disk, then renamed over it, so readers see the old content or the new, never part of it. ``discard`` (also
     on leaving a ``with`` block by an exception) removes the temp file and leaves ``path`` as it was."""
 
-    def __init__(self, path: str | os.PathLike, encoding: Optional[str] = None):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, encoding: Optional[str] = None, sync: bool = True):
+        self.path, self.sync = Path(path), sync
         self.tmp = temp_beside(self.path)
         self.file = open(self.tmp, "x", encoding=encoding) if encoding else open(self.tmp, "xb")
 
     def commit(self) -> None:
         self.file.flush()
-        os.fsync(self.file.fileno())
+        if self.sync:
+            os.fsync(self.file.fileno())
         self.file.close()
         os.replace(self.tmp, self.path)
 
@@ -134,8 +135,10 @@ class AtomicFile:
             self.discard()
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+def write_atomic(path: str | os.PathLike, data: str | bytes, sync: bool = False) -> None:
     """Write a whole file atomically (AtomicFile): every small state and identity file of the project (run.json,
-    COMPLETE, latest, summary.json, evaluation results) goes through here."""
-    with AtomicFile(path) as f:
+    COMPLETE, latest, summary.json, evaluation results) goes through here. Not flushed to disk by default: a
+    checkpoint's COMPLETE and ``latest`` follow each other at once, and the rename alone gives readers the old
+    file or the new."""
+    with AtomicFile(path, sync=sync) as f:
         f.write(data.encode() if isinstance(data, str) else data)
