@@ -195,7 +195,7 @@ def time_study(args, pool: ThreadPoolExecutor) -> dict:
 
 def markdown(result: dict) -> str:
     lines = [f"# Transfer under control\n\n    {result['command']}\n",
-             f"Revision {result['provenance'].get('revision')}; machine {result['provenance'].get('machine')}.\n",
+             f"Revision {result['provenance'].get('git_revision')}, {result['provenance'].get('date')}; machine {result['provenance'].get('machine')}.\n",
              "| content | cell | pre-trained NDCG@10 | scratch NDCG@10 | ratio (per seed) | pre HR@10 | scratch HR@10 |"
              " epochs to best pre / scratch | wall to best (s) pre / scratch |", "|---|---|---|---|---|---|---|---|---|"]
     for s in result["studies"]:
@@ -214,6 +214,33 @@ def markdown(result: dict) -> str:
                      f"{s['random']['ndcg@10']:.4f} | {s['zero_shot_over_popularity']:.2f} | "
                      f"{s['pretraining']['best_valid']} |")
     return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    """Validation NDCG@10 per epoch, every run (pre-trained solid, scratch dashed), one panel per cell and
+    content setting; zero-shot and popularity as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(s, name) for s in result["studies"] for name in s["cells"]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)
+    for ax, (s, name) in zip(axes[0], panels):
+        v, f = name.split(" @ ")
+        for r in s["runs"]:
+            if (r["variant"], f"{r['fraction']:g}") == (v, f):
+                pre = r["init"] == "pre-trained"
+                ax.plot(range(1, len(r["valid_curve"]) + 1), r["valid_curve"], "-" if pre else "--",
+                        color="C0" if pre else "C1", label=r["init"] if r["seed"] == s["runs"][0]["seed"] else None)
+        ax.axhline(s["zero_shot"]["ndcg@10"], color="C2", lw=0.8, label="zero-shot (test)")
+        ax.axhline(s["popularity"]["ndcg@10"], color="grey", lw=0.8, label="popularity (test)")
+        ax.set_title(f"content {s['content']:g}: {name}", fontsize=8)
+        ax.set_xlabel("epoch")
+    axes[0][0].set_ylabel("validation NDCG@10")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
 
 
 def main() -> None:
@@ -256,6 +283,7 @@ def main() -> None:
               "studies": studies}
     Path(args.out).with_suffix(".json").write_text(json.dumps(result, indent=1))
     Path(args.out).with_suffix(".md").write_text(markdown(result))
+    plot(result, Path(args.out).with_suffix(".png"))
     print(markdown(result))
 
 
