@@ -8,6 +8,10 @@ fine-tuning (zero-shot) against popularity and random; at several content settin
 
 Every run is the real command line (``python -m mmm4rec pretrain|finetune|evaluate``) as a one-thread subprocess,
 ``--parallel`` at a time; every number is read back from the runs' summary.json / metrics.jsonl / eval-*.json.
+Several invocations (which share their runs) become one result file with
+
+    .venv/bin/python tools/bench/transfer_control.py merge OUT PART.json ...
+
 One pre-training per content setting (seed 0) serves every fine-tuning seed. Runs live under --runs and are
 reused when they exist (delete a run folder to redo it).
 """
@@ -243,8 +247,32 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=80)
 
 
+def time_markdown(result: dict) -> str:
+    t = result["time_study"]
+    lines = [f"    {result['command']}\n", f"content {t['content']:g}, time signal {t['time_signal']:g}, "
+             f"{t['variant']}, {t['fraction']:g} of b's users, from scratch:\n",
+             "| time path | seed | test NDCG@10 | with timestamps zeroed | change | user-vector change | epochs to best |",
+             "|---|---|---|---|---|---|---|"]
+    for r in t["runs"]:
+        lines.append(f"| {r['option']} | {r['seed']} | {r['test_ndcg@10']:.4f} | "
+                     f"{r['test_ndcg@10_timestamps_zeroed']:.4f} | {r['ndcg@10_change_zeroed']:+.4f} | "
+                     f"{r['user_vector_change']:.2e} | {r['epochs_to_best']} |")
+    return "\n".join(lines) + "\n"
+
+
+def merge(out: str, parts: list[str]) -> None:
+    """One result file from several invocations (their runs are shared): <out>.json {"parts": [...]} and <out>.md
+    with each part's tables."""
+    results = [json.loads(Path(p).read_text()) for p in parts]
+    Path(out).with_suffix(".json").write_text(json.dumps({"parts": results}, indent=1))
+    Path(out).with_suffix(".md").write_text("\n".join(time_markdown(r) if "time_study" in r else markdown(r)
+                                                       for r in results))
+
+
 def main() -> None:
     global args_preset
+    if sys.argv[1:2] == ["merge"]:
+        return merge(sys.argv[2], sys.argv[3:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--contents", type=float, nargs="+", default=[1.0, 0.5, 0.0])
     p.add_argument("--time-signal", type=float, default=0.0)
