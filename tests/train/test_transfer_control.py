@@ -6,8 +6,14 @@ path breaks (train.init_from dropping or mis-loading the backbone, a text encode
 text, features of another catalogue): every run goes through the real command line and is read back from its
 summary.json / eval-test.json.
 
-Measured when written (this test's instance, seeds fixed; MARGINS below, the study behind it is
-docs/results/transfer_control.json): see MEASURED.
+Measured when written (2026-12-07, this instance, fixed seeds, the 2-core AVX-512 EPYC): test NDCG@10
+pre-trained 0.1156 vs scratch 0.0709 (1.63x) after 12 fine-tuning steps on 20 % of b's users, and zero-shot
+0.1112 vs popularity 0.0411 (2.71x) — MEASURED below; the asserted margins (1.3x, the issue's target, and 2x)
+leave room for numeric drift, not for a broken transfer (then the pre-trained run is a scratch run: 1.0x, and
+zero-shot falls toward random, 0.0303 here). The full study behind it, three seeds and three content settings:
+docs/results/transfer_control.md / .json (content 1: 1.69x at 5 % of b's users, zero-shot 3.5x popularity).
+Cost: 487 s of wall on that machine at load ~13 (five sessions sharing 2 cores); a first version with a 3x longer
+pre-training used 57 s of user CPU in all (subprocesses included), so alone on 2 cores it is about a minute.
 """
 from __future__ import annotations
 
@@ -20,9 +26,9 @@ import pytest
 
 from tests.conftest import REPO, subprocess_env
 
-# test NDCG@10 of this instance at the time of writing (docs/results/transfer_control.md, "CI instance")
-MEASURED = {"pre-trained": None, "scratch": None, "zero-shot": None, "popularity": None}
-FINETUNE_OVER_SCRATCH = 1.5  # asserted margins, well inside what was measured
+# test NDCG@10 of this instance when written (the docstring says where and how)
+MEASURED = {"pre-trained": 0.1156, "scratch": 0.0709, "zero-shot": 0.1112, "popularity": 0.0411}
+FINETUNE_OVER_SCRATCH = 1.3  # asserted margins, inside what was measured
 ZERO_SHOT_OVER_POPULARITY = 2.0
 COMMON = ["--config", "tiny", "--set", "model.id_bias=false", "--set", "train.loss=full", "--set",
           "data.batch_size=64", "--set", "train.log_every=50", "--set", "model.max_len=20"]
@@ -30,7 +36,7 @@ COMMON = ["--config", "tiny", "--set", "model.id_bias=false", "--set", "train.lo
 
 def mmm4rec(*args: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "mmm4rec", *args], cwd=REPO, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"mmm4rec {' '.join(args)} exited {proc.returncode}\n{proc.stderr[-4000:]}"
 
 
@@ -51,7 +57,7 @@ def test_pretraining_transfers_where_content_explains_preference(bench, tmp_path
     from mmm4rec.data.transfer_bench import baselines
 
     pre = tmp_path / "pre"
-    mmm4rec("pretrain", *COMMON, "--set", f"data.dataset={bench / 'a'}", "--set", "train.epochs=3",
+    mmm4rec("pretrain", *COMMON, "--set", f"data.dataset={bench / 'a'}", "--set", "train.max_steps=100",
             "--run-dir", str(pre))
 
     def finetune(name: str, *extra: str) -> float:
