@@ -6,9 +6,11 @@
   mmm4rec recommend --export DIR --input histories.jsonl [--k 10] [--output recs.jsonl]
 
 Parsing imports nothing heavier than the config module (PyYAML): ``--help`` and ``--print-config`` answer without
-loading torch or DeepSpeed; each command imports what it runs when it runs. The training commands run
-``mmm4rec.train.cli.main`` (what launchers/pretrain.py, finetune.py and evaluate.py run), so they work under
-python, torchrun (``torchrun --no-python mmm4rec finetune …``), deepspeed and srun alike.
+loading torch or DeepSpeed; each command imports what it runs when it runs. This is the one parser: the
+launchers (launchers/pretrain.py, finetune.py, evaluate.py, extract_features.py) and the console scripts call
+``main``, and the training commands hand the resolved config to ``mmm4rec.train.cli.run``, so they work under
+python, torchrun (``torchrun --no-python mmm4rec finetune …``), deepspeed and srun alike. ``--plugin MODULE``
+imports a module that registers an architecture or a loss of its own (mmm4rec.registry) before anything else.
 """
 from __future__ import annotations
 
@@ -20,13 +22,10 @@ from typing import Callable, Optional
 
 import yaml
 
-from .config import PRESET_DIR, ConfigError, EncoderConfig, RunConfig, load_config
+from .config import ConfigError, EncoderConfig, RunConfig, load_config, presets
+from .registry import load_plugins
 
 TRAINING = ("pretrain", "finetune", "evaluate")
-
-
-def presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
 # ------------------------------------------------------------------------------------------------------ training
@@ -47,12 +46,6 @@ def add_training_arguments(p: argparse.ArgumentParser, task: str) -> argparse.Ar
     return p
 
 
-def training_parser(task: str, prog: Optional[str] = None) -> argparse.ArgumentParser:
-    """The arguments of the pretrain / finetune / evaluate launchers."""
-    return add_training_arguments(argparse.ArgumentParser(prog=prog or f"mmm4rec {task}",
-                                                          description=f"MMM4Rec {task}"), task)
-
-
 def resolved_config(task: str, args: argparse.Namespace) -> RunConfig:
     """The config the run uses: preset + overrides, the command's task winning; evaluate without --config reads
     the run's own resolved config.yaml."""
@@ -71,18 +64,19 @@ def print_config(cfg: RunConfig) -> None:
     sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def _run_training(args: argparse.Namespace, argv: list[str]) -> int:
+def _run_training(args: argparse.Namespace) -> int:
     task = args.command
+    try:
+        cfg = resolved_config(task, args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     if args.print_config:
-        try:
-            print_config(resolved_config(task, args))
-        except ConfigError as e:
-            print(f"config error: {e}", file=sys.stderr)
-            return 2
+        print_config(cfg)
         return 0
-    from .train.cli import main
+    from .train.cli import run
 
-    return main(task, argv)
+    return run(task, args, cfg)
 
 
 # ------------------------------------------------------------------------------------------------------- stage 1
@@ -99,7 +93,7 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser
     return p
 
 
-def _run_extract(args: argparse.Namespace, argv: list[str]) -> int:
+def _run_extract(args: argparse.Namespace) -> int:
     """Stage 1: encode every item of a dataset into its feature store (or bring it up to date), in one process or
     on every rank of a torchrun job; prints a JSON summary."""
     import logging
@@ -158,13 +152,13 @@ def add_recommend_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPars
     return p
 
 
-def _run_export(args: argparse.Namespace, argv: list[str]) -> int:
+def _run_export(args: argparse.Namespace) -> int:
     from .serving.cli import export
 
     return export(args)
 
 
-def _run_recommend(args: argparse.Namespace, argv: list[str]) -> int:
+def _run_recommend(args: argparse.Namespace) -> int:
     from .serving.cli import recommend
 
     return recommend(args)
@@ -193,14 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             {"extract": add_extract_arguments, "export": add_export_arguments,
              "recommend": add_recommend_arguments}[name](parser)
+        parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                            help="import MODULE first: it registers an architecture or a loss of your own "
+                                 "(mmm4rec.registry)")
     return p
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    rest = argv[argv.index(args.command) + 1:]  # the training CLI parses its own arguments again
-    return COMMANDS[args.command][1](args, rest)
+    """``mmm4rec <command> …``: the one parser of every command (the launchers and console scripts call it)."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    try:
+        load_plugins(args.plugin)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    return COMMANDS[args.command][1](args)
 
 
 def _script(command: str) -> Callable[[], int]:

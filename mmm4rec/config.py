@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import math
 import reprlib
 import types
@@ -25,11 +23,10 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from .errors import ConfigError
+from .registry import ARCHS, LOSSES
+
 PRESET_DIR = Path(__file__).parent / "presets"
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used, with the offending key in the message."""
 
 
 _SHORT = reprlib.Repr()
@@ -72,7 +69,7 @@ class CompatConfig:
 
 @dataclass
 class ModelConfig:
-    arch: Literal["mmm4rec", "sasrec"] = "mmm4rec"
+    arch: str = "mmm4rec"  # a registered architecture (mmm4rec.registry.ARCHS)
     d_model: int = 256
     expand: int = 2
     head_dim: int = 64
@@ -101,6 +98,8 @@ class ModelConfig:
     # (in-place shifted multiply-adds, rand-mask dropout), "auto" = by the tensors' device. Same math (tested).
     kernels: Literal["auto", "cpu", "gpu"] = "auto"
     n_heads_sasrec: int = 2  # SASRec baseline only
+    # A registered architecture's own options, read by its ``Options`` dataclass (mmm4rec.registry).
+    options: dict = field(default_factory=dict)
     ssd: SSDConfig = field(default_factory=SSDConfig)
     compat: CompatConfig = field(default_factory=CompatConfig)
 
@@ -119,8 +118,6 @@ class ModelConfig:
             )
         if self.n_heads % self.n_groups:
             raise ConfigError(f"number of heads {self.n_heads} is not divisible by model.n_groups = {self.n_groups}")
-        if self.arch == "sasrec" and self.d_model % self.n_heads_sasrec:
-            raise ConfigError(f"model.d_model {self.d_model} is not divisible by model.n_heads_sasrec")
         for name in ("d_model", "expand", "head_dim", "n_groups", "d_state", "d_conv", "n_layers", "max_len"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
@@ -203,10 +200,11 @@ class TrainConfig:
     compile: bool = False
     compile_mode: Literal["default", "max-autotune-no-cudagraphs", "reduce-overhead"] = "default"
     # The loss (mmm4rec/losses): "auto" = in_batch for pretrain, full for finetune.
-    loss: Literal["auto", "full", "in_batch", "sampled"] = "auto"
+    loss: str = "auto"  # or a registered loss (mmm4rec.registry.LOSSES)
     negatives: int = 1024  # sampled: items drawn per step besides the batch's targets
     sampler: Literal["uniform", "popularity"] = "popularity"  # sampled: how negatives are drawn
     logq: bool = True  # sampled: subtract log of each candidate's sampling probability (Yi et al., 2019)
+    loss_options: dict = field(default_factory=dict)  # a registered loss's own options (its ``Options`` class)
     ce_chunk: int = 32768  # full: candidates per chunk of the fused cross-entropy (bounds its memory)
     item_parallel: bool = False  # full: each rank holds 1/W of the items' features and scores them
     gather_negatives: bool = False  # in_batch: negatives from all ranks' targets
@@ -243,6 +241,8 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         self.model.validate()
+        ARCHS.check(self.model.arch)
+        LOSSES.check(self.loss_name)
         t, d, e = self.train, self.data, self.eval
         at_least = {"train.grad_accum": (t.grad_accum, 1), "data.batch_size": (d.batch_size, 1),
                     "train.epochs": (t.epochs, 1), "train.max_steps": (t.max_steps, 0),
@@ -300,19 +300,19 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def digest(self) -> str:
-        """Hash of the architecture-relevant parts, stored in checkpoints to catch mismatched resumes."""
-        model = dataclasses.asdict(self.model)
-        for how in IMPLEMENTATION_CHOICES:  # same model, other kernels: checkpoints stay interchangeable
-            model.pop(how)
-        return hashlib.sha256(json.dumps(model, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# Model settings that choose how the same math runs, not what it computes.
-IMPLEMENTATION_CHOICES = ("kernels", "stack_streams")
-
 
 # ------------------------------------------------------------------------------------------- building from dicts
+def options_of(component, values: dict, key: str):
+    """A registered component's own options (``model.options``, ``train.loss_options``) as its ``Options``
+    dataclass, checked like every other section; a component without one takes none."""
+    kind = getattr(component, "Options", None)
+    if kind is None:
+        if values:
+            raise ConfigError(f"{key}: {component.__name__} takes no options, got {short_repr(values)}")
+        return None
+    return from_dict(kind, values, key + ".")
+
+
 def from_dict(cls, data: dict, prefix: str = ""):
     """Build dataclass ``cls`` from a plain dict, checking every key and type."""
     if not isinstance(data, dict):
@@ -382,6 +382,11 @@ def parse_override(text: str) -> dict:
     return value
 
 
+def presets() -> list[str]:
+    """The names of the shipped presets (mmm4rec/presets/*.yaml)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
 def resolve_preset(preset: str) -> Path:
     path = Path(preset)
     if path.suffix in (".yaml", ".yml") and path.exists():
@@ -389,7 +394,7 @@ def resolve_preset(preset: str) -> Path:
     named = PRESET_DIR / f"{preset}.yaml"
     if named.exists():
         return named
-    choices = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+    choices = ", ".join(presets())
     raise ConfigError(f"no preset {short_repr(preset)}: not a YAML file and not one of: {choices}")
 
 

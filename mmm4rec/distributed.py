@@ -77,7 +77,7 @@ class DistEnv:
             )
         # a single plain process still gets a process group (DeepSpeed makes one): use a free port so that
         # concurrent single-process runs on one machine do not collide on the default 29500
-        return cls(master_port=int(env.get("MASTER_PORT") or _free_port()))
+        return cls(master_port=int(env.get("MASTER_PORT") or free_port()))
 
     def export(self) -> None:
         """Write the torch.distributed variables so DeepSpeed/accelerate/torch read the same values."""
@@ -91,7 +91,9 @@ class DistEnv:
         )
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this host now (the rendezvous of a single-process run; tests and benchmarks that start
+    servers or launchers)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -316,10 +318,6 @@ def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     if _active():
         dist.all_reduce(t, op=_OPS[op])
     return t
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    return all_reduce(t, "sum")
 
 
 def all_gather(t: torch.Tensor) -> torch.Tensor:

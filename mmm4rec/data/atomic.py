@@ -80,19 +80,40 @@ def replace_folder(path: str | os.PathLike, keep: tuple[str, ...] = (), layout: 
     shutil.rmtree(old, ignore_errors=True)
 
 
+def temp_beside(path: Path) -> Path:
+    """The one temp-name scheme of every atomic write: hidden, beside ``path``, unique per writer (processes and
+    ranks may write the same file at once; the last rename wins, whole)."""
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path for a writer that needs a file name (``np.lib.format.open_memmap``, ``np.savez``); on
+    success it is renamed over ``path``, on an exception removed."""
+    path = Path(path)
+    tmp = temp_beside(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class AtomicFile:
-    """A file written beside ``path`` (a hidden temp name) that takes its place only on ``commit``: flushed to
+    """A file written beside ``path`` (``temp_beside``) that takes its place only on ``commit``: flushed to
     disk, then renamed over it, so readers see the old content or the new, never part of it. ``discard`` (also
     on leaving a ``with`` block by an exception) removes the temp file and leaves ``path`` as it was."""
 
-    def __init__(self, path: str | os.PathLike, encoding: Optional[str] = None):
-        self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    def __init__(self, path: str | os.PathLike, encoding: Optional[str] = None, sync: bool = True):
+        self.path, self.sync = Path(path), sync
+        self.tmp = temp_beside(self.path)
         self.file = open(self.tmp, "x", encoding=encoding) if encoding else open(self.tmp, "xb")
 
     def commit(self) -> None:
         self.file.flush()
-        os.fsync(self.file.fileno())
+        if self.sync:
+            os.fsync(self.file.fileno())
         self.file.close()
         os.replace(self.tmp, self.path)
 
@@ -114,7 +135,10 @@ class AtomicFile:
             self.discard()
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write a whole file atomically (AtomicFile)."""
-    with AtomicFile(path) as f:
+def write_atomic(path: str | os.PathLike, data: str | bytes, sync: bool = False) -> None:
+    """Write a whole file atomically (AtomicFile): every small state and identity file of the project (run.json,
+    COMPLETE, latest, summary.json, evaluation results) goes through here. Not flushed to disk by default: a
+    checkpoint's COMPLETE and ``latest`` follow each other at once, and the rename alone gives readers the old
+    file or the new."""
+    with AtomicFile(path, sync=sync) as f:
         f.write(data.encode() if isinstance(data, str) else data)

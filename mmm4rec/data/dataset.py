@@ -15,6 +15,7 @@ import numpy as np
 
 from .atomic import Layout, check_replaceable, replace_folder
 from .remote import DatasetLike, DatasetSource, sha256_hex
+from .samples import samples_per_user
 from .schema import (DATASET_FORMAT, MANIFEST, MIN_INTERACTIONS, DataError, InvalidRecord, ItemRecord, Manifest,
                      SeqRecord, check_seq, domain_of)
 from .shards import sha256_file, write_items, write_seqs
@@ -45,7 +46,7 @@ def load_manifest(dataset: DatasetLike, verify: bool = False) -> Manifest:
         data = json.loads(raw)
     except ValueError as e:
         raise DataError(f"{path}: not valid JSON: {e}") from None
-    manifest = Manifest.from_json(data, source, sha256_hex(raw))
+    manifest = Manifest.from_json(data, path, sha256_hex(raw)).locate(source)
     for shard in manifest.items + manifest.seqs:
         if source.is_local:
             if not shard.path.is_file():
@@ -83,8 +84,8 @@ class Counts:
         d = self.per_domain[rec.domain]
         d["users"] += 1
         d["interactions"] += n
-        self.train_samples += n - 3  # targets at positions 1 .. n-3; n-2 is validation, n-1 test
-        self.pretrain_samples += n - 1  # every prefix with at least one history item
+        self.train_samples += samples_per_user(n, "train")
+        self.pretrain_samples += samples_per_user(n, "pretrain")
 
     def to_json(self) -> dict[str, Any]:
         return {"per_domain": dict(self.per_domain), "train_samples": self.train_samples,

@@ -40,7 +40,7 @@ import transformers
 from mmm4rec.config import EncoderConfig
 from mmm4rec.encoders import Encoders, build_encoders, encoder_identity, encoder_slug, identity_matches
 
-from .atomic import Layout, check_replaceable, replace_folder
+from .atomic import Layout, atomic_path, check_replaceable, replace_folder
 from .dataset import load_manifest
 from .remote import DatasetLike, DatasetSource
 from .schema import PAD_KEY, BadRecords, DataError, ItemRecord, Manifest, ShardInfo, content_hash
@@ -173,15 +173,14 @@ def _write_bf16(source: Path, target: Path, chunk_bytes: int = 64 << 20) -> None
     """torch's float32 -> bfloat16 rounding of ``source``, in chunks, stored as int16 bits; stale companions of
     the same array are removed."""
     fp32 = np.load(source, mmap_mode="r")
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    out = np.lib.format.open_memmap(tmp, "w+", np.int16, fp32.shape)
-    rows = max(1, chunk_bytes // max(1, fp32[:1].nbytes))
-    for start in range(0, len(fp32), rows):
-        block = torch.from_numpy(np.array(fp32[start : start + rows]))
-        out[start : start + rows] = block.to(torch.bfloat16).view(torch.int16).numpy()
-    out.flush()
-    del out
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        out = np.lib.format.open_memmap(tmp, "w+", np.int16, fp32.shape)
+        rows = max(1, chunk_bytes // max(1, fp32[:1].nbytes))
+        for start in range(0, len(fp32), rows):
+            block = torch.from_numpy(np.array(fp32[start : start + rows]))
+            out[start : start + rows] = block.to(torch.bfloat16).view(torch.int16).numpy()
+        out.flush()
+        del out
     for stale in target.parent.glob(f"{source.stem}-bf16-*.npy"):
         if stale != target:
             stale.unlink()

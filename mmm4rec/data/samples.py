@@ -15,19 +15,25 @@ import numpy as np
 SPLITS = ("pretrain", "train", "valid", "test")
 
 
+def target_span(n: np.ndarray | int, split: str):
+    """The leave-one-out rule, written once: the positions [first, stop) of a length-n history whose items are
+    ``split``'s targets (n ≥ 3 is guaranteed by validation); vectorised over an array of lengths."""
+    spans = {"pretrain": (1, n), "train": (1, n - 2), "valid": (n - 2, n - 1), "test": (n - 1, n)}
+    if split not in spans:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    first, stop = spans[split]
+    return (np.full_like(n, first) if isinstance(n, np.ndarray) and isinstance(first, int) else first), stop
+
+
 def samples_per_user(n: np.ndarray | int, split: str):
-    """How many samples a history of length n yields (n ≥ 3 is guaranteed by validation)."""
-    if split == "pretrain":
-        return n - 1
-    if split == "train":
-        return n - 3
-    if split in ("valid", "test"):
-        return np.ones_like(n) if isinstance(n, np.ndarray) else 1
-    raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    """How many samples a history of length n yields."""
+    first, stop = target_span(n, split)
+    return stop - first
 
 
-def _first_target(n: np.ndarray, split: str) -> np.ndarray:
-    return {"pretrain": np.ones_like(n), "train": np.ones_like(n), "valid": n - 2, "test": n - 1}[split]
+def targets_of(ids: np.ndarray, split: str) -> np.ndarray:
+    """The target items of one history for ``split``."""
+    return ids[slice(*target_span(len(ids), split))]
 
 
 @dataclass
@@ -85,7 +91,7 @@ def expand(h: Histories, split: str, L: int, skip: np.ndarray | None = None,
     """
     n = np.diff(h.offsets)
     count = samples_per_user(n, split)
-    first = _first_target(n, split)
+    first = target_span(n, split)[0]
     if skip is not None:
         first, count = first + skip, np.minimum(count - skip, limit)
     count = np.maximum(count, 0)

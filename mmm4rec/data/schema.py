@@ -253,16 +253,23 @@ class Manifest:
         return self.source.manifest_path
 
     @classmethod
-    def from_json(cls, data: Any, source: "DatasetSource", digest: str = "") -> "Manifest":
-        """Parse a decoded dataset.json read from ``source`` (``digest``: of its bytes); DataError naming the file
-        and the key at fault."""
+    def from_json(cls, data: Any, path: Union[str, Path], digest: str = "") -> "Manifest":
+        """Parse a decoded dataset.json (``path`` names it in errors, ``digest``: of its bytes); DataError naming
+        the file and the key at fault. The schema reads names only: ``locate`` attaches where the shards are."""
         try:
-            return cls._parse(data, source, digest)
+            return cls._parse(data, digest)
         except _BadManifest as e:
-            raise DataError(f"{source.manifest_path}: {e}") from None
+            raise DataError(f"{path}: {e}") from None
+
+    def locate(self, source: "DatasetSource") -> "Manifest":
+        """Attach where this manifest and its shards were read from (a local folder or a remote dataset)."""
+        self.source = source
+        for shard in self.items + self.seqs:
+            shard.path, shard.source = source.where(shard.name), source
+        return self
 
     @classmethod
-    def _parse(cls, data: Any, source: "DatasetSource", digest: str) -> "Manifest":
+    def _parse(cls, data: Any, digest: str) -> "Manifest":
         if not isinstance(data, dict):
             raise _BadManifest(f"not a dataset manifest: expected a JSON object, got {type(data).__name__}")
         _field(data, "format", "", f"{DATASET_FORMAT!r}", lambda v: v == DATASET_FORMAT)
@@ -281,11 +288,10 @@ class Manifest:
                            lambda v: type(v) is list and all(map(_is_string, v))),
             counts=counts,
             split=split,
-            items=_shard_list(shards, "items", source),
-            seqs=_shard_list(shards, "seqs", source),
+            items=_shard_list(shards, "items"),
+            seqs=_shard_list(shards, "seqs"),
             provenance=_field(data, "provenance", "", "an object", _is_object),
             licence=_field(data, "licence", "", "a string", _is_string),
-            source=source,
             digest=digest,
         )
         manifest._check_counts()
@@ -361,9 +367,9 @@ def _field(obj: dict, key: str, where: str, want: str, ok: Callable[[Any], bool]
     return value
 
 
-def _shard_list(shards: dict, kind: str, source: "DatasetSource") -> list[ShardInfo]:
+def _shard_list(shards: dict, kind: str) -> list[ShardInfo]:
     entries = _field(shards, kind, "shards", "a list", _is_list)
-    return [info for n, entry in enumerate(entries) for info in _shard(entry, f"shards.{kind}[{n}]", source)]
+    return [info for n, entry in enumerate(entries) for info in _shard(entry, f"shards.{kind}[{n}]")]
 
 
 _INSIDE = "a relative path inside the dataset folder"
@@ -371,7 +377,7 @@ _SHARD_FIELDS = (("count", _COUNT, _is_count), ("bytes", _COUNT, _is_count),
                  ("sha256", "64 lowercase hex digits", _is_sha256))
 
 
-def _shard(entry: Any, where: str, source: "DatasetSource") -> list[ShardInfo]:
+def _shard(entry: Any, where: str) -> list[ShardInfo]:
     """One entry of a shard list: a shard, or a brace pattern (``seqs-{000000..000009}.tar``, webdataset's
     notation) whose count, bytes and sha256 are lists holding one value per name, in expansion order."""
     if not _is_object(entry):
@@ -379,7 +385,7 @@ def _shard(entry: Any, where: str, source: "DatasetSource") -> list[ShardInfo]:
     name = _field(entry, "name", where, _INSIDE, lambda v: type(v) is str and ("{" in v or _inside(v)))
     if "{" not in name:
         values = [_field(entry, key, where, want, ok) for key, want, ok in _SHARD_FIELDS]
-        return [ShardInfo(name, *values, path=source.where(name), source=source)]
+        return [ShardInfo(name, *values)]
     columns = [_field(entry, key, where, f"a list of {want} (one per name of the pattern)",
                       lambda v, ok=ok: _is_list(v) and all(map(ok, v))) for key, want, ok in _SHARD_FIELDS]
     n = len(columns[0])
@@ -395,8 +401,7 @@ def _shard(entry: Any, where: str, source: "DatasetSource") -> list[ShardInfo]:
     for one in names:
         if not _inside(one):
             raise _BadManifest(f"{where}.name: {one!r} (from {name!r}) must be {_INSIDE}")
-    return [ShardInfo(one, count, size, sha, path=source.where(one), source=source)
-            for one, count, size, sha in zip(names, *columns)]
+    return [ShardInfo(one, count, size, sha) for one, count, size, sha in zip(names, *columns)]
 
 
 _BRACES = re.compile(r"\{([^{}]*)\}")

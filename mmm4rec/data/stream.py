@@ -36,9 +36,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .atomic import AtomicFile
 from .dataset import Counts, check_totals, load_manifest
 from .remote import DatasetLike
-from .samples import Histories, Samples, expand, samples_per_user, seen_items
+from .samples import Histories, Samples, expand, samples_per_user, seen_items, targets_of
 from .schema import BadRecords, DataError, Manifest, SeqRecord, ShardInfo, map_items
 from .shards import iter_seq_records
 
@@ -160,10 +161,9 @@ class SeqIndex:
         for s, shard in enumerate(self.shards):
             kept = [ids for n, (_, ids) in enumerate(_mapped(shard, self.item_index, bad))
                     if keep is None or keep[offsets[s] + n]]
-            if kept:  # train targets: positions 1 … n-3; valid: n-2; test: n-1
-                counts["train"] += np.bincount(np.concatenate([ids[1:-2] for ids in kept]), minlength=size)
-                counts["valid"] += np.bincount([ids[-2] for ids in kept], minlength=size)
-                counts["test"] += np.bincount([ids[-1] for ids in kept], minlength=size)
+            for split in ("train", "valid", "test") if kept else ():
+                counts[split] += np.bincount(np.concatenate([targets_of(ids, split) for ids in kept]),
+                                             minlength=size)
         counts["pretrain"] = counts["train"] + counts["valid"] + counts["test"]
         return counts
 
@@ -232,13 +232,10 @@ def _load_npz(path: Path) -> Optional[dict[str, np.ndarray]]:
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:  # every rank may write it; the rename makes whichever finishes first the cache, atomically
-        with open(tmp, "wb") as f:
+    try:  # every rank may write it; each writes its own temp file and the renames replace the cache whole
+        with AtomicFile(path) as f:
             np.savez(f, **arrays)
-        os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         log.warning("could not write the stage-2 cache %s: %s", path, e)
 
 
@@ -472,10 +469,6 @@ class TrainStream:
         return (f"{plan.total:,} {self.split} samples{among} per epoch in {plan.steps} steps of {self.global_batch} "
                 f"(global batch), {self.partitions} partitions of {plan.chunk} per step, "
                 f"{plan.steps * self.global_batch - plan.total} rows of weight 0 fill the last step")
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.step = epoch, 0
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "partitions": self.partitions,

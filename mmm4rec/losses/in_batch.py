@@ -13,6 +13,7 @@ from .. import distributed
 from ..config import TrainConfig
 from ..model.precision import acc_dtype
 from ..model import Batch, SequentialRecommender
+from ..model.recommender import history_and_candidates
 from .weights import sample_weights
 
 
@@ -22,11 +23,9 @@ class InBatchSoftmax(nn.Module):
         self.gather = t.gather_negatives
 
     def forward(self, model: SequentialRecommender, batch: Batch) -> torch.Tensor:
-        b, L = batch.items.shape
-        tables = model.item_tables(torch.cat([batch.items.flatten(), batch.targets]))
-        history = tuple(x[: b * L].view(b, L, -1) for x in tables.inputs)
+        history, cand = history_and_candidates(model, batch, batch.targets)
         user = model.encode(batch, history)
-        cand = tables.scores[b * L :]
+        b = len(batch.targets)
         offset = 0
         if self.gather and distributed.world_size() > 1:
             cand, offset = distributed.gather_candidates(cand)

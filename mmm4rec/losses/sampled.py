@@ -18,10 +18,13 @@ import torch.nn.functional as F
 from ..config import ConfigError, TrainConfig
 from ..model.precision import acc_dtype
 from ..model import Batch, SequentialRecommender
+from ..model.recommender import history_and_candidates
 from .weights import sample_weights
 
 
 class SampledSoftmax(nn.Module):
+    needs_target_counts = True  # the popularity sampler and the logQ correction read them
+
     def __init__(self, t: TrainConfig, target_counts: np.ndarray):
         super().__init__()
         counts = np.asarray(target_counts, dtype=np.float64).copy()
@@ -49,13 +52,12 @@ class SampledSoftmax(nn.Module):
         return torch.log(b * self.p[ids] + self.negatives * self.q[ids])
 
     def forward(self, model: SequentialRecommender, batch: Batch) -> torch.Tensor:
-        b, L = batch.items.shape
         negatives = self.draw(batch.targets.device)
         cand_ids = torch.cat([batch.targets, negatives])
-        tables = model.item_tables(torch.cat([batch.items.flatten(), cand_ids]))
-        history = tuple(x[: b * L].view(b, L, -1) for x in tables.inputs)
+        history, cand = history_and_candidates(model, batch, cand_ids)
         user = model.encode(batch, history)
-        logits = (user @ tables.scores[b * L :].t()).to(acc_dtype(user.dtype))
+        b = len(batch.targets)
+        logits = (user @ cand.t()).to(acc_dtype(user.dtype))
         if self.logq:
             logits = logits - self.log_expected(cand_ids, b)
         positive = torch.arange(b, device=user.device)

@@ -9,7 +9,7 @@ a batch's histories — is then a collective that every rank joins (``distribute
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,9 @@ import torch.nn.functional as F
 
 from .. import distributed
 from .precision import acc_dtype
+
+if TYPE_CHECKING:
+    from ..data.features import FeatureStore
 
 
 @dataclass
@@ -43,12 +46,6 @@ class ItemFeatures:
         lo, hi = shard_bounds(self.num_items + 1, rank, world)
         part = lambda t: None if t is None else t[lo:hi]  # noqa: E731 — views: a memory map stays one
         return ItemFeatures(part(self.text), part(self.image), part(self.image_missing), lo, self.num_items + 1)
-
-    @classmethod
-    def placeholder(cls, num_items: int, text_dim: int, image_dim: int | None) -> "ItemFeatures":
-        image = None if image_dim is None else torch.zeros(num_items + 1, image_dim)
-        return cls(torch.zeros(num_items + 1, text_dim), image,
-                   None if image is None else torch.zeros(num_items + 1, dtype=torch.bool))
 
 
 def shard_bounds(rows: int, rank: int, world: int) -> tuple[int, int]:
@@ -110,3 +107,14 @@ class _FrozenLinear(torch.autograd.Function):
             grad_w += (grad[i : i + ADAPT_BLOCK].t() @ rows[i : i + ADAPT_BLOCK].to(grad.dtype)).to(acc)
         grad_b = grad.sum(0, dtype=acc)
         return None, grad_w.to(ctx.weight_dtype), grad_b.to(ctx.weight_dtype), None
+
+
+def item_features(store: "FeatureStore", dtype: torch.dtype = torch.float32) -> ItemFeatures:
+    """The store's arrays as the tensors a model holds, memory-mapped from the store (shared between processes,
+    never copied; ``dtype`` fp32, or bf16 for a bf16 step from the store's bf16 companion). A non-finite row is an
+    error naming its item."""
+    feats = ItemFeatures(text=store.tensor("text", dtype), image=store.tensor("image", dtype),
+                         image_missing=store.tensor("image_missing"))
+    if not (torch.isfinite(feats.text).all() and (feats.image is None or torch.isfinite(feats.image).all())):
+        store.verify()  # names the first bad item
+    return feats

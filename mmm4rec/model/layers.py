@@ -30,9 +30,9 @@ def gpu_kernels(kernels: str, x: torch.Tensor) -> bool:
 
 
 class Dropout(nn.Dropout):
-    """nn.Dropout; on the CPU path the mask comes from torch.rand_like, ~2.5× faster (forward + backward) there than
-    the bernoulli_ kernel F.dropout uses (the model calls dropout ~20 times per step), on the GPU path it is
-    F.dropout's one fused kernel."""
+    """nn.Dropout; on the CPU path the mask comes from torch.rand_like, which is faster there (forward + backward)
+    than the bernoulli_ kernel F.dropout uses (the model calls dropout ~20 times per step); on the GPU path it is
+    F.dropout's one fused kernel. Both paths are tested to drop the same share."""
 
     def __init__(self, p: float, kernels: str = "auto"):
         super().__init__(p)
@@ -51,9 +51,9 @@ class CausalConv1d(nn.Conv1d):
     """Depthwise causal convolution over the L axis of (b, L, c) inputs; nn.Conv1d's parameters and init.
 
     GPU path: one grouped F.conv1d (a single kernel forward and backward). CPU path: K shifted multiply-adds
-    accumulated in place (_CausalConv), about 2× faster forward + backward on CPU than a grouped convolution or
-    an autograd-recorded pad/shift/sum, which allocate several activation-sized temporaries — at the price of
-    ~8× the dispatched ops, which only a launch-bound device would notice.
+    accumulated in place (_CausalConv): faster forward + backward on CPU than a grouped convolution or an
+    autograd-recorded pad/shift/sum, which allocate several activation-sized temporaries — at the price of more
+    dispatched ops, which only a launch-bound device would notice (docs/results/step_ops.json counts them).
     """
 
     def __init__(self, channels: int, kernel_size: int, kernels: str = "auto"):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 from .items import FrozenTable, ItemFeatures, adapt
 from .layers import CrossSSD, Dropout, FeedForward, FourierFusion, TiSSD, is_time_path
-from .recommender import Batch, ItemTables, SequentialRecommender
+from .recommender import Batch, ItemTables, SequentialRecommender, init_weights
 
 
 class MMM4RecLayer(nn.Module):
@@ -62,6 +62,7 @@ class MMM4RecLayer(nn.Module):
 
 class MMM4Rec(SequentialRecommender):
     arch = "mmm4rec"
+    domain_specific = ("text_id_bias", "image_id_bias")  # model.id_bias: the per-item offsets of each stream
 
     def __init__(self, cfg: ModelConfig, features: ItemFeatures):
         super().__init__(cfg, features)
@@ -86,7 +87,7 @@ class MMM4Rec(SequentialRecommender):
         self.time_norm = nn.LayerNorm(cfg.max_len, eps=cfg.norm_eps) if cfg.time else None
         self.dropout = Dropout(cfg.dropout, cfg.kernels)
         self.layers = nn.ModuleList(MMM4RecLayer(cfg) for _ in range(cfg.n_layers))
-        self.apply(_init_weights)
+        self.apply(init_weights)
         init_time_paths(self, cfg)
 
     def extra_config(self) -> dict:
@@ -140,25 +141,13 @@ class MMM4Rec(SequentialRecommender):
         return torch.diff(ts, dim=1, prepend=ts[:, :1]).float()
 
 
-def _init_weights(module: nn.Module) -> None:
-    """N(0, 0.02) for Linear/Embedding weights, zero biases, LayerNorm (1, 0); SSD parameters and convolutions
-    keep their own initialisation (docs/model.md §4)."""
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, std=0.02)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        nn.init.zeros_(module.bias)
-    if isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
 def init_time_paths(model: nn.Module, cfg: ModelConfig) -> None:
     """model.time_init: the time paths' Linear layers (position mixes, gates, Fourier filters) drawn from
     N(0, model.time_init_std) like every other Linear ("normal", the reference's default), or kept at PyTorch's
     Kaiming-uniform default ("kaiming", the reference's switch). At std 0.02 the Tanhshrink after the mix
     (≈ x³/3 near 0) passes almost nothing, which is why a larger std is offered too."""
     if cfg.time_init == "normal" and cfg.time_init_std == 0.02:
-        return  # _init_weights already drew them so (no extra draws: the same init as without this option)
+        return  # init_weights already drew them so (no extra draws: the same init as without this option)
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and is_time_path(name + "."):
             if cfg.time_init == "kaiming":

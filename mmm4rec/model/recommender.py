@@ -11,17 +11,14 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ..config import ConfigError, ModelConfig, from_dict
+from ..config import ConfigError, ModelConfig, from_dict, options_of
 from .items import ItemFeatures
-
-# Parameters that belong to one item catalogue: dropped when transferring to another domain.
-DOMAIN_SPECIFIC = ("text_id_bias", "image_id_bias")
 
 
 @dataclass
@@ -56,14 +53,23 @@ class ItemTables:
 
 
 class SequentialRecommender(nn.Module):
-    """Base class: subclasses implement ``item_tables`` and ``encode``."""
+    """Base class: subclasses implement ``item_tables`` and ``encode``, and are registered in
+    mmm4rec.registry.ARCHS under their ``arch`` name."""
 
-    arch: str = ""
+    arch: ClassVar[str] = ""
+    # Name prefixes of the parameters that belong to one item catalogue (ID tables): dropped when transferring to
+    # another domain, resized when items are added to an export.
+    domain_specific: ClassVar[tuple[str, ...]] = ()
+    # Whether items are scored from their content (frozen features) and not only from ID tables: such a model can
+    # serve another catalogue (transfer) and new items (Recommender.add_items) without retraining.
+    reads_content: ClassVar[bool] = True
+    Options: ClassVar[Optional[type]] = None  # the dataclass of the architecture's own options (model.options)
 
     def __init__(self, cfg: ModelConfig, features: ItemFeatures):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
+        self.options = options_of(type(self), cfg.options, "model.options")
         self.num_items = features.num_items
         self.sharded = features.sharded
         self.first_id = features.offset  # the catalogue rows this process holds start here
@@ -83,14 +89,19 @@ class SequentialRecommender(nn.Module):
         """Sizes that, with the ModelConfig, rebuild this model (stored in config.json)."""
         return {"num_items": self.num_items}
 
+    @classmethod
+    def is_domain_specific(cls, name: str) -> bool:
+        """Whether parameter ``name`` is one of this architecture's ID tables."""
+        return bool(cls.domain_specific) and name.startswith(cls.domain_specific)
+
     # ------------------------------------------------------------------ built on the two above
     def history(self, batch: Batch, tables: Optional[ItemTables] = None) -> tuple[torch.Tensor, ...]:
         """The history rows of ``batch``: gathered from whole-catalogue ``tables`` when given, else adapted for
         exactly the batch's items (b·L rows: a static shape, whatever the batch holds)."""
         if tables is not None and tables.first_id == 0 and not self.sharded:
             return tuple(x[batch.items] for x in tables.inputs)
-        rows = self.item_tables(batch.items.flatten()).inputs
-        return tuple(x.view(*batch.items.shape, -1) for x in rows)
+        return history_and_candidates(self, batch)[0]
+
 
     def forward(self, batch: Batch, tables: Optional[ItemTables] = None) -> torch.Tensor:
         """User vectors of ``batch`` (with autograd; the training losses call this)."""
@@ -123,8 +134,8 @@ class SequentialRecommender(nn.Module):
 
     def load_backbone(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
         """Transfer: load everything except domain-specific tables, strictly (no silent strict=False)."""
-        own = {k: v for k, v in self.state_dict().items() if not k.startswith(DOMAIN_SPECIFIC)}
-        theirs = {k: v for k, v in state.items() if not k.startswith(DOMAIN_SPECIFIC)}
+        own = {k: v for k, v in self.state_dict().items() if not self.is_domain_specific(k)}
+        theirs = {k: v for k, v in state.items() if not self.is_domain_specific(k)}
         missing, unexpected = sorted(own.keys() - theirs.keys()), sorted(theirs.keys() - own.keys())
         shapes = [f"{k}: {tuple(theirs[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
                   if k in theirs and theirs[k].shape != v.shape]
@@ -138,40 +149,24 @@ class SequentialRecommender(nn.Module):
         self.load_state_dict(theirs, strict=False)  # strictness checked above; only the dropped tables differ
 
 
-def build_model(cfg: ModelConfig, features: ItemFeatures) -> SequentialRecommender:
-    from .mmm4rec import MMM4Rec
-    from .sasrec import SASRec
+def history_and_candidates(model: "SequentialRecommender", batch: Batch, ids: Optional[torch.Tensor] = None
+                           ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """One ``model.item_tables`` call for the batch's b·L history items followed by the items ``ids`` (e.g. a
+    loss's candidates): the history rows, (b, L, N) per input stream, and the candidate vectors of ``ids``."""
+    b, L = batch.items.shape
+    wanted = batch.items.flatten() if ids is None else torch.cat([batch.items.flatten(), ids])
+    tables = model.item_tables(wanted)
+    return tuple(x[: b * L].view(b, L, -1) for x in tables.inputs), tables.scores[b * L :]
 
-    return {"mmm4rec": MMM4Rec, "sasrec": SASRec}[cfg.arch](cfg, features)
 
-
-def from_pretrained(path: str | Path, features: Optional[ItemFeatures],
-                    expect: Optional[ModelConfig] = None, transfer: bool = False) -> SequentialRecommender:
-    """Load a ``save_pretrained`` folder with the catalogue's ``features`` (mmm4rec.serving.Recommender loads an
-    export together with the features it carries). Features of another
-    catalogue (a different item count) are an error unless ``transfer``: the export's ID tables are then dropped
-    and the backbone loaded strictly. ``expect`` is the config the caller wants: a different window length,
-    depth or width is an error."""
-    cfg, meta = SequentialRecommender.read_config(path)
-    if expect is not None:
-        for key in ("arch", "max_len", "n_layers", "d_model"):
-            if getattr(expect, key) != getattr(cfg, key):
-                raise ConfigError(f"{path}: checkpoint has model.{key}={getattr(cfg, key)!r} but the config asks "
-                                  f"for {getattr(expect, key)!r}")
-    if features is None:
-        raise ConfigError(f"{path}: loading a model needs its catalogue's item features (a model never scores with "
-                          "zeros); mmm4rec.serving.Recommender.from_pretrained loads an export with its own")
-    if features.num_items != meta["num_items"] and not transfer:
-        raise ConfigError(f"{path}: the export was trained on {meta['num_items']} items but the features given hold "
-                          f"{features.num_items}; pass transfer=True (train.init_from) to keep only its backbone")
-    model = build_model(cfg, features)
-    try:
-        state = load_file(Path(path) / "model.safetensors")
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{Path(path) / 'model.safetensors'}: unreadable weights "
-                          f"({type(e).__name__}: {e})") from None
-    if features.num_items != meta["num_items"]:
-        model.load_backbone(state, source=str(path))
-    else:
-        model.load_state_dict(state, strict=True)
-    return model
+def init_weights(module: nn.Module) -> None:
+    """N(0, 0.02) for Linear/Embedding weights, zero biases, LayerNorm (1, 0): every architecture's starting
+    point (``model.apply(init_weights)``); MMM4Rec's SSD parameters and convolutions keep their own
+    initialisation (docs/model.md §4)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

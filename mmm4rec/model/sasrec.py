@@ -6,20 +6,23 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..config import ModelConfig
-from .mmm4rec import _init_weights
+from ..config import ConfigError, ModelConfig
 from .items import ItemFeatures
-from .recommender import Batch, ItemTables, SequentialRecommender
+from .recommender import Batch, ItemTables, SequentialRecommender, init_weights
 
 
 class SASRec(SequentialRecommender):
     """Learned item + position embeddings, pre-norm causal self-attention blocks, read-out at length-1."""
 
     arch = "sasrec"
+    domain_specific = ("item_emb",)  # everything it knows of an item is its ID embedding
+    reads_content = False
 
     def __init__(self, cfg: ModelConfig, features: ItemFeatures):
         super().__init__(cfg, features)
         N = cfg.d_model
+        if N % cfg.n_heads_sasrec:
+            raise ConfigError(f"model.d_model {N} is not divisible by model.n_heads_sasrec ({cfg.n_heads_sasrec})")
         self.item_emb = nn.Embedding(self.num_items + 1, N, padding_idx=0)
         self.held_items = len(features.text)
         self.pos_emb = nn.Embedding(cfg.max_len, N)
@@ -29,7 +32,7 @@ class SASRec(SequentialRecommender):
         self.norm = nn.LayerNorm(N, eps=cfg.norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
         self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(cfg.max_len), persistent=False)
-        self.apply(_init_weights)
+        self.apply(init_weights)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 

@@ -38,19 +38,22 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..config import ConfigError, ModelConfig, from_dict, short_repr
+from ..data.atomic import Layout
 from ..data.features import HASHES, IMAGE, ITEMS, MANIFEST, MISSING, TEXT, FeatureStore
 from ..data.schema import PAD_KEY, DataError
 from ..data.shards import sha256_file
 from ..model import ItemFeatures, SequentialRecommender, build_model
-from ..model.recommender import DOMAIN_SPECIFIC
+from ..model.items import item_features
+from ..registry import ARCHS
 
 EXPORT_FORMAT = "mmm4rec-export/2"
 OLD_FORMATS = ("mmm4rec-export/1",)  # config.json outside every hash: refused, to be re-exported
 IDENTITY = "export.json"
 CONFIG, MODEL, CANDIDATES, FEATURES = "config.json", "model.safetensors", "candidates.safetensors", "features"
 REQUIRED = (CONFIG, MODEL, ITEMS, CANDIDATES)  # what every export's export.json must list
+# An export written before folders carried the project's marker (data/atomic.py): still ours to replace.
+EXPORT_LAYOUT = Layout(IDENTITY, EXPORT_FORMAT, (IDENTITY, *REQUIRED, FEATURES, ".*"))
 PINNED = (TEXT, IMAGE, MISSING, ITEMS)  # the store files that decide the model inputs, pinned by sha256
-ARCHS = ("mmm4rec", "sasrec")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 # Candidates are recomputed from the model on load: an export whose stored vectors disagree beyond float
 # rounding (another device's matmul included) was not written from these weights and features.
@@ -168,7 +171,7 @@ def load_export(path: str | os.PathLike, *, features: str | os.PathLike | None =
     _check_weights(path, cfg, feats, rows=meta["num_items"] + 1)
     state = _read_safetensors(path / MODEL)
     if other_catalogue:
-        state = resize_id_tables(state, store.num_items + 1, keep=0)
+        state = resize_id_tables(state, store.num_items + 1, keep=0, arch=cfg.arch)
     model = build_model(cfg, feats)
     try:
         model.load_state_dict(state, strict=True)
@@ -292,8 +295,8 @@ def _read_meta(path: Path) -> tuple[dict, ModelConfig]:
     def bad(key: str, value: Any, want: str) -> DataError:
         return DataError(f"{file}: {key} must be {want}, got {short_repr(value)}")
 
-    if meta["arch"] not in ARCHS:
-        raise bad("arch", meta["arch"], f"one of {list(ARCHS)}")
+    if not isinstance(meta["arch"], str) or meta["arch"] not in ARCHS.names():
+        raise bad("arch", meta["arch"], f"one of {ARCHS.names()} (a registered architecture)")
     try:
         model = from_dict(ModelConfig, meta["model"], "model.")
         model.validate()
@@ -391,7 +394,7 @@ def _check_weights(path: Path, cfg: ModelConfig, feats: ItemFeatures, rows: int)
                         f"{' '.join(str(e).split())[:200]}") from None
     want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     for name in want:
-        if name.startswith(DOMAIN_SPECIFIC):
+        if skeleton.is_domain_specific(name):
             want[name] = (rows, *want[name][1:])
     file = path / MODEL
     try:
@@ -421,8 +424,8 @@ def _check_transfer(store: FeatureStore, keys: list[str], arch: str, transfer: b
     what = (f"another catalogue than the export {path} ({store.num_items} items vs {len(keys) - 1}"
             + (f", e.g. {short_repr(example)} is only in one of them)" if example else
                ", the same keys in another order)"))
-    if arch == "sasrec":
-        raise ConfigError(f"{store.path}: {what}; SASRec scores items by learned ID embeddings only and "
+    if not ARCHS.get(arch).reads_content:
+        raise ConfigError(f"{store.path}: {what}; {ARCHS.get(arch).__name__} scores items by learned ID embeddings only and "
                           "cannot serve another catalogue")
     if not transfer:
         raise ConfigError(f"{store.path}: {what}; pass transfer=True (CLI: --transfer) to serve it by content "
@@ -442,23 +445,14 @@ def _stored_candidates(file: Path, computed: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ shared helpers
-def item_features(store: FeatureStore, dtype: torch.dtype = torch.float32) -> ItemFeatures:
-    """The store's arrays as the tensors a model holds, memory-mapped from the store (shared between processes,
-    never copied; ``dtype`` fp32, or bf16 for a bf16 step from the store's bf16 companion). A non-finite row is an
-    error naming its item."""
-    feats = ItemFeatures(text=store.tensor("text", dtype), image=store.tensor("image", dtype),
-                         image_missing=store.tensor("image_missing"))
-    if not (torch.isfinite(feats.text).all() and (feats.image is None or torch.isfinite(feats.image).all())):
-        store.verify()  # names the first bad item
-    return feats
-
-
-def resize_id_tables(state: dict[str, torch.Tensor], rows: int, keep: int) -> dict[str, torch.Tensor]:
-    """The state with every ID table (DOMAIN_SPECIFIC) cut to its first ``keep`` rows and zero-filled to ``rows``:
-    items without a trained row are scored by content alone."""
+def resize_id_tables(state: dict[str, torch.Tensor], rows: int, keep: int,
+                     arch: str = "mmm4rec") -> dict[str, torch.Tensor]:
+    """The state with every ID table (what architecture ``arch`` declares domain-specific) cut to its first
+    ``keep`` rows and zero-filled to ``rows``: items without a trained row are scored by content alone."""
     out = dict(state)
+    is_id_table = ARCHS.get(arch).is_domain_specific
     for name, table in state.items():
-        if name.startswith(DOMAIN_SPECIFIC):
+        if is_id_table(name):
             resized = table.new_zeros((rows, *table.shape[1:]))
             resized[:keep] = table[:keep]
             out[name] = resized

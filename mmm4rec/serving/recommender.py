@@ -206,8 +206,8 @@ class Recommender:
         """Encode new items with the export's frozen encoder and make them recommendable. ``images``: per item a
         PIL image, encoded image bytes or None (no image: the blank-image features, flagged missing, as stage 1
         does). All or nothing: on an error the catalogue is unchanged."""
-        if self.model.cfg.arch != "mmm4rec":
-            raise ConfigError(f"{self.path}: {self.model.cfg.arch} scores items by learned ID embeddings only; new "
+        if not self.model.reads_content:
+            raise ConfigError(f"{self.path}: {self.model.arch} scores items by learned ID embeddings only; new "
                               "items need retraining")
         # A string is a sequence too: add_items("ab", …) would add the items 'a' and 'b'.
         keys = _listed("add_items: keys", keys, "item keys")
@@ -225,7 +225,8 @@ class Recommender:
             torch.cat([old.text, new.text]),
             None if old.image is None else torch.cat([old.image, new.image]),
             None if old.image_missing is None else torch.cat([old.image_missing, new.image_missing]))
-        state = resize_id_tables(self.model.state_dict(), features.num_items + 1, keep=self.num_items + 1)
+        state = resize_id_tables(self.model.state_dict(), features.num_items + 1, keep=self.num_items + 1,
+                                 arch=self.model.arch)
         model = build_model(self.model.cfg, features)
         model.load_state_dict(state, strict=True)
         model.eval().to(self.device)

@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 
 from ..config import ConfigError
+from ..data.atomic import write_atomic
 from ..distributed import DistEnv, barrier
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class Checkpointer:
         self.env, self.keep = env, max(1, keep)
 
     # ------------------------------------------------------------------ write
-    def save(self, engine, step: int, client_state: dict, config_digest: str) -> Path:
+    def save(self, engine, step: int, client_state: dict, model_digest: str) -> Path:
         tag = f"step-{step:08d}"
         path = self.dir / tag
         if self.env.is_main and path.exists():  # a leftover from a run killed while writing this very step
@@ -117,9 +118,9 @@ class Checkpointer:
         barrier()
         if self.env.is_main:
             sizes = {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
-            _write_atomic(path / COMPLETE, json.dumps({"step": step, "world_size": self.env.world_size,
-                                                        "config_digest": config_digest, "files": sizes}))
-            _write_atomic(self.dir / "latest", tag)
+            write_atomic(path / COMPLETE, json.dumps({"step": step, "world_size": self.env.world_size,
+                                                       "model_digest": model_digest, "files": sizes}))
+            write_atomic(self.dir / "latest", tag)
             self._retain(tag)
         barrier()
         return path
@@ -146,7 +147,20 @@ class Checkpointer:
             log.warning("checkpoint %s is incomplete or damaged (%s); ignoring it", path, why)
         return tags
 
-    def load_latest(self, engine, config_digest: str) -> Optional[dict]:
+    def refuse_other(self, tag: str, model_digest: str) -> None:
+        """ConfigError unless checkpoint ``tag`` fits this run: the same model (``rundir.model_digest``) and world
+        size. Checked before anything is written (RunDir.check_checkpoints) and again when loading."""
+        state = json.loads((self.dir / tag / COMPLETE).read_text())
+        theirs = state.get("model_digest", state.get("config_digest"))  # the key's name before 2026-12
+        if theirs != model_digest:
+            raise ConfigError(f"{self.dir / tag} belongs to a different model configuration "
+                              f"(digest {theirs} ≠ {model_digest}); use a new run directory")
+        if state.get("world_size") != self.env.world_size:
+            raise ConfigError(f"{self.dir / tag} was written by {state.get('world_size')} processes, this run has "
+                              f"{self.env.world_size}; ZeRO shards are per rank (restart with the same world "
+                              f"size, or start from its export with train.init_from)")
+
+    def load_latest(self, engine, model_digest: str) -> Optional[dict]:
         """Restore the newest usable checkpoint into ``engine`` and this rank's RNG; return its client state
         (None when there is no checkpoint at all; an error when there are some and none loads)."""
         if not self.dir.exists():
@@ -158,14 +172,7 @@ class Checkpointer:
             log.warning("latest checkpoint %s is not complete; falling back to %s", wanted, tags[-1] if tags else "none")
         failures = []
         for tag in reversed(tags):
-            state = json.loads((self.dir / tag / COMPLETE).read_text())
-            if state["config_digest"] != config_digest:
-                raise ConfigError(f"{self.dir / tag} belongs to a different model configuration "
-                                  f"(digest {state['config_digest']} ≠ {config_digest}); use a new run directory")
-            if state["world_size"] != self.env.world_size:
-                raise ConfigError(f"{self.dir / tag} was written by {state['world_size']} processes, this run has "
-                                  f"{self.env.world_size}; ZeRO shards are per rank (restart with the same world "
-                                  f"size, or start from its export with train.init_from)")
+            self.refuse_other(tag, model_digest)
             try:
                 _, client = engine.load_checkpoint(str(self.dir), tag=tag, load_module_strict=True)
                 if client is None:
@@ -178,16 +185,10 @@ class Checkpointer:
                 log.warning("checkpoint %s failed to load (%s: %s); trying the previous one", tag,
                             type(e).__name__, e)
                 continue
-            log.info("resumed from %s (step %d)", self.dir / tag, client["global_step"])
+            log.info("resumed from %s (step %d)", self.dir / tag, client["progress"]["global_step"])
             return client
         if tried:
             raise CheckpointError(f"{self.dir}: holds {len(tried)} checkpoint(s) and none can be loaded "
                                   f"({'; '.join(failures) or 'none is complete'}); not starting over silently — "
                                   "move the folder away to train from scratch")
         return None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -28,29 +28,47 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..config import ConfigError, RunConfig, flatten, load_yaml, read_text, short_repr
+from ..data.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
 # Settings that change how a run is executed or reported, not what it computes: they may change on a resume.
+# (model.kernels and model.stack_streams choose how the same math runs: checkpoints stay interchangeable.)
 OPERATIONAL = {"name", "run_dir", "data.num_workers", "train.log_every", "train.checkpoint_every",
                "train.keep_checkpoints", "train.resume", "train.collective_timeout_s", "train.compile_mode",
                "eval.batch_size", "eval.item_chunk", "model.kernels", "model.stack_streams"}
+# A registered component's option section, left out while empty: the identity of every run made before these
+# sections existed stays what it was.
+OPTIONAL_SECTIONS = ("model.options", "train.loss_options")
 
 
 def identity_config(cfg: RunConfig) -> dict:
     """The resolved config without the OPERATIONAL settings: what a run directory belongs to."""
     data = copy.deepcopy(cfg.to_dict())
-    for key in OPERATIONAL:
+    for key in (*OPERATIONAL, *OPTIONAL_SECTIONS):
         *parents, leaf = key.split(".")
         node = data
         for p in parents:
             node = node[p]
-        node.pop(leaf, None)
+        if key in OPERATIONAL or node.get(leaf) == {}:
+            node.pop(leaf, None)
     return data
 
 
+def _digest(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def config_digest(cfg: RunConfig) -> str:
-    return hashlib.sha256(json.dumps(identity_config(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """The run's identity (run.json): every setting that can change its results."""
+    return _digest(identity_config(cfg))
+
+
+def model_digest(cfg: RunConfig) -> str:
+    """The model's identity (each checkpoint's COMPLETE marker): the model settings of ``config_digest``, so a
+    resume with another optimiser setting reaches the run.json check, and one with another model is refused
+    even under train.resume=force."""
+    return _digest(identity_config(cfg)["model"])
 
 
 def config_changes(old: Any, new: dict, limit: int = 6) -> list[str]:
@@ -168,25 +186,17 @@ class RunDir:
         if claim.forced:
             log.warning("train.resume=force: continuing %s with a changed config or dataset", self.path)
         if claim.identity is not None:
-            _write_json(self.identity, claim.identity)
+            write_atomic(self.identity, json.dumps(claim.identity, indent=1))
 
     def check_checkpoints(self, model_digest: str, env) -> None:
         """The refusals a resume meets in Checkpointer.load_latest on its newest complete checkpoint (another
         model, another world size), made before anything is written. Reads the COMPLETE markers only."""
-        from .checkpoint import COMPLETE, Checkpointer
+        from .checkpoint import Checkpointer
 
-        folder, world_size = self.checkpoints, env.world_size
-        tags = Checkpointer(self.path, env).complete_tags() if folder.is_dir() else []
-        if not tags:
-            return
-        state = json.loads((folder / tags[-1] / COMPLETE).read_text())
-        if state.get("config_digest") != model_digest:
-            raise ConfigError(f"{folder / tags[-1]} belongs to a different model configuration (digest "
-                              f"{state.get('config_digest')} ≠ {model_digest}); use a new run directory")
-        if state.get("world_size") != world_size:
-            raise ConfigError(f"{folder / tags[-1]} was written by {state.get('world_size')} processes, this run "
-                              f"has {world_size}; ZeRO shards are per rank (restart with the same world size, or "
-                              "start from its export with train.init_from)")
+        checkpoints = Checkpointer(self.path, env)
+        tags = checkpoints.complete_tags() if self.checkpoints.is_dir() else []
+        if tags:
+            checkpoints.refuse_other(tags[-1], model_digest)
 
     def _refuse_foreign(self) -> None:
         if self.identity.exists() or not self.path.exists():
@@ -197,9 +207,3 @@ class RunDir:
 
     def read_config(self) -> Optional[dict]:
         return load_yaml(read_text(self.config, "a YAML file"), str(self.config)) if self.config.exists() else None
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)

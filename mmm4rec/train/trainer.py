@@ -25,16 +25,18 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..config import RunConfig, flatten
-from ..data.features import FeatureStore
-from ..data.stream import EvalStream, SeqIndex, TrainStream
+from ..data.atomic import replace_folder, write_atomic
+from ..data.stream import EvalStream, TrainStream
 from ..distributed import DistEnv, barrier
-from ..model import Batch, ItemFeatures, SequentialRecommender, build_model, from_pretrained
+from ..model import Batch, SequentialRecommender, build_model, from_pretrained
+from ..model.items import item_features
 from ..provenance import provenance
-from ..serving.export import item_features, write_export
+from ..serving.export import EXPORT_LAYOUT, write_export
+from .assembly import Data, eval_stream
 from .checkpoint import Checkpointer, CheckpointError
 from .evaluation import evaluate
 from .monitor import Monitor, peak_memory_mb
-from .rundir import RunDir
+from .rundir import RunDir, model_digest
 
 log = logging.getLogger(__name__)
 
@@ -49,25 +51,13 @@ class Progress:
     best_step: int = -1
     bad_evals: int = 0  # validations in a row without improvement
     wall_time_s: float = 0.0  # training time over all resumes
+    best_wall_time_s: float = -1.0  # wall_time_s when the best validation was reached (over resumes too)
     history: list = field(default_factory=list)  # validation metrics, one entry per validation
 
     @classmethod
     def from_state(cls, state: dict) -> "Progress":
         known = {k: v for k, v in state.items() if k in cls.__dataclass_fields__}
         return cls(**known)
-
-
-@dataclass
-class Data:
-    features: ItemFeatures
-    store: FeatureStore  # where the features come from (exports carry it)
-    seq_index: SeqIndex
-    bad_records: dict  # counted skips of this run's inputs
-    dataset_hash: str  # sha256 of dataset.json: what the run trained on
-
-    @property
-    def item_index(self) -> dict[str, int]:
-        return self.store.index
 
 
 class Preemption:
@@ -124,7 +114,7 @@ class Trainer:
         self.validation = validation  # None: no validation signal (pre-training without held-out users)
         self.checkpoints = Checkpointer(run.path, env, keep=cfg.train.keep_checkpoints)
         self.progress = Progress()
-        self.digest = cfg.digest()
+        self.digest = model_digest(cfg)
         self.monitor: Optional[Monitor] = None
         self._clock = time.time()
         self.provenance = provenance(world_size=env.world_size, launcher=env.launcher,
@@ -145,23 +135,16 @@ class Trainer:
                         mask_history=e.mask_history, gather_params=gather)
 
     def _export(self, path) -> None:
-        """A self-contained export (mmm4rec.serving.export) written beside ``path`` and renamed into place by
-        rank 0; a failure there is raised on every rank."""
+        """A self-contained export (mmm4rec.serving.export) that takes the place of ``path`` whole (rank 0); a
+        failure there is raised on every rank and leaves ``path`` as it was."""
         model = self._whole_model()
 
         def write() -> None:
-            tmp = path.with_name(path.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
             try:
-                write_export(model, tmp, store=self.data.store, provenance=self.provenance)
+                with replace_folder(path, layout=EXPORT_LAYOUT) as tmp:
+                    write_export(model, tmp, store=self.data.store, provenance=self.provenance)
             except OSError as e:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise CheckpointError(f"{tmp}: writing the export failed ({e.strerror or e})") from None
-            old = path.with_name(path.name + ".old")
-            if path.exists():
-                path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
+                raise CheckpointError(f"{path}: writing the export failed ({e.strerror or e})") from None
 
         distributed.on_main(write)
 
@@ -186,8 +169,7 @@ class Trainer:
         now = time.time()
         self.progress.wall_time_s += now - self._clock
         self._clock = now
-        client = {"global_step": self.progress.global_step, "progress": vars(self.progress),
-                  "stream": self.stream.state_dict(), "config_digest": self.digest}
+        client = {"progress": vars(self.progress), "stream": self.stream.state_dict()}
         with distributed.quiet_period():
             self.checkpoints.save(self.engine, self.progress.global_step, client, self.digest)
 
@@ -230,6 +212,14 @@ class Trainer:
         summary = self._finish()
         self.monitor.close()
         return summary
+
+    def _stopped_by(self) -> str:
+        """Why training ended: "early_stopping" (train.patience validations without improvement), "max_steps"
+        or "epochs"."""
+        t, p = self.cfg.train, self.progress
+        if self.validation is not None and p.bad_evals >= t.patience:
+            return "early_stopping"
+        return "max_steps" if t.max_steps and p.global_step >= t.max_steps else "epochs"
 
     def _done(self) -> bool:
         t = self.cfg.train
@@ -331,6 +321,7 @@ class Trainer:
         p.history.append({"epoch": epoch, "step": p.global_step, **metrics})
         if value > p.best:
             p.best, p.best_epoch, p.best_step, p.bad_evals = value, epoch, p.global_step, 0
+            p.best_wall_time_s = p.wall_time_s + (time.time() - self._clock)
             self._export(self.run.best)
         else:
             p.bad_evals += 1
@@ -349,12 +340,8 @@ class Trainer:
             self._export(export)
         else:
             if self.env.is_main:
-                tmp = export.with_name("export.tmp")
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(self.run.best, tmp, copy_function=_link_or_copy)  # exports are never edited
-                if export.exists():
-                    shutil.rmtree(export)
-                tmp.rename(export)
+                with replace_folder(export, layout=EXPORT_LAYOUT) as tmp:  # exports are never edited: links
+                    shutil.copytree(self.run.best, tmp, copy_function=_link_or_copy, dirs_exist_ok=True)
             barrier()
         test = None
         if cfg.train.task == "finetune":
@@ -369,8 +356,11 @@ class Trainer:
             "best_step": p.best_step,
             "epochs_to_best": p.best_epoch + 1 if p.best_epoch >= 0 else None,
             "best_valid": p.best if p.best_epoch >= 0 else None,
+            "wall_time_to_best_s": round(p.best_wall_time_s, 2) if p.best_epoch >= 0 else None,
             "valid_history": p.history,
+            "stopped_by": self._stopped_by(),
             "global_step": p.global_step,
+            "steps_per_epoch": self.stream.steps_per_epoch,
             "epochs": self.stream.epoch,
             "world_size": self.env.world_size,
             "global_batch": self.stream.global_batch,
@@ -384,9 +374,7 @@ class Trainer:
                              {k: v for k, v in (test or {}).items() if k != "users"}
                              or ({"best_valid": p.best} if p.best_epoch >= 0 else {}))
         if self.env.is_main:
-            tmp = self.run.summary.with_name(".summary.json.tmp")
-            tmp.write_text(json.dumps(summary, indent=2, default=str))
-            tmp.rename(self.run.summary)
+            write_atomic(self.run.summary, json.dumps(summary, indent=2, default=str))
         return summary
 
 
@@ -397,15 +385,6 @@ def hparams(cfg: RunConfig, env: DistEnv, global_batch: int, data: Data) -> dict
                    "encoder": vars(cfg.data.encoder)})
     return out | {"world_size": env.world_size, "global_batch": global_batch, "loss": cfg.loss_name,
                   "num_items": data.features.num_items}
-
-
-def eval_stream(cfg: RunConfig, data: Data, env: DistEnv, split: str, users=None) -> EvalStream:
-    """The one definition of an evaluation stream of a run (validation, test, the evaluate launcher)."""
-    e = cfg.eval
-    kwargs = {} if users is None else {"users": users}
-    return EvalStream(data.seq_index, data.item_index, split=split, max_len=cfg.model.max_len,
-                      batch_size=e.batch_size, rank=env.rank, world=env.world_size, mask_history=e.mask_history,
-                      **kwargs)
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -53,7 +53,7 @@ def model_for(cfg, feats=None, seed=0):
 
 def test_paper_config_parameter_count():
     cfg = ModelConfig()  # N=256, E=512, P=64, H=8, G=8, S=64, K=4, L=20, 1 layer
-    feats = ItemFeatures.placeholder(num_items=100, text_dim=768, image_dim=768)
+    feats = ItemFeatures(torch.zeros(101, 768), torch.zeros(101, 768), torch.zeros(101, dtype=torch.bool))
     model = build_model(cfg, feats)
     n = sum(p.numel() for name, p in model.named_parameters() if "id_bias" not in name)
     print(f"MMM4Rec parameters at the paper configuration, without ID tables: {n:,}")

@@ -41,6 +41,8 @@ import torch
 
 from provenance import REPO, provenance
 
+from mmm4rec.distributed import free_port
+
 DIM = 768
 GIB = 1 << 30
 HERE = Path(__file__).resolve()
@@ -166,19 +168,17 @@ def train_steps(args, cfg, env, features) -> dict:
     """Warm-up, then timed DeepSpeed steps (forward + loss + backward + optimizer) on random batches."""
     from model_step import make_batch
 
-    from mmm4rec.losses import Objective, build_loss
+    from mmm4rec.losses import needs_target_counts
     from mmm4rec.model import build_model
-    from mmm4rec.resources import default_deepspeed_template
-    from mmm4rec.train.engine import deepspeed_config, initialize, step_precision
+    from mmm4rec.train.assembly import train_engine
+    from mmm4rec.train.engine import step_precision
 
     precision = step_precision(cfg, env.device)
     torch.manual_seed(0)
     model = build_model(cfg.model, features)
-    counts = popularity(args.items) if cfg.loss_name == "sampled" else None
-    objective = Objective(model, build_loss(cfg, counts))
+    counts = popularity(args.items) if needs_target_counts(cfg) else None
     most = args.warmup + MAX_TIMED_STEPS
-    ds = deepspeed_config(cfg, env.world_size, default_deepspeed_template(cfg.train), precision)
-    engine = initialize(objective, cfg, env, ds, total_steps=most)
+    engine = train_engine(cfg, env, model, most, counts, precision=precision)
     gen = torch.Generator().manual_seed(env.rank)
     seconds, losses = [], []
     while len(seconds) < most and not enough(seconds[args.warmup :], args.steps, args.min_timed_s):
@@ -313,14 +313,6 @@ def run(args, config: Config, items: int, need_gib: float) -> dict:
             break
         earlier.append(row["status"])
     return {**row, "earlier_tries": earlier} if earlier else row
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def features_path(args) -> Path:

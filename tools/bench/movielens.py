@@ -1,11 +1,16 @@
 """MovieLens results, reproducible with one command each (the launchers run as subprocesses, two at a time with one
 thread each on a 2-core machine):
 
-  quality   ML-100K (or ML-1M): MMM4Rec with text + ID, MMM4Rec text-only (no ID), the SASRec baseline; same
-            budget and early stopping; every seed; test metrics unmasked (the protocol) and with seen items
-            masked; mean ± std.
-  transfer  pre-train on ML-1M (text only, no ID), fine-tune on ML-100K from it, against training from scratch;
-            epochs to the best validation score and test metrics per seed; both validation curves in one plot.
+  quality     ML-100K (or ML-1M): MMM4Rec with text + ID, MMM4Rec text-only (no ID), the SASRec baseline; same
+              budget and early stopping; every seed; test metrics unmasked (the protocol) and with seen items
+              masked; mean ± std.
+  transfer    pre-train on ML-1M (text only, no ID), fine-tune on ML-100K from it, against training from scratch;
+              epochs to the best validation score and test metrics per seed; both validation curves in one plot.
+  pretrain, fewshot, crossdomain, ablations, timepath: the transfer study (docs/results/transfer_study.md).
+
+Every study is a list of cells (a fine-tuning configuration, run once per seed) and at most one pre-training, run
+by one runner (``run_cells``); each run's numbers come from the files it wrote (summary.json, metrics.jsonl) and
+its export is loaded through the hash-checked export loader.
 
     .venv/bin/python tools/bench/movielens.py quality --dataset data/ml-100k --seeds 0 1 2 --out docs/results/ml100k
     .venv/bin/python tools/bench/movielens.py transfer --pretrain-dataset data/ml-1m --dataset data/ml-100k \\
@@ -18,7 +23,6 @@ import argparse
 import fcntl
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -32,11 +36,13 @@ import torch
 from provenance import REPO, provenance
 
 METRICS = ["hit@10", "ndcg@10", "hit@20", "ndcg@20", "hit@50", "ndcg@50", "mrr"]
+# The models a study compares, by the overrides that make them (one name per override set).
 VARIANTS = {
-    "MMM4Rec (text + ID)": [],
-    "MMM4Rec (text, no ID)": ["model.id_bias=false"],
+    "text + ID": [],  # MMM4Rec as configured: text features plus per-item ID offsets
+    "text only": ["model.id_bias=false"],  # MMM4Rec without ID tables: transferable as a whole
     "SASRec (ID)": ["model.arch=sasrec", "model.temperature=1.0"],
 }
+MMM4REC_VARIANTS = ["text + ID", "text only"]
 
 
 def launch(script: str, args: list[str], log: Path) -> None:
@@ -79,18 +85,8 @@ def finetune(run_dir: Path, dataset: str, preset: str, seed: int, overrides: lis
     return {"seed": seed, "test": summary["test"], "test_masked": scores["with_time_masked"],
             "best_epoch": summary["best_epoch"], "epochs_to_best": summary["epochs_to_best"],
             "epochs_run": summary["epochs"], "valid_history": summary["valid_history"],
-            "wall_time_s": summary["wall_time_s"], "wall_time_to_best_s": wall_time_to_best(run_dir, summary),
+            "wall_time_s": summary["wall_time_s"], "wall_time_to_best_s": summary["wall_time_to_best_s"],
             "time_path": {k: v for k, v in scores.items() if k != "with_time_masked"}, "run_dir": str(run_dir)}
-
-
-def wall_time_to_best(run_dir: Path, summary: dict) -> float | None:
-    """Seconds from the run's start (its config.yaml, written before the data load) to the validation that found
-    the best weights; None for a resumed run, whose clock restarted."""
-    if "(continuing)" in (run_dir / "train.log").read_text():
-        return None
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    best = [m for m in metrics if m["step"] == summary["best_step"] and "valid/ndcg@10" in m]
-    return round(best[0]["time"] - (run_dir / "config.yaml").stat().st_mtime, 1) if best else None
 
 
 def time_path(run_dir: Path) -> dict:
@@ -134,27 +130,11 @@ def table(results: dict, key: str) -> str:
     return "\n".join(lines)
 
 
-def run_parallel(jobs, workers: int):
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda job: job(), jobs))
-
-
-def run_dir(args, variant: str, seed: int) -> Path:
-    """Where a fine-tuning run lives; the same variant, seed and overrides share one (transfer reuses quality's
-    from-scratch runs)."""
-    tag = "-".join([*VARIANTS[variant], *args.set]) or "default"
-    return Path(args.runs) / Path(args.dataset).name / f"{variant.split()[0].lower()}-{tag}-s{seed}".replace("=", "_")
-
-
 def quality(args) -> None:
-    variants = [v for v in VARIANTS if not args.variants or v in args.variants]
-    jobs = [(name, seed, lambda name=name, seed=seed: finetune(
-        run_dir(args, name, seed), args.dataset, args.preset, seed, VARIANTS[name] + args.set))
-        for name in variants for seed in args.seeds]
-    done = run_parallel([j[2] for j in jobs], args.parallel)
-    results = {name: {"runs": [r for (n, _, _), r in zip(jobs, done) if n == name]} for name in variants}
-    for r in results.values():
-        r["aggregate"] = aggregate(r["runs"])
+    """The models side by side from scratch, with the preset's own budget."""
+    cells = {name: Cell(slug(name), tuple(VARIANTS[name])) for name in args.variants or VARIANTS}
+    done = run_cells(args, list(cells.values()))
+    results = {name: done[c.tag] for name, c in cells.items()}
     out = {**provenance(), "dataset": args.dataset, "preset": args.preset, "overrides": args.set,
            "protocol": "5-core, chronological leave-one-out, full ranking over all items; test_masked removes items "
                        "the user saw before the target", "results": results}
@@ -173,21 +153,20 @@ def pretrain_run(run_dir: Path, dataset: str, preset: str, overrides: list[str])
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def preset_pretraining(args) -> Path:
+    """The pre-training with the pre-training preset's own budget (the `transfer` study's); its run directory."""
+    run = Path(args.runs) / "transfer" / f"pretrain-{Path(args.pretrain_dataset).name}"
+    pretrain_run(run, args.pretrain_dataset, args.pretrain_preset, args.pretrain_set)
+    return run
+
+
 def transfer(args) -> None:
-    root = Path(args.runs) / "transfer"
-    pre = root / "pretrain-ml1m"
-    pretrain_run(pre, args.pretrain_dataset, args.pretrain_preset, args.pretrain_set)
-    jobs = []
-    for seed in args.seeds:
-        jobs.append(("from pre-training", lambda s=seed: finetune(root / f"finetune-pretrained-s{s}", args.dataset,
-                                                                  args.preset, s, [f"train.init_from={pre}", *args.set])))
-        jobs.append(("from scratch", lambda s=seed: finetune(run_dir(args, "MMM4Rec (text + ID)", s), args.dataset,
-                                                             args.preset, s, list(args.set))))
-    done = run_parallel([j[1] for j in jobs], args.parallel)
-    results = {name: {"runs": [r for (n, _), r in zip(jobs, done) if n == name]}
-               for name in ("from pre-training", "from scratch")}
-    for r in results.values():
-        r["aggregate"] = aggregate(r["runs"])
+    """Fine-tuning from the preset pre-training against from scratch, the preset's budget for both."""
+    cells = {"from pre-training": Cell("textid-pre-trained-preset", (), pretrained=True),
+             "from scratch": Cell(slug("text + ID"), ())}
+    done = run_cells(args, list(cells.values()), pretraining=preset_pretraining)
+    results = {name: done[c.tag] for name, c in cells.items()}
+    pre = preset_pretraining(args)
     pre_summary = json.loads((pre / "summary.json").read_text())
     out = {**provenance(), "pretrain": {"dataset": args.pretrain_dataset, "preset": args.pretrain_preset,
                                                           "overrides": args.pretrain_set, "global_step": pre_summary["global_step"],
@@ -234,8 +213,8 @@ def pretrain(args) -> None:
            "epochs_run": summary["epochs"], "global_step": summary["global_step"],
            "global_batch": summary["global_batch"], "best_step": summary["best_step"],
            "best_epoch": summary["best_epoch"], "best_valid_ndcg@10": summary["best_valid"],
-           "wall_time_s": summary["wall_time_s"], "wall_time_to_best_s": wall_time_to_best(run, summary),
-           "steps_per_epoch": steps_per_epoch(run), "stopped_early": "early stopping" in (run / "train.log").read_text(),
+           "wall_time_s": summary["wall_time_s"], "wall_time_to_best_s": summary["wall_time_to_best_s"],
+           "steps_per_epoch": summary["steps_per_epoch"], "stopped_early": summary["stopped_by"] == "early_stopping",
            "valid_history": summary["valid_history"], "train_loss": loss, "time_path": time_path(run)}
     # Ended by the step cap while validation still improved: a compute budget, not convergence.
     out["budget_capped"] = not out["stopped_early"] and summary["best_step"] == summary["global_step"]
@@ -243,11 +222,6 @@ def pretrain(args) -> None:
     plot_pretraining(out, args.out + ".png")
     print(f"{out['global_step']} steps ({out['global_step'] / out['steps_per_epoch']:.2f} epoch) in {out['wall_time_s']:.0f} s; best validation "
           f"NDCG@10 {out['best_valid_ndcg@10']:.4f} at step {out['best_step']}; stopped early: {out['stopped_early']}")
-
-
-def steps_per_epoch(run: Path) -> int:
-    """Optimizer steps in one epoch, from the trainer's start-up line ("... per epoch in N steps of ...")."""
-    return int(re.search(r"per epoch in (\d+) steps", (run / "train.log").read_text()).group(1))
 
 
 def plot_pretraining(out: dict, path: str) -> None:
@@ -282,10 +256,9 @@ def pyplot():
     return plt
 
 
-# Fine-tuning variants, and the epoch cap per share of training users: an epoch of 5 % of the users is 1/20 of a
-# full one, so the smaller shares get more epochs (2/15 and 4/15 of the full run's optimizer steps at most: a
-# CPU-sized compromise); early stopping (train.patience=3 validations) ends most runs before the cap.
-FINETUNE_VARIANTS = {"text + ID": [], "text only": ["model.id_bias=false"]}
+# The epoch cap per share of training users: an epoch of 5 % of the users is 1/20 of a full one, so the smaller
+# shares get more epochs (2/15 and 4/15 of the full run's optimizer steps at most: a CPU-sized compromise); early
+# stopping (train.patience=3 validations) ends most runs before the cap.
 FEWSHOT_EPOCHS = {1.0: 15, 0.2: 20, 0.05: 40}
 PATIENCE = 3
 
@@ -300,11 +273,16 @@ class Cell:
     pretrained: bool = False  # starts from the study's pre-training (which must run first)
 
 
+def slug(variant: str) -> str:
+    return {"text + ID": "textid", "text only": "text", "SASRec (ID)": "sasrec"}[variant]
+
+
 def cell(variant: str = "text + ID", fraction: float = 1.0, pretrained: bool = False, extra: tuple = (),
          epochs: dict = FEWSHOT_EPOCHS, patience: int = PATIENCE) -> Cell:
-    tag = "-".join([{"text + ID": "textid", "text only": "text"}[variant], "pre-trained" if pretrained else "scratch",
-                    f"f{fraction}", *extra]).replace("=", "_")
-    sets = (*FINETUNE_VARIANTS[variant], f"train.epochs={epochs[fraction]}", f"train.patience={patience}",
+    """A capped-budget cell: ``variant`` on ``fraction`` of the training users, from the pre-training or not."""
+    tag = "-".join([slug(variant), "pre-trained" if pretrained else "scratch", f"f{fraction}", *extra]
+                   ).replace("=", "_")
+    sets = (*VARIANTS[variant], f"train.epochs={epochs[fraction]}", f"train.patience={patience}",
             *([f"data.train_users={fraction}"] if fraction < 1 else []), *extra)
     return Cell(tag, sets, pretrained)
 
@@ -330,17 +308,26 @@ def run_cells(args, cells: list[Cell], pretraining=None) -> dict[str, dict]:
     return results
 
 
-def fewshot(args) -> None:
-    """Study 2: fine-tune on shares of the training users from the pre-trained backbone and from scratch."""
-    grid = {(variant, fraction, init): cell(variant, fraction, init == "pre-trained")
-            for fraction in args.fractions for variant in args.variants for init in ("pre-trained", "scratch")}
+def pretrained_vs_scratch(args, variants: list[str], epochs: dict, patience: int) -> dict:
+    """Every variant at every share of the training users (args.fractions), from the study's pre-training and
+    from scratch with the same budget: {variant: {fraction: {"pre-trained", "scratch", "against target"}}}."""
+    grid = {(variant, fraction, init): cell(variant, fraction, init == "pre-trained", epochs=epochs,
+                                            patience=patience)
+            for fraction in args.fractions for variant in variants for init in ("pre-trained", "scratch")}
     done = run_cells(args, list(grid.values()), pretraining=run_pretraining)
     results: dict = {}
     for (variant, fraction, init), c in grid.items():
         results.setdefault(variant, {}).setdefault(str(fraction), {})[init] = done[c.tag]
     for by_fraction in results.values():
-        for by_init in by_fraction.values():
+        for fraction, by_init in by_fraction.items():
             by_init["against target"] = against_target(by_init["pre-trained"], by_init["scratch"])
+            print(fraction, json.dumps(by_init["against target"]))
+    return results
+
+
+def fewshot(args) -> None:
+    """Study 2: fine-tune on shares of the training users from the pre-trained backbone and from scratch."""
+    results = pretrained_vs_scratch(args, args.variants, FEWSHOT_EPOCHS, PATIENCE)
     out = {**provenance(), "pretrain": pretraining_record(args), "zero_shot": zero_shot(args),
            "dataset": args.dataset, "preset": args.preset, "overrides": args.set, "epoch_caps": FEWSHOT_EPOCHS,
            "patience": PATIENCE,
@@ -348,9 +335,6 @@ def fewshot(args) -> None:
                      "scratch's epochs", "results": results}
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))
     plot_fewshot(results, args.out + ".png", out["zero_shot"])
-    for variant, by_fraction in results.items():
-        for fraction, by_init in by_fraction.items():
-            print(variant, fraction, json.dumps(by_init["against target"]))
 
 
 # Study 4: the paper's ablations, each from scratch with the same budget as the full model; the paper's Office
@@ -444,15 +428,7 @@ CROSSDOMAIN_PATIENCE = 2
 def crossdomain(args) -> None:
     """Study 3: pre-train on one domain, fine-tune on the other (all and 20 % of its users) vs from scratch, with
     --variant's inputs."""
-    grid = {(fraction, init): cell(args.variant, fraction, init == "pre-trained", epochs=CROSSDOMAIN_EPOCHS,
-                                   patience=CROSSDOMAIN_PATIENCE)
-            for fraction in args.fractions for init in ("pre-trained", "scratch")}
-    done = run_cells(args, list(grid.values()), pretraining=run_pretraining)
-    results: dict = {}
-    for (fraction, init), c in grid.items():
-        results.setdefault(str(fraction), {})[init] = done[c.tag]
-    for by_init in results.values():
-        by_init["against target"] = against_target(by_init["pre-trained"], by_init["scratch"])
+    results = pretrained_vs_scratch(args, [args.variant], CROSSDOMAIN_EPOCHS, CROSSDOMAIN_PATIENCE)[args.variant]
     out = {**provenance(), "pretrain": pretraining_record(args), "zero_shot": zero_shot(args),
            "dataset": args.dataset, "preset": args.preset, "variant": args.variant, "overrides": args.set,
            "epoch_caps": CROSSDOMAIN_EPOCHS, "patience": CROSSDOMAIN_PATIENCE,
@@ -462,8 +438,6 @@ def crossdomain(args) -> None:
            "results": results}
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))
     plot_fewshot({args.variant: results}, args.out + ".png", out["zero_shot"])
-    for fraction, by_init in results.items():
-        print(fraction, json.dumps(by_init["against target"]))
 
 
 def against_target(pre: dict, scratch: dict) -> dict:
@@ -574,21 +548,22 @@ def user_vector_change(model, stream) -> float:
 
 
 def load_export(cfg, export: Path, transfer: bool = False):
-    """The data ``cfg`` names, the process environment, and ``export``'s model loaded onto that data's features."""
+    """The data ``cfg`` names, the process environment, and ``export``'s model (every file hash-checked by the
+    export loader) on that data's feature store."""
     from mmm4rec import distributed
-    from mmm4rec.model import from_pretrained
-    from mmm4rec.train.cli import load_data
+    from mmm4rec.serving.export import load_export as load_checked
+    from mmm4rec.train.assembly import load_data
 
     env = distributed.init()
     data = load_data(cfg, build=False)
-    return data, env, from_pretrained(export, data.features, expect=cfg.model, transfer=transfer)
+    return data, env, load_checked(export, features=data.store.path, transfer=transfer).model
 
 
 def load_run(run: Path):
     """A finished run's config, data, process environment, best export (loaded) and the split its scores use
     (test; a pre-training run: its held-out users' validation targets)."""
     from mmm4rec.config import load_config
-    from mmm4rec.train.cli import holdout
+    from mmm4rec.train.assembly import holdout
     from mmm4rec.train.rundir import export_of
 
     cfg = load_config(str(run / "config.yaml"))
@@ -601,7 +576,7 @@ def load_run(run: Path):
 def score(model, cfg, data, env, split: str, users=None, masked: bool = False, zeroed: bool = False) -> dict:
     """The evaluation code's metrics on one split: seen items masked or not, timestamps kept or all zeroed."""
     from mmm4rec.train.evaluation import evaluate
-    from mmm4rec.train.trainer import eval_stream
+    from mmm4rec.train.assembly import eval_stream
 
     masked_cfg = replace(cfg, eval=replace(cfg.eval, mask_history=masked))  # the stream carries seen items
     stream = eval_stream(masked_cfg, data, env, split, users)
@@ -612,7 +587,7 @@ def score(model, cfg, data, env, split: str, users=None, masked: bool = False, z
 def timeless(args) -> None:
     """Score a run's export with its timestamps and with all of them zeroed, unmasked and masked, through the
     same evaluation code. Writes <run>/timeless.json."""
-    from mmm4rec.train.trainer import eval_stream
+    from mmm4rec.train.assembly import eval_stream
 
     cfg, data, env, export, model, split, users = load_run(Path(args.run))
     pretraining = users is not None
@@ -635,7 +610,7 @@ def zeroshot(args) -> None:
     from mmm4rec.config import load_config
     from mmm4rec.train.rundir import export_of
 
-    cfg = load_config(args.preset, [f"data.dataset={args.dataset}", *FINETUNE_VARIANTS["text only"]])
+    cfg = load_config(args.preset, [f"data.dataset={args.dataset}", *VARIANTS["text only"]])
     export = export_of(Path(args.run))
     data, env, model = load_export(cfg, export, transfer=True)
     out = {"export": str(export), "dataset": args.dataset, "split": "test", "users": "all"}
@@ -651,7 +626,7 @@ def probe(run: Path) -> dict:
     time path's position mix) on the run's first evaluation batch. In float32, x − tanh(x) is exactly 0 once
     |x| ≲ 4e-4 (tanh(x) rounds to x), and then D ⊙ 0 leaves the time path a constant, timestamp-free scale."""
     from mmm4rec.model import Batch
-    from mmm4rec.train.trainer import eval_stream
+    from mmm4rec.train.assembly import eval_stream
 
     cfg, data, env, export, model, split, users = load_run(run)
     seen = {}
@@ -708,9 +683,9 @@ def main():
         if name == "quality":
             s.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="default: all")
         if name == "fewshot":
-            s.add_argument("--variants", nargs="+", choices=list(FINETUNE_VARIANTS), default=list(FINETUNE_VARIANTS))
+            s.add_argument("--variants", nargs="+", choices=MMM4REC_VARIANTS, default=MMM4REC_VARIANTS)
         if name == "crossdomain":
-            s.add_argument("--variant", choices=list(FINETUNE_VARIANTS), default="text + ID")
+            s.add_argument("--variant", choices=MMM4REC_VARIANTS, default="text + ID")
         if name != "quality":
             s.add_argument("--pretrain-dataset", default="data/ml-1m")
             s.add_argument("--pretrain-preset", default="ml1m_pretrain")

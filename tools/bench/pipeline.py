@@ -1,5 +1,5 @@
 """Training throughput of the whole pipeline — loader + model + DeepSpeed step, wired as the launchers wire it
-(mmm4rec.train.cli) — and, on the same engine, of the step alone on batches already on the device: the gap
+(mmm4rec.train.assembly) — and, on the same engine, of the step alone on batches already on the device: the gap
 between the two is what the loader costs.
 
 Data: by default synthetic at the paper configuration (25,986 items, random unit 768-d text + image features),
@@ -38,11 +38,9 @@ from mmm4rec.config import load_config
 from mmm4rec.data.dataset import load_manifest
 from mmm4rec.data.stream import SeqIndex
 from mmm4rec.data.synthetic import generate
-from mmm4rec.losses import Objective, build_loss
 from mmm4rec.model import Batch, ItemFeatures, build_model
-from mmm4rec.resources import default_deepspeed_template
-from mmm4rec.train.cli import feature_dtype, load_data, train_stream
-from mmm4rec.train.engine import deepspeed_config, initialize, step_precision
+from mmm4rec.train.assembly import feature_dtype, load_data, train_engine, train_stream
+from mmm4rec.train.engine import step_precision
 
 ITEMS = 25_986
 WARMUP = 3  # untimed steps first: allocator, compilation, Triton autotuning
@@ -110,11 +108,8 @@ def measure(cfg, env, features: ItemFeatures, source, steps: int) -> dict:
     """Samples/s of the loop the trainer runs (stream -> device -> engine step) and of the same step on batches
     already on the device, on one engine built as launchers/finetune.py builds it."""
     torch.manual_seed(cfg.train.seed)
-    objective = Objective(build_model(cfg.model, features), build_loss(cfg))
     stream = train_stream(cfg, env, source)
-    template = default_deepspeed_template(cfg.train)
-    precision = step_precision(cfg, env.device)
-    engine = initialize(objective, cfg, env, deepspeed_config(cfg, 1, template, precision), stream.steps_per_epoch)
+    engine = train_engine(cfg, env, build_model(cfg.model, features), stream.steps_per_epoch)
 
     def step(batch: Batch) -> int:
         loss = engine(batch)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,11 +18,7 @@ from pathlib import Path
 
 from provenance import REPO, provenance
 
-
-def port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
+from mmm4rec.distributed import free_port
 
 
 def run(dataset: str, nproc: int, zero: int, steps: int, global_batch: int, work: Path) -> float:
@@ -34,7 +29,8 @@ def run(dataset: str, nproc: int, zero: int, steps: int, global_batch: int, work
               "data.num_workers=0", "train.epochs=1"):
         args += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": str(2 // nproc), "HF_HUB_OFFLINE": "1"}
-    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", port(),
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(nproc),
+           "--master_port", str(free_port()),
            str(REPO / "launchers" / "finetune.py"), *args]
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
