@@ -180,7 +180,8 @@ def time_study(args, pool: ThreadPoolExecutor) -> dict:
     fraction = args.fractions[-1]
 
     def one(name: str, seed: int) -> dict:
-        tag = "-".join(["time", *TIME_OPTIONS[name], args.variants[0], f"f{fraction:g}", f"s{seed}"]).replace("=", "_")
+        tag = "-".join(["time", *TIME_OPTIONS[name], args.variants[0], f"f{fraction:g}", f"s{seed}"])
+        tag = tag.replace("=", "_")
         over = [*VARIANTS[args.variants[0]], *TIME_OPTIONS[name], f"train.epochs={EPOCHS[fraction]}",
                 f"train.patience={args.patience}", f"train.seed={seed}", f"data.seed={seed}",
                 *([f"data.train_users={fraction}"] if fraction < 1 else []), *args.set]
@@ -198,8 +199,9 @@ def time_study(args, pool: ThreadPoolExecutor) -> dict:
 
 
 def markdown(result: dict) -> str:
+    prov = result["provenance"]
     lines = [f"# Transfer under control\n\n    {result['command']}\n",
-             f"Revision {result['provenance'].get('git_revision')}, {result['provenance'].get('date')}; machine {result['provenance'].get('machine')}.\n",
+             f"Revision {prov.get('git_revision')}, {prov.get('date')}; machine {prov.get('machine')}.\n",
              "| content | cell | pre-trained NDCG@10 | scratch NDCG@10 | ratio (per seed) | pre HR@10 | scratch HR@10 |"
              " epochs to best pre / scratch | wall to best (s) pre / scratch |", "|---|---|---|---|---|---|---|---|---|"]
     for s in result["studies"]:
@@ -251,7 +253,8 @@ def time_markdown(result: dict) -> str:
     t = result["time_study"]
     lines = [f"    {result['command']}\n", f"content {t['content']:g}, time signal {t['time_signal']:g}, "
              f"{t['variant']}, {t['fraction']:g} of b's users, from scratch:\n",
-             "| time path | seed | test NDCG@10 | with timestamps zeroed | change | user-vector change | epochs to best |",
+             "| time path | seed | test NDCG@10 | with timestamps zeroed | change | user-vector change "
+             "| epochs to best |",
              "|---|---|---|---|---|---|---|"]
     for r in t["runs"]:
         lines.append(f"| {r['option']} | {r['seed']} | {r['test_ndcg@10']:.4f} | "
