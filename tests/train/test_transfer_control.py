@@ -10,9 +10,9 @@ Measured when written (2026-12-07, this instance, fixed seeds, the 2-core AVX-51
 pre-trained 0.1156 vs scratch 0.0709 (1.63x) after 12 fine-tuning steps on 20 % of b's users, and zero-shot
 0.1112 vs popularity 0.0411 (2.71x) — MEASURED below, bit-identical in a rerun after merging main; the
 asserted margins (1.3x, the issue's target, and 2x) leave room for numeric drift, not for a broken transfer (then
-the pre-trained run is a scratch run: 1.0x, and zero-shot falls toward random, 0.0303 here). The full study behind it (content 1: three seeds; 0.5 and 0: one):
-docs/results/transfer_control.md / .json (content 1, text only: 1.69x scratch at 5 % of b's users, zero-shot
-3.51x popularity).
+the pre-trained run is a scratch run: 1.0x, and zero-shot falls toward random, 0.0303 here). The full study
+behind it (content 1: three seeds; 0.5 and 0: one): docs/results/transfer_control.md / .json (content 1, text
+only: 1.69x scratch at 5 % of b's users, zero-shot 3.51x popularity).
 Cost: 487 s of wall on that machine at load ~13 (five sessions sharing 2 cores); a first version with a 3x longer
 pre-training used 57 s of user CPU in all (subprocesses included), so alone on 2 cores it is about a minute.
 """
