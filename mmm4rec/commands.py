@@ -1,5 +1,6 @@
 """The ``mmm4rec`` command (sub-commands) and the ``mmm4rec-<task>`` console scripts.
 
+  mmm4rec prepare --interactions T --items T --out DIR --name DOMAIN --text-fields COL … [--time-format …]
   mmm4rec pretrain|finetune|evaluate --config PRESET --set key=value … [--print-config]
   mmm4rec extract --dataset DIR [--text NAME|PATH] [--image NAME|PATH]
   mmm4rec export --run RUN_DIR --out DIR
@@ -22,7 +23,7 @@ from typing import Callable, Optional
 
 import yaml
 
-from .config import ConfigError, EncoderConfig, RunConfig, load_config, presets
+from .config import ConfigError, EncoderConfig, RunConfig, load_config, named_after_dataset, presets
 from .registry import load_plugins
 
 TRAINING = ("pretrain", "finetune", "evaluate")
@@ -46,6 +47,14 @@ def add_training_arguments(p: argparse.ArgumentParser, task: str) -> argparse.Ar
     return p
 
 
+EVALUATE_HELP = (
+    "Full-ranking evaluation of an export (a run's export/ or any export folder): for every user of the split, "
+    "the held-out next item is ranked against every item of the catalogue; prints HR@k, NDCG@k and MRR "
+    "(eval.ks) as JSON and writes eval-<split>[-masked].json into the run (or --run-dir). Uses the run's own "
+    "config.yaml unless --config is given; --set eval.mask_history=true does not rank the user's own earlier "
+    "items. Under torchrun the users are split over the ranks (same numbers).")
+
+
 def resolved_config(task: str, args: argparse.Namespace) -> RunConfig:
     """The config the run uses: preset + overrides, the command's task winning; evaluate without --config reads
     the run's own resolved config.yaml."""
@@ -57,7 +66,7 @@ def resolved_config(task: str, args: argparse.Namespace) -> RunConfig:
                               "pass --config")
         preset = str(own)
     sets = list(args.set) + ([f"train.task={task}"] if task in ("pretrain", "finetune") else [])
-    return load_config(preset, sets)
+    return named_after_dataset(load_config(preset, sets), preset, args.set)
 
 
 def print_config(cfg: RunConfig) -> None:
@@ -89,6 +98,7 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--max-text-tokens", type=int, default=defaults.max_text_tokens)
     p.add_argument("--strict", action="store_true", help="bad input is an error instead of a counted skip")
+    p.add_argument("--print-config", action="store_true", help="print the resolved settings (YAML) and exit")
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher adds it
     return p
 
@@ -96,6 +106,16 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser
 def _run_extract(args: argparse.Namespace) -> int:
     """Stage 1: encode every item of a dataset into its feature store (or bring it up to date), in one process or
     on every rank of a torchrun job; prints a JSON summary."""
+    cfg = EncoderConfig(text=args.text, image=args.image, batch_size=args.batch_size,
+                        max_text_tokens=args.max_text_tokens)
+    if args.print_config:
+        import dataclasses
+
+        settings = {"dataset": args.dataset,
+                    "features": args.features or "(default) <dataset>/features/<encoder slug>",
+                    "strict": args.strict, "encoder": dataclasses.asdict(cfg)}
+        sys.stdout.write(yaml.safe_dump(settings, sort_keys=False))
+        return 0
     import logging
 
     from . import distributed
@@ -105,8 +125,6 @@ def _run_extract(args: argparse.Namespace) -> int:
     env = distributed.init()
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
                         format=f"%(asctime)s [rank {env.rank}] %(name)s: %(message)s")
-    cfg = EncoderConfig(text=args.text, image=args.image, batch_size=args.batch_size,
-                        max_text_tokens=args.max_text_tokens)
     try:
         path = ensure_features(args.dataset, cfg, args.features, strict=args.strict)
         if env.is_main:
@@ -149,6 +167,11 @@ def add_recommend_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPars
     p.add_argument("--features", help="serve on another feature store than the export's own")
     p.add_argument("--transfer", action="store_true",
                    help="allow --features to be another catalogue (content-only scores, ID tables dropped)")
+    p.add_argument("--time-unit", choices=["s", "ms"], default="s",
+                   help="numeric history times: Unix seconds (default) or milliseconds; ISO-8601 strings need none")
+    p.add_argument("--with-text", action="store_true", help="each item as [key, score, title]")
+    p.add_argument("--strict", action="store_true",
+                   help="a bad input line stops the run (default: reported as file:line, counted, left out)")
     return p
 
 
@@ -165,14 +188,30 @@ def _run_recommend(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------- the CLI
+def _run_prepare(args: argparse.Namespace) -> int:
+    from .data.prepare import run_prepare
+
+    return run_prepare(args)
+
+
 COMMANDS: dict[str, tuple[str, Callable]] = {
+    "prepare": ("your own interaction + item tables (CSV/TSV/JSONL/Parquet, RecBole) -> a dataset folder",
+                _run_prepare),
     "pretrain": ("pre-train on a (multi-domain) dataset", _run_training),
     "finetune": ("fine-tune on one domain", _run_training),
-    "evaluate": ("full-ranking metrics of an export on a dataset split", _run_training),
+    "evaluate": ("full-ranking metrics (HR@k, NDCG@k, MRR) of an export on a dataset split", _run_training),
     "extract": ("stage 1: build or update a dataset's feature store", _run_extract),
     "export": ("a self-contained export (weights, catalogue, features) from a run", _run_export),
     "recommend": ("top-k items for the histories of a JSON-lines file", _run_recommend),
+    # serve: arguments and main in mmm4rec.serving.http (imports nothing heavy until it runs)
+    "serve": ("an export behind a JSON HTTP service and an exploration page", lambda args: _serve().run(args)),
 }
+
+
+def _serve():
+    from .serving import http
+
+    return http
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,12 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"presets (--config): {', '.join(presets())}. `mmm4rec <command> --help` for a command's options.")
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
     for name, (summary, _) in COMMANDS.items():
-        parser = sub.add_parser(name, help=summary, description=summary)
+        parser = sub.add_parser(name, help=summary, description=EVALUATE_HELP if name == "evaluate" else summary)
         if name in TRAINING:
             add_training_arguments(parser, name)
+        elif name == "prepare":
+            from .data.prepare import add_prepare_arguments
+
+            add_prepare_arguments(parser)
         else:
             {"extract": add_extract_arguments, "export": add_export_arguments,
-             "recommend": add_recommend_arguments}[name](parser)
+             "recommend": add_recommend_arguments, "serve": lambda p: _serve().add_arguments(p)}[name](parser)
         parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                             help="import MODULE first: it registers an architecture or a loss of your own "
                                  "(mmm4rec.registry)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import reprlib
 import types
@@ -192,8 +193,8 @@ class TrainConfig:
     patience: int = 10  # epochs without improvement of eval.metric
     zero_stage: int = 1
     offload_optimizer: bool = False
-    # "auto": bf16 on CUDA and on CPUs with native bf16 (AVX-512-BF16 / AMX), fp32 elsewhere (emulated bf16 is
-    # ~25x slower than fp32 on AVX2-only CPUs).
+    # "auto": bf16 on CUDA and on CPUs with native bf16 (AVX-512-BF16 / AMX), fp32 elsewhere, where bf16 is
+    # emulated (its cost: mmm4rec.train.engine.EMULATED_BF16_COST).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # torch.compile the training step's forward + loss (and, through AOTAutograd, its backward) inside the
     # DeepSpeed engine; evaluation stays eager. "reduce-overhead" adds CUDA graphs.
@@ -292,6 +293,12 @@ class RunConfig:
         if self.train.loss != "auto":
             return self.train.loss
         return "in_batch" if self.train.task == "pretrain" else "full"
+
+    @property
+    def train_split(self) -> str:
+        """The stage-2 split the run trains on: every prefix for pre-training, up to the validation item for
+        fine-tuning (docs/model.md §11)."""
+        return "pretrain" if self.train.task == "pretrain" else "train"
 
     def global_batch(self, world_size: int) -> int:
         """Samples per optimizer step: micro-batch × accumulation × world size."""
@@ -409,6 +416,34 @@ def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...
     for o in overrides:
         data = _merge(data, parse_override(o))
     return from_dict(RunConfig, data).validate()
+
+
+def dataset_run_name(dataset: str, task: str) -> str:
+    """``<dataset folder>-<task>``: data/shop -> shop-finetune (a URL's last path part; dataset.json dropped)."""
+    parts = [p for p in dataset.replace("\\", "/").split("/") if p and p != "dataset.json"]
+    stem = parts[-1] if parts else "run"
+    return f"{stem.removesuffix('.json')}-{task}"
+
+
+def named_after_dataset(cfg: RunConfig, preset: str | None, overrides: list[str] | tuple[str, ...],
+                        runs: Path = Path("runs")) -> RunConfig:
+    """A run is named after its dataset, not its preset: with ``data.dataset`` other than the preset's own
+    (a generic preset such as cpu_finetune plus --set data.dataset=data/shop) and no ``name`` override, the name
+    (and so the default run folder runs/<name>) becomes ``shop-finetune``. A run of this command made before
+    that rule, in runs/<preset name> on the same dataset, keeps its name: it resumes where it is."""
+    keys = {o.split("=", 1)[0].strip() for o in overrides}
+    if "name" in keys or not cfg.data.dataset or cfg.train.task not in ("pretrain", "finetune"):
+        return cfg
+    preset_cfg = load_config(preset) if preset else RunConfig()
+    if preset_cfg.data.dataset == cfg.data.dataset:
+        return cfg
+    legacy = runs / cfg.name / "run.json"
+    try:
+        if json.loads(legacy.read_text()).get("dataset") == cfg.data.dataset:
+            return cfg
+    except (OSError, ValueError, AttributeError):
+        pass
+    return dataclasses.replace(cfg, name=dataset_run_name(cfg.data.dataset, cfg.train.task))
 
 
 # ------------------------------------------------------------------------------------------------------- YAML

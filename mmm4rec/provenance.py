@@ -32,8 +32,8 @@ def code_revision() -> str:
 
 
 def cpu_isa() -> str:
-    """The CPU's vector ISA as torch sees it, and whether it has native bf16 (without it bf16 is emulated and
-    ~25× slower than fp32): compare CPU timings only within one machine."""
+    """The CPU's vector ISA as torch sees it, and whether it has native bf16 (without it bf16 is emulated, at the
+    cost mmm4rec.train.engine.EMULATED_BF16_COST states): compare CPU timings only within one machine."""
     bf16 = [name for name, ok in (("avx512_bf16", torch.cpu._is_avx512_bf16_supported()),
                                   ("amx", torch.cpu._is_amx_tile_supported())) if ok]
     return torch.backends.cpu.get_cpu_capability() + (f" + {' + '.join(bf16)}" if bf16 else " (no native bf16)")

@@ -14,7 +14,7 @@ import pytest
 from mmm4rec.config import ConfigError, load_config
 from mmm4rec.registry import ARCHS, LOSSES, Registry, RegistryError
 
-from conftest import REPO, run
+from tests.conftest import REPO, run
 
 PLUGINS = Path(__file__).parent / "plugins"
 TOY = ["--plugin", "toy_components", "--set", "model.arch=toy_mean", "--set", "train.loss=toy_smoothed"]

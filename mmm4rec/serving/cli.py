@@ -1,11 +1,14 @@
 """``mmm4rec export`` and ``mmm4rec recommend`` (arguments: mmm4rec.commands).
 
-recommend reads JSON lines ``{"user": …, "history": [[item key, unix seconds], …]}`` (oldest first, UTF-8; a
-byte-order mark is accepted, as in YAML configs) and writes one ``{"user": …, "items": [[item key, score], …]}``
-per input line, best first, in input order, streaming in batches. An --output file appears complete or not at all
-(a temp file beside it, renamed over it at the end), and is never the --input file. Bad input or arguments are one
-line on stderr naming the file and line or the argument (exit 2); the arguments are checked before the export is
-loaded, so a refusal costs no scoring.
+recommend reads JSON lines ``{"user": …, "history": [[item key, time], …]}`` (oldest first, UTF-8; a byte-order
+mark is accepted, as in YAML configs; times in Unix seconds, --time-unit ms, or ISO-8601 strings) and writes one
+``{"user": …, "items": [[item key, score], …]}`` (with --with-text ``[item key, score, title]``) per good input
+line, best first, in input order, streaming in batches. An --output file appears complete or not at all (a temp
+file beside it, renamed over it at the end), and is never the --input file. A bad line (not JSON, not a record, a
+malformed history) is reported on stderr as ``file:line: reason``, counted in the summary ("bad_lines") and left
+out; with --strict it stops the run instead (exit 2, nothing written). An unknown item key follows --unknown (an
+error by default: the export and the histories do not match), and undecodable bytes stop the run (the file is
+not UTF-8). Bad arguments are one line naming the argument (exit 2), checked before the export is loaded.
 
 torch, transformers and the model are imported when a command runs, after its arguments are checked.
 """
@@ -15,9 +18,7 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import sys
-from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
 from typing import IO, Iterator, Optional
@@ -43,13 +44,12 @@ def _one_line_errors(run):
 @_one_line_errors
 def export(args: argparse.Namespace) -> int:
     """A run's weights + the feature store its config names -> a new self-contained export folder."""
-    import torch
-
     from ..data.atomic import replace_folder
     from ..data.features import FeatureStore, default_features_dir
     from ..data.remote import DatasetSource
     from ..model import from_pretrained
-    from .export import item_features, write_export
+    from ..provenance import provenance
+    from .export import catalogue_extras, item_features, write_export
 
     run, out = Path(args.run), Path(args.out)
     if out.exists():
@@ -69,15 +69,24 @@ def export(args: argparse.Namespace) -> int:
         raise DataError(f"{store.path}: {store.num_items} items, but {weights} was trained on {meta.get('num_items')}")
     model = from_pretrained(weights, item_features(store), expect=cfg.model)
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
-    provenance = {
-        "written_by": f"mmm4rec export {__version__}", "run": str(run.resolve()), "weights": args.weights,
-        "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
-        "torch": torch.__version__, "run_config": cfg.to_dict(),
-        "run_summary": {k: summary[k] for k in ("task", "test", "best_epoch", "global_step", "world_size")
-                        if k in summary},
-    }
+    prov = provenance(written_by=f"mmm4rec export {__version__}", run=str(run.resolve()), weights=args.weights,
+                      run_config=cfg.to_dict(),
+                      run_summary={k: summary[k] for k in ("task", "test", "best_epoch", "global_step", "world_size")
+                                   if k in summary})
+    extras = {}
+    try:  # the empty-history fallback and the titles; the export is still written without them
+        from ..data.dataset import load_manifest
+        from ..data.stream import SeqIndex
+
+        dataset = load_manifest(DatasetSource.from_config(cfg.data))
+        extras = catalogue_extras(dataset, store, SeqIndex.load_or_build(dataset, store.index, store.path),
+                                  cfg.train_split)
+    except (OSError, ValueError, ConfigError) as e:  # DataError is a ValueError
+        print(f"warning: export without popularity and titles (the dataset is not readable here: {e})",
+              file=sys.stderr)
     with replace_folder(out) as tmp:  # out does not exist: nothing is replaced, the export appears complete
-        write_export(model, tmp, store=store, provenance=provenance, copy_features=not args.reference_features)
+        write_export(model, tmp, store=store, provenance=prov, copy_features=not args.reference_features,
+                     **extras)
     print(json.dumps({"export": str(out), "items": store.num_items, "features": "referenced" if
                       args.reference_features else "copied"}))
     return 0
@@ -92,21 +101,51 @@ def recommend(args: argparse.Namespace) -> int:
 
         rec = Recommender.from_pretrained(args.export, device=args.device, transfer=args.transfer,
                                           features=args.features)
-        users = 0
+        if args.with_text and rec.texts is None:  # the export's, not a line's: stop before any scoring
+            raise DataError(f"{args.export}: --with-text, but this export stores no item texts (texts.json); "
+                            "re-export it from its run: `mmm4rec export --run RUN_DIR --out NEW_DIR`")
+        users, bad = 0, {"count": 0}
         with _output(args.output) as out:
-            records = _records(lines, args.input)
+            records = _records(lines, args.input, None if args.strict else bad)
             while chunk := list(islice(records, args.batch_size)):
                 labels = [f"{args.input}:{line} (user {short_repr(user, 60)})" for line, user, _ in chunk]
-                ranked = rec.recommend([history for _, _, history in chunk], k=args.k,
-                                       exclude_seen=not args.keep_seen, unknown=args.unknown,
-                                       batch_size=args.batch_size, labels=labels)
+                options = dict(k=args.k, exclude_seen=not args.keep_seen, unknown=args.unknown,
+                               time_unit=args.time_unit, with_text=args.with_text)
+                try:
+                    ranked = rec.recommend([h for _, _, h in chunk], batch_size=args.batch_size, labels=labels,
+                                           **options)
+                except DataError:
+                    if args.strict:
+                        raise
+                    ranked = _one_by_one(rec, chunk, labels, options, bad)
                 for (_, user, _), items in zip(chunk, ranked):
-                    out.write(json.dumps({"user": user, "items": [[key, score] for key, score in items]},
-                                         ensure_ascii=False) + "\n")
-                users += len(chunk)
-    print(json.dumps({"users": users, "k": args.k, "output": args.output or "stdout",
+                    if items is not None:
+                        out.write(json.dumps({"user": user, "items": [list(item) for item in items]},
+                                             ensure_ascii=False) + "\n")
+                        users += 1
+    print(json.dumps({"users": users, "bad_lines": bad["count"], "k": args.k, "output": args.output or "stdout",
                       "skipped": rec.skipped.as_dict()}), file=sys.stderr)
     return 0
+
+
+def _one_by_one(rec, chunk: list, labels: list[str], options: dict, bad: dict) -> list:
+    """A batch with a bad history: each history alone, a bad one reported (``file:line …: reason``) and None. An
+    unknown item key under --unknown error is not a bad line but a mismatch of export and input: it stops the run."""
+    out = []
+    for (_, _, history), label in zip(chunk, labels):
+        try:
+            out.append(rec.recommend([history], labels=[label], **options)[0])
+        except DataError as e:
+            if "unknown item key" in str(e):
+                raise
+            _report(bad, str(e))
+            out.append(None)
+    return out
+
+
+def _report(bad: dict, message: str) -> None:
+    bad["count"] += 1
+    print(f"bad line: {message}", file=sys.stderr)
 
 
 def check_recommend_arguments(args: argparse.Namespace) -> None:
@@ -139,24 +178,44 @@ def _same_file(path: Path, other: "str | int") -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def _records(lines: IO[bytes], name: str) -> Iterator[tuple[int, object, list]]:
+def _records(lines: IO[bytes], name: str, bad: Optional[dict] = None) -> Iterator[tuple[int, object, list]]:
+    """(line number, user, history) per record; a line that is not one is an error, or with ``bad`` (a counter)
+    reported, counted and left out."""
     for number, raw in enumerate(lines, 1):
         try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{name}:{number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
-                            "histories are read as UTF-8") from None
-        if number == 1:
-            line = line.removeprefix("\ufeff")  # a byte-order mark, as some editors write: accepted everywhere
-        if not line.strip():
+            record = _record(raw, number, name)
+        except _BadLine as e:
+            if bad is None:
+                raise DataError(str(e)) from None
+            _report(bad, str(e))
             continue
-        try:
-            record = json.loads(line)
-        except ValueError as e:
-            raise DataError(f"{name}:{number}: not valid JSON: {e}") from None
-        if not isinstance(record, dict) or "user" not in record or not isinstance(record.get("history"), list):
-            raise DataError(f'{name}:{number}: expected {{"user": …, "history": [[item key, unix seconds], …]}}')
-        yield number, record["user"], record["history"]
+        if record is not None:
+            yield number, record["user"], record["history"]
+
+
+class _BadLine(Exception):
+    pass
+
+
+def _record(raw: bytes, number: int, name: str) -> Optional[dict]:
+    """One decoded record, None for a blank line; _BadLine for a line that is not a record; an undecodable byte
+    stops the run (the file is not UTF-8)."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{name}:{number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                        "histories are read as UTF-8") from None
+    if number == 1:
+        line = line.removeprefix("\ufeff")  # a byte-order mark, as some editors write: accepted everywhere
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError as e:
+        raise _BadLine(f"{name}:{number}: not valid JSON: {e}") from None
+    if not isinstance(record, dict) or "user" not in record or not isinstance(record.get("history"), list):
+        raise _BadLine(f'{name}:{number}: expected {{"user": …, "history": [[item key, unix seconds], …]}}')
+    return record
 
 
 @contextlib.contextmanager

@@ -11,6 +11,9 @@
   features/               the frozen features histories are encoded with: a complete feature store (hard links
                           where the file system allows, else copies). With ``copy_features=False`` there is no
                           folder: config.json names the store's path, pinned by the hashes of its files.
+  popularity.safetensors  optional, "counts": int64 [I+1], how often each item was a training target (row 0 = 0):
+                          the ranking an empty history (a new visitor) gets (docs/serving.md)
+  texts.json              optional, ["", text_1, …, text_I]: each item's title (else its text), shown beside keys
 
 ``write_export`` fills an empty new folder (the caller moves it into place with one rename) and reads it back
 once, so an export that would not load is refused when it is written. ``load_export`` trusts nothing in the
@@ -31,8 +34,9 @@ import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -50,9 +54,10 @@ EXPORT_FORMAT = "mmm4rec-export/2"
 OLD_FORMATS = ("mmm4rec-export/1",)  # config.json outside every hash: refused, to be re-exported
 IDENTITY = "export.json"
 CONFIG, MODEL, CANDIDATES, FEATURES = "config.json", "model.safetensors", "candidates.safetensors", "features"
+POPULARITY, TEXTS = "popularity.safetensors", "texts.json"  # optional; hashed like every file when present
 REQUIRED = (CONFIG, MODEL, ITEMS, CANDIDATES)  # what every export's export.json must list
 # An export written before folders carried the project's marker (data/atomic.py): still ours to replace.
-EXPORT_LAYOUT = Layout(IDENTITY, EXPORT_FORMAT, (IDENTITY, *REQUIRED, FEATURES, ".*"))
+EXPORT_LAYOUT = Layout(IDENTITY, EXPORT_FORMAT, (IDENTITY, *REQUIRED, POPULARITY, TEXTS, FEATURES, ".*"))
 PINNED = (TEXT, IMAGE, MISSING, ITEMS)  # the store files that decide the model inputs, pinned by sha256
 SHA256 = re.compile(r"[0-9a-f]{64}")
 # Candidates are recomputed from the model on load: an export whose stored vectors disagree beyond float
@@ -72,15 +77,21 @@ class Export:
     encoder: dict  # the feature encoder's identity (mmm4rec.encoders.encoder_identity)
     meta: dict  # config.json
     digest: str  # export.json's own sha256: the identity of the whole export
+    popularity: Optional[np.ndarray] = None  # int64 [I+1] training-target counts; None: not stored
+    texts: Optional[list[str]] = None  # [""] + one title per item; None: not stored
+    store: Optional[FeatureStore] = None  # the feature store the features were read from
 
 
 # ---------------------------------------------------------------------------------------------------------- writing
 def write_export(model: SequentialRecommender, out_dir: str | os.PathLike, *, store: FeatureStore,
-                 provenance: dict, copy_features: bool = True) -> Path:
+                 provenance: dict, copy_features: bool = True, popularity: Optional[Any] = None,
+                 texts: Optional[list[str]] = None) -> Path:
     """Write ``model`` with the feature ``store`` it was trained on into the empty or new folder ``out_dir``.
 
     ``provenance`` (git revision, versions, machine, world size, dataset hash …) is stored as given, in
     config.json. ``copy_features=False`` references the store by path and content hash instead of copying it.
+    ``popularity``: training-target counts per item id [I+1] (the empty-history fallback); ``texts``: [""] + one
+    title per item. Both optional, both hashed in export.json like every other file.
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
@@ -96,6 +107,13 @@ def write_export(model: SequentialRecommender, out_dir: str | os.PathLike, *, st
         scores = model.item_tables().scores.detach().float().cpu().contiguous()
     model.train(was_training)
     save_file({"scores": scores}, out / CANDIDATES, metadata={"format": EXPORT_FORMAT})
+    if popularity is not None:
+        counts = torch.as_tensor(np.asarray(popularity), dtype=torch.int64).contiguous()
+        _check_popularity(counts, store.num_items, out / POPULARITY)
+        save_file({"counts": counts}, out / POPULARITY, metadata={"format": EXPORT_FORMAT})
+    if texts is not None:
+        _check_texts(texts, store.num_items, out / TEXTS)
+        (out / TEXTS).write_text(json.dumps(list(texts), ensure_ascii=False))
     if copy_features:
         _place_store(store, out / FEATURES)
         features = {"path": FEATURES, "sha256": _digests(out / FEATURES, store)}
@@ -185,7 +203,30 @@ def load_export(path: str | os.PathLike, *, features: str | os.PathLike | None =
     # with any other features they would be stale.
     own = features is None or _digests(store.path, store) == meta["features"]["sha256"]
     candidates = _stored_candidates(path / CANDIDATES, computed) if own else computed
-    return Export(path, model, feats, store.keys, candidates, meta["encoder"], meta, identity["sha256"])
+    popularity = texts = None
+    if POPULARITY in files:  # hashed above with the rest
+        popularity = _read_safetensors(path / POPULARITY).get("counts")
+        _check_popularity(popularity, meta["num_items"], path / POPULARITY)
+        popularity = popularity.numpy()
+    if TEXTS in files:
+        texts = _read_json(path / TEXTS)
+        _check_texts(texts, meta["num_items"], path / TEXTS)
+    if other_catalogue:  # another catalogue: the export's counts and titles are of its own items
+        popularity = texts = None
+    return Export(path, model, feats, store.keys, candidates, meta["encoder"], meta, identity["sha256"],
+                  popularity, texts, store)
+
+
+def _check_popularity(counts: Any, num_items: int, file: Path) -> None:
+    if not (isinstance(counts, torch.Tensor) and counts.dtype == torch.int64 and tuple(counts.shape) ==
+            (num_items + 1,) and bool((counts >= 0).all())):
+        raise DataError(f"{file}: expected 'counts', int64 >= 0 of shape ({num_items + 1},) (one per item id)")
+
+
+def _check_texts(texts: Any, num_items: int, file: Path) -> None:
+    if not (isinstance(texts, list) and len(texts) == num_items + 1 and all(isinstance(t, str) for t in texts)):
+        raise DataError(f"{file}: expected a list of {num_items + 1} strings (\"\" for the padding, then one per "
+                        "item)")
 
 
 def _read_identity(path: Path) -> dict:
@@ -458,3 +499,17 @@ def resize_id_tables(state: dict[str, torch.Tensor], rows: int, keep: int,
             out[name] = resized
     return out
 
+
+
+def catalogue_extras(dataset: Any, store: FeatureStore, seq_index: Any, split: str) -> dict[str, Any]:
+    """``write_export``'s optional ``popularity`` and ``texts`` for a model trained on ``dataset`` (a Manifest) with
+    ``store``: how often each item was a target of ``split`` (the training split: "train", or "pretrain"), and each
+    item's title (its .json "title", else its text). One pass over the item shards, images not decoded."""
+    from ..data.schema import BadRecords
+    from ..data.shards import iter_item_records
+
+    titles: dict[str, str] = {}
+    for _, rec in iter_item_records(dataset.items, BadRecords(strict=False), check_images=False):
+        title = rec.meta.get("title")
+        titles[rec.key] = title if isinstance(title, str) and title.strip() else rec.text
+    return {"popularity": seq_index.target_counts(split), "texts": [""] + [titles.get(k, "") for k in store.keys[1:]]}

@@ -5,8 +5,11 @@
     rec.recommend([[("ml-100k:50", 881250949), ("ml-100k:172", 881251130)]], k=10)
     # -> [[("ml-100k:181", 7.91), ...]]  per history, best first
 
-A history is a list of (item key, Unix seconds) pairs, oldest first. Histories are batched internally; the model
-reads the last ``max_len`` items of each, and ``exclude_seen`` drops every item of the history from its ranking.
+A history is a list of (item key, timestamp) pairs, oldest first. A timestamp is Unix seconds, or Unix
+milliseconds with ``time_unit="ms"`` (the unit is stated, never guessed), or an ISO-8601 string ("2026-01-31T12:00:00Z";
+no offset = UTC). Histories are batched internally; the model reads the last ``max_len`` items of each, and
+``exclude_seen`` drops every item of the history from its ranking. An empty history (a new visitor) gets the
+export's popularity ranking: the items most often a training target, scores = those counts (docs/serving.md).
 Every argument is checked: a wrong type or value is a ConfigError / DataError of one line naming the argument (or
 the history and entry), quoting at most a short prefix of the offending value.
 Scores are the model's logits: user vector · candidate vector (already divided by the temperature). Equal scores
@@ -14,7 +17,11 @@ rank in catalogue order (lower item id first), so results never depend on how a 
 
 ``add_items`` makes new (cold-start) items recommendable without retraining: their text (and images) go through
 the export's own frozen encoder, and they are scored by content alone (no trained ID rows); they may appear in
-histories too. Added items live in this object only.
+histories too. ``save(folder)`` writes the grown catalogue as a new export (hashed like any other).
+
+Above ``ann_min_items`` items (mmm4rec.serving.ann.ANN_MIN_ITEMS, chosen by tools/bench/ann.py) ``recommend`` and
+``similar`` take their candidates from an approximate (FAISS) index and re-score them exactly; seen-item exclusion
+and ``k`` mean the same as in the exact ranking, which answers whenever the index finds too few.
 """
 from __future__ import annotations
 
@@ -22,9 +29,12 @@ import itertools
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from functools import cached_property
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -35,31 +45,48 @@ from ..data.schema import MAX_TIMESTAMP, PAD_KEY, BadRecords, DataError
 from ..data.shards import decode_image
 from ..encoders import Encoders, build_encoders, encoder_identity
 from ..model import Batch, ItemFeatures, build_model
+from .ann import ANN_MIN_ITEMS, AnnIndex, retrieve
+from .ann import available as ann_available
 from .export import Export, load_export, resize_id_tables
 
 log = logging.getLogger(__name__)
 
 History = Sequence[tuple[str, int]]
 UNKNOWN = ("error", "skip")
+TIME_UNITS = ("s", "ms")
+EMPTY = "empty"  # a parsed history with no items at all: the popularity fallback
 
 
 class Recommender:
     """Recommendations from an export. ``unknown="skip"`` drops history items the catalogue does not hold
     (counted in ``skipped`` and logged); a history left empty then gets no recommendations and NaN scores."""
 
-    def __init__(self, export: Export, device: str | torch.device = "cpu"):
+    def __init__(self, export: Export, device: str | torch.device = "cpu",
+                 ann_min_items: Optional[int] = ANN_MIN_ITEMS):
         self.path = export.path
         self.device = _device(device)
         self.encoder = export.encoder
+        self.meta = export.meta
+        self.digest = export.digest
         self.skipped = BadRecords()  # unknown history items skipped since loading, by reason
+        if ann_min_items is not None:
+            ann_min_items = positive_int("ann_min_items", ann_min_items)
+        self.ann_min_items = ann_min_items  # None: always exact
+        self.popularity = export.popularity
+        self.texts = export.texts
+        self.store = export.store  # the loaded catalogue's store: save() keeps its rows' content hashes
+        self.added = 0  # items added since loading
+        self._ann: Optional[AnnIndex] = None
         self._install(export.model, export.features, export.keys, export.candidates)
 
     @classmethod
     def from_pretrained(cls, export_dir: str | os.PathLike, device: str | torch.device = "cpu",
-                        transfer: bool = False, features: str | os.PathLike | None = None) -> "Recommender":
+                        transfer: bool = False, features: str | os.PathLike | None = None,
+                        ann_min_items: Optional[int] = ANN_MIN_ITEMS) -> "Recommender":
         """Load an export written by ``mmm4rec.serving.write_export`` (every file checked). ``features`` serves
-        it on another feature store; another catalogue needs ``transfer=True`` (content-only scores)."""
-        return cls(load_export(export_dir, features=features, transfer=transfer), device)
+        it on another feature store; another catalogue needs ``transfer=True`` (content-only scores).
+        ``ann_min_items``: catalogues of at least this many items are served through the ANN index (None: never)."""
+        return cls(load_export(export_dir, features=features, transfer=transfer), device, ann_min_items)
 
     def _install(self, model, features: ItemFeatures, keys: list[str], candidates: torch.Tensor) -> None:
         self.model = model.eval().to(self.device)
@@ -67,6 +94,45 @@ class Recommender:
         self.keys = keys
         self.index = {k: i for i, k in enumerate(keys) if i}
         self.candidates = candidates.to(self.device)
+        self.__dict__.pop("_bare_keys", None)
+
+    def text(self, key: str) -> Optional[str]:
+        """The item's title (else its text) as the export stores it; None when the export stores no texts."""
+        if key not in self.index:
+            raise DataError(self._unknown(key, "text"))
+        return None if self.texts is None else self.texts[self.index[key]]
+
+    def popular(self, k: int = 10) -> list[tuple[str, float]]:
+        """The empty-history fallback: up to ``k`` (item key, training-target count) pairs, most frequent first,
+        equal counts in catalogue order; items added since the export count 0."""
+        k = positive_int("k", k)
+        if self.popularity is None:
+            raise DataError(f"{self.path}: this export stores no popularity (written before popularity.safetensors "
+                            "existed, or without its dataset), so an empty history has no fallback; re-export it "
+                            "from its run: `mmm4rec export --run RUN_DIR --out NEW_DIR`")
+        counts = np.zeros(self.num_items, np.int64)
+        counts[:len(self.popularity) - 1] = self.popularity[1:]
+        order = np.lexsort((np.arange(self.num_items), -counts))[:k]
+        return [(self.keys[c + 1], float(counts[c])) for c in order]
+
+    @cached_property
+    def _bare_keys(self) -> dict[str, list[str]]:
+        """Item keys by their part after the domain prefix ("shop:P01389" -> "P01389"): the "did you mean" hint."""
+        out: dict[str, list[str]] = {}
+        for key in self.keys[1:]:
+            out.setdefault(key.split(":", 1)[-1], []).append(key)
+        return out
+
+    def _unknown(self, key: Any, where: str = "", hint: str = "") -> str:
+        """'unknown item key …' (in ``where``), with the key it probably meant when one differs only in its domain
+        prefix, else the catalogue it is not in (and ``hint``)."""
+        head = f"unknown item key {short_repr(key)}" + (f" in {where}" if where else "")
+        if isinstance(key, str):
+            similar = self._bare_keys.get(key.split(":", 1)[-1]) or []
+            if similar:
+                more = f" or {len(similar) - 1} more with that id" if len(similar) > 1 else ""
+                return f"{head} (did you mean {similar[0]!r}{more}?)"
+        return f"{head} (not among the {self.num_items} items of {self.path}{hint})"
 
     @property
     def num_items(self) -> int:
@@ -78,47 +144,107 @@ class Recommender:
 
     # ------------------------------------------------------------------------------------------------- ranking
     def recommend(self, histories: Iterable[History], k: int = 10, exclude_seen: bool = True,
-                  unknown: str = "error", batch_size: int = 256,
-                  labels: Optional[Sequence[str]] = None) -> list[list[tuple[str, float]]]:
-        """Per history, up to ``k`` (item key, score) pairs, best first; padding is never returned.
+                  unknown: str = "error", batch_size: int = 256, labels: Optional[Sequence[str]] = None,
+                  time_unit: str = "s", with_text: bool = False) -> list[list[tuple]]:
+        """Per history, up to ``k`` (item key, score) pairs, best first; padding is never returned; with
+        ``with_text`` (item key, score, title) triples. An empty history gets ``popular(k)``.
         ``labels`` name the histories in error messages (default "history <i>")."""
         k = positive_int("k", k)
-        if not isinstance(exclude_seen, (bool, np.bool_)):
-            raise ConfigError(f"exclude_seen must be True or False, got {short_repr(exclude_seen)}")
-        results: list[list[tuple[str, float]]] = []
-        for parsed, users in self._user_vectors(histories, unknown, batch_size, labels):
-            ranked: Iterator[list[tuple[int, float]]] = iter(())
-            if users is not None:
-                scores = self._scores(users)
-                if exclude_seen:
-                    real = [ids for ids, _ in filter(None, parsed)]
-                    rows = np.repeat(np.arange(len(real)), [len(ids) for ids in real])
-                    cols = np.concatenate(real) - 1
-                    scores[torch.from_numpy(rows).to(self.device), torch.from_numpy(cols).to(self.device)] = \
-                        float("-inf")
-                ranked = iter(top_k(scores, k))
+        _flag("exclude_seen", exclude_seen)
+        _flag("with_text", with_text)
+        results: list[list[tuple]] = []
+        for parsed, users in self._user_vectors(histories, unknown, batch_size, labels, time_unit):
+            real = [p[0] for p in parsed if isinstance(p, tuple)]
+            ranked = iter(self._top(users, k, [ids - 1 if exclude_seen else ids[:0] for ids in real])
+                          if users is not None else ())
             for history in parsed:
-                best = next(ranked) if history is not None else []
-                results.append([(self.keys[col + 1], score) for col, score in best])
-        return results
+                if history is None:
+                    results.append([])
+                elif history is EMPTY:
+                    results.append(self.popular(k))
+                else:
+                    results.append([(self.keys[col + 1], score) for col, score in next(ranked)])
+        return self._with_text(results) if with_text else results
 
-    def score(self, histories: Iterable[History], item_keys: Sequence[str], unknown: str = "error",
-              batch_size: int = 256, labels: Optional[Sequence[str]] = None) -> np.ndarray:
-        """float32 [histories, items]: the score of each of ``item_keys`` for each history (the same numbers
-        ``recommend`` ranks by)."""
-        item_keys = _listed("item_keys", item_keys, "item keys")
+    def similar(self, item_keys: Sequence[str], k: int = 10, with_text: bool = False) -> list[list[tuple]]:
+        """Per item, up to ``k`` other items by the inner product of their candidate vectors (the item's vector
+        as the query, ranked as a user vector would be), best first, the item itself excluded."""
+        k = positive_int("k", k)
+        _flag("with_text", with_text)
+        cols = np.asarray(self._columns("item_keys", item_keys), np.int64)
+        results: list[list[tuple]] = []
+        for lo in range(0, len(cols), 256):
+            part = cols[lo:lo + 256]
+            queries = self.candidates[torch.from_numpy(part + 1).to(self.device)]
+            for best in self._top(queries, k, [part[i:i + 1] for i in range(len(part))]):
+                results.append([(self.keys[col + 1], score) for col, score in best])
+        return self._with_text(results) if with_text else results
+
+    def _with_text(self, results: list[list[tuple]]) -> list[list[tuple]]:
+        if self.texts is None:
+            raise DataError(f"{self.path}: this export stores no item texts (texts.json: written by `mmm4rec "
+                            "export` and by training since it existed); re-export it to show titles")
+        return [[(key, score, self.texts[self.index[key]]) for key, score in row] for row in results]
+
+    def _columns(self, name: str, item_keys: Sequence[str]) -> list[int]:
+        item_keys = _listed(name, item_keys, "item keys")
         for i, key in enumerate(item_keys):
             if not isinstance(key, str):
-                raise ConfigError(f"item_keys[{i}] is not an item key (a string): {short_repr(key)}")
+                raise ConfigError(f"{name}[{i}] is not an item key (a string): {short_repr(key)}")
             if key not in self.index:
-                raise DataError(f"unknown item key {short_repr(key)} in item_keys (not among the {self.num_items} "
-                                f"items of {self.path})")
-        cols = torch.tensor([self.index[key] - 1 for key in item_keys], dtype=torch.long, device=self.device)
+                raise DataError(self._unknown(key, name))
+        return [self.index[key] - 1 for key in item_keys]
+
+    @property
+    def uses_ann(self) -> bool:
+        wanted = (self.ann_min_items is not None and self.num_items >= self.ann_min_items
+                  and self.device.type == "cpu")
+        if wanted and not ann_available():
+            if not getattr(self, "_warned_ann", False):
+                log.warning("%d items: ANN retrieval needs faiss-cpu (pip install 'mmm4rec[serve]'); ranking the "
+                            "whole catalogue exactly instead", self.num_items)
+                self._warned_ann = True
+            return False
+        return wanted
+
+    def _ann_index(self) -> AnnIndex:
+        if self._ann is None or self._ann.size > self.num_items:
+            self._ann = AnnIndex(self.candidates[1:].cpu().numpy())
+        elif self._ann.size < self.num_items:  # items added since: appended to their lists
+            self._ann.add(self.candidates[1 + self._ann.size:].cpu().numpy())
+        return self._ann
+
+    def _top(self, users: torch.Tensor, k: int, seen: list[np.ndarray]) -> list[list[tuple[int, float]]]:
+        """Per user vector, up to k (column, score) pairs, best first, the columns in ``seen`` excluded: through
+        the ANN index above ann_min_items (re-scored exactly; a user it finds too few for is ranked exactly),
+        else by scoring the whole catalogue."""
+        found: list[Optional[list[tuple[int, float]]]] = [None] * len(users)
+        if self.uses_ann:
+            found = retrieve(self._ann_index(), self.candidates[1:], users, k, seen)
+        exact = [i for i, f in enumerate(found) if f is None]
+        if exact:
+            rows = torch.tensor(exact, dtype=torch.long, device=self.device)
+            scores = self._scores(users[rows])
+            cols = [seen[i] for i in exact]
+            at = np.repeat(np.arange(len(cols)), [len(c) for c in cols])
+            if len(at):
+                scores[torch.from_numpy(at).to(self.device),
+                       torch.from_numpy(np.concatenate(cols)).to(self.device)] = float("-inf")
+            for i, best in zip(exact, top_k(scores, k)):
+                found[i] = best
+        return found
+
+    def score(self, histories: Iterable[History], item_keys: Sequence[str], unknown: str = "error",
+              batch_size: int = 256, labels: Optional[Sequence[str]] = None, time_unit: str = "s") -> np.ndarray:
+        """float32 [histories, items]: the score of each of ``item_keys`` for each history (the same numbers
+        ``recommend`` ranks by); NaN for a history with no known item (the model has no user vector for it)."""
+        item_keys = _listed("item_keys", item_keys, "item keys")
+        cols = torch.tensor(self._columns("item_keys", item_keys), dtype=torch.long, device=self.device)
         rows: list[np.ndarray] = []
-        for parsed, users in self._user_vectors(histories, unknown, batch_size, labels):
+        for parsed, users in self._user_vectors(histories, unknown, batch_size, labels, time_unit):
             picked = iter(()) if users is None else iter(self._scores(users)[:, cols].cpu().numpy())
             nan = np.full(len(item_keys), np.nan, np.float32)
-            rows += [next(picked) if history is not None else nan for history in parsed]
+            rows += [next(picked) if isinstance(history, tuple) else nan for history in parsed]
         return np.stack(rows) if rows else np.zeros((0, len(item_keys)), np.float32)
 
     def _scores(self, users: torch.Tensor) -> torch.Tensor:
@@ -127,11 +253,14 @@ class Recommender:
 
     # ------------------------------------------------------------------------------------------------ histories
     def _user_vectors(self, histories: Iterable[History], unknown: str, batch_size: int,
-                      labels: Optional[Sequence[str]]):
-        """Per batch: each history as (ids, timestamps), None when skipping left nothing, and the user vectors of
-        the others, in order (None when there are none)."""
+                      labels: Optional[Sequence[str]], time_unit: str = "s"):
+        """Per batch: each history as (ids, timestamps), None when skipping left nothing, EMPTY when it had no
+        entry at all, and the user vectors of the (ids, timestamps) ones, in order (None when there are none)."""
         if not isinstance(unknown, str) or unknown not in UNKNOWN:
             raise ConfigError(f"unknown must be one of {list(UNKNOWN)}, got {short_repr(unknown)}")
+        if not isinstance(time_unit, str) or time_unit not in TIME_UNITS:
+            raise ConfigError(f"time_unit must be one of {list(TIME_UNITS)} (numbers in histories are Unix seconds "
+                              f"or milliseconds; ISO-8601 strings need none), got {short_repr(time_unit)}")
         batch_size = min(positive_int("batch_size", batch_size), sys.maxsize)  # a huge one: everything at once
         if histories is None or isinstance(histories, (str, bytes, Mapping)) or not isinstance(histories, Iterable):
             raise ConfigError("histories must be a list of histories (each a list of [item key, unix seconds] "
@@ -151,38 +280,36 @@ class Recommender:
             if labels is not None and start + len(chunk) > len(labels):  # histories of unknown length
                 raise ConfigError(f"labels: {len(labels)} label(s) for more histories (history {len(labels)} has "
                                   "none)")
-            parsed = [self._parse(h, labels[start + i] if labels is not None else f"history {start + i}", bad)
-                      for i, h in enumerate(chunk)]
-            real = [p for p in parsed if p is not None]
+            parsed = [self._parse(h, labels[start + i] if labels is not None else f"history {start + i}", bad,
+                                  time_unit) for i, h in enumerate(chunk)]
+            real = [p for p in parsed if isinstance(p, tuple)]
             users = self.model.user_vectors(self._model_input(real).to(self.device)).float() if real else None
             yield parsed, users
         if bad:
             self.skipped.update(bad.counts)
             log.warning("skipped %d unknown history item(s) (unknown='skip')", sum(bad.counts.values()))
 
-    def _parse(self, history: History, label: str, bad: BadRecords) -> Optional[tuple[np.ndarray, np.ndarray]]:
-        if not isinstance(history, (list, tuple)) or not history:
-            raise DataError(f"{label}: a history is a non-empty list of [item key, unix seconds] pairs, "
+    def _parse(self, history: History, label: str, bad: BadRecords, time_unit: str = "s"):
+        if not isinstance(history, (list, tuple)):
+            raise DataError(f"{label}: a history is a list of [item key, unix seconds] pairs, "
                             f"got {short_repr(history, 80)}")
+        if not history:
+            return EMPTY
         ids, stamps, previous = [], [], None
         for pos, pair in enumerate(history):
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str)
-                    and _is_integral(pair[1])):
+                    and (_is_integral(pair[1]) or isinstance(pair[1], str))):
                 raise DataError(f"{label}: entry {pos} is not an [item key, unix seconds] pair: "
                                 f"{short_repr(pair, 80)}")
-            key, ts = pair[0], int(pair[1])
-            if not 0 <= ts <= MAX_TIMESTAMP:  # as in training data; an int64 would overflow on 10**30
-                raise DataError(f"{label}: entry {pos}: {short_repr(pair[1], 40)} is not Unix seconds (0 to "
-                                f"{MAX_TIMESTAMP}, the end of the year 9999)")
+            key, ts = pair[0], _seconds(pair[1], time_unit, f"{label}: entry {pos}")
             if previous is not None and ts < previous:
                 raise DataError(f"{label}: entry {pos} is older than the one before it; histories are oldest "
                                 "first")
             previous = ts
             item = self.index.get(key)
             if item is None:
-                bad.report("unknown_item", f"{label}: unknown item key {short_repr(key)} (not among the "
-                                           f"{self.num_items} items of {self.path}; add it with add_items, or skip "
-                                           "unknown items: unknown='skip', CLI --unknown skip)")
+                bad.report("unknown_item", f"{label}: " + self._unknown(
+                    key, hint="; add it with add_items, or skip unknown items: unknown='skip', CLI --unknown skip"))
                 continue
             ids.append(item)
             stamps.append(ts)
@@ -232,6 +359,9 @@ class Recommender:
         model.eval().to(self.device)
         with torch.no_grad():
             added = model.item_tables().scores.float()[self.num_items + 1:]
+        if self.texts is not None:
+            self.texts = self.texts + texts
+        self.added += len(keys)
         self._install(model, features, self.keys + keys, torch.cat([self.candidates, added]))
         log.info("added %d item(s); %d in the catalogue", len(keys), self.num_items)
 
@@ -247,6 +377,39 @@ class Recommender:
             if not text.strip():
                 raise DataError(f"add_items: item {short_repr(key)}: empty text")
             seen.add(key)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write this catalogue (with the items added since loading) as a new export in ``folder``, which must not
+        exist: a complete feature store of the grown catalogue, the model with its resized ID tables, and the
+        popularity (added items count 0) and titles, all hashed in export.json like any export. The folder
+        appears complete or not at all."""
+        from ..data.atomic import replace_folder
+        from .export import write_export
+
+        out = Path(folder)
+        if out.exists() or out.is_symlink():
+            raise ConfigError(f"{out}: exists; save writes a new export folder (name one that does not exist)")
+        if self.store is None:
+            raise ConfigError(f"{self.path}: loaded without its feature store; nothing to save from")
+        provenance = {**(self.meta.get("provenance") or {}),
+                      "saved_from": {"export": str(self.path), "sha256": self.digest, "added_items": self.added}}
+        popularity = None
+        if self.popularity is not None:
+            popularity = np.zeros(self.num_items + 1, np.int64)
+            popularity[:len(self.popularity)] = self.popularity
+        store_dir = out.parent / f".{out.name}.store-{os.getpid()}"
+        try:
+            store = _write_store(store_dir, self.store, self.features, self.keys, self.texts)
+            with replace_folder(out) as tmp:
+                write_export(self.model.cpu(), tmp, store=store, provenance=provenance, popularity=popularity,
+                             texts=self.texts)
+        finally:
+            self.model.to(self.device)
+            import shutil
+
+            shutil.rmtree(store_dir, ignore_errors=True)
+        log.info("saved %d items (%d added) as %s", self.num_items, self.added, out)
+        return out
 
     @cached_property
     def _encoders(self) -> Encoders:
@@ -271,8 +434,12 @@ class Recommender:
 
     def _encode_items(self, keys: list[str], texts: list[str], images: list[Any]) -> ItemFeatures:
         with_image = [i for i, im in enumerate(images) if im is not None]
-        if self.features.image is None and with_image:
-            raise ConfigError(f"{self.path}: a text-only export; item {keys[with_image[0]]!r} has an image")
+        if self.features.image is None and with_image:  # the item is still added, by its text
+            message = (f"{self.path}: a text-only export; the image(s) of {len(with_image)} item(s) (first "
+                       f"{keys[with_image[0]]!r}) are not used")
+            log.warning(message)
+            warnings.warn(message, stacklevel=3)
+            with_image = []
         encoders, step = self._encoders, EncoderConfig().batch_size
         text = np.concatenate([encoders.text(texts[i:i + step]) for i in range(0, len(texts), step)])
         image = missing = None
@@ -288,6 +455,41 @@ class Recommender:
                 bad = keys[int(np.argmin(np.isfinite(rows).all(axis=1)))]
                 raise DataError(f"add_items: item {bad!r}: the {name} encoder produced NaN/inf features")
         return ItemFeatures(torch.from_numpy(text), None if image is None else torch.from_numpy(image), missing)
+
+
+def _write_store(folder: Path, old, features: ItemFeatures, keys: list[str], texts: Optional[list[str]]):
+    """A feature store (mmm4rec.data.features' layout) holding ``features`` for ``keys``: the loaded store's rows
+    and content hashes, then the added items' (text hash; no image bytes are kept, so their image hash is
+    zero: "none")."""
+    import hashlib
+    import json
+    from datetime import datetime
+
+    from ..data.features import HASHES, IMAGE, ITEMS, MANIFEST, MISSING, TEXT, FeatureStore
+    from ..data.schema import content_hash
+
+    folder.mkdir(parents=True)
+    np.save(folder / TEXT, features.text.float().numpy())
+    if features.image is not None:
+        np.save(folder / IMAGE, features.image.float().numpy())
+        np.save(folder / MISSING, features.image_missing.numpy())
+    hashes = np.zeros((len(keys), 2, 16), np.uint8)
+    hashes[:old.num_items + 1] = old.hashes
+    for row in range(old.num_items + 1, len(keys)):
+        if texts is not None:
+            hashes[row, 0] = np.frombuffer(content_hash(texts[row].encode("utf-8")), np.uint8)
+    np.save(folder / HASHES, hashes)
+    index_bytes = json.dumps(keys, ensure_ascii=False).encode()
+    (folder / ITEMS).write_bytes(index_bytes)
+    manifest = {**old.manifest, "num_items": len(keys) - 1,
+                "items_sha256": hashlib.sha256(index_bytes).hexdigest(),
+                "missing_images": None if features.image is None else int(features.image_missing[1:].sum()),
+                "last_build": {"mode": "add_items", "reason": f"{len(keys) - 1 - old.num_items} item(s) added to "
+                               f"{old.path}", "encoded": len(keys) - 1 - old.num_items, "reused": old.num_items},
+                "created": {**old.manifest.get("created", {}),
+                            "utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return FeatureStore.open(folder)
 
 
 def top_k(scores: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:
@@ -321,6 +523,32 @@ def _listed(name: str, value: Any, what: str) -> list:
     if value is None or isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
         raise ConfigError(f"{name} must be a list of {what}, got {type(value).__name__} {short_repr(value, 60)}")
     return list(value)
+
+
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{name} must be True or False, got {short_repr(value)}")
+
+
+def _seconds(value: Any, unit: str, where: str) -> int:
+    """A history timestamp as Unix seconds: an ISO-8601 string (no offset = UTC), or a number in ``unit``."""
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise DataError(f"{where}: {short_repr(value, 40)} is not an ISO-8601 time (2026-01-31T12:00:00Z) nor "
+                            "a number") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        ts = int(when.timestamp())
+    else:
+        ts = int(value) // 1000 if unit == "ms" else int(value)
+    if not 0 <= ts <= MAX_TIMESTAMP:  # as in training data; an int64 would overflow on 10**30
+        hint = "; milliseconds? pass time_unit='ms' (CLI --time-unit ms)" if unit == "s" and ts > MAX_TIMESTAMP \
+            and int(value) // 1000 <= MAX_TIMESTAMP else ""
+        raise DataError(f"{where}: {short_repr(value, 40)} is not Unix {'milli' if unit == 'ms' else ''}seconds "
+                        f"(0 to the end of the year 9999, {MAX_TIMESTAMP} s){hint}")
+    return ts
 
 
 def _device(device: Any) -> torch.device:

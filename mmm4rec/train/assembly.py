@@ -116,11 +116,7 @@ def train_engine(cfg: RunConfig, env: DistEnv, model: SequentialRecommender, tot
 
 def target_counts(cfg: RunConfig, data: "Data") -> Optional[np.ndarray]:
     """How often each item is a training target, where the run's loss declares it needs them (None otherwise)."""
-    return data.seq_index.target_counts(train_split(cfg)) if needs_target_counts(cfg) else None
-
-
-def train_split(cfg: RunConfig) -> str:
-    return "pretrain" if cfg.train.task == "pretrain" else "train"
+    return data.seq_index.target_counts(cfg.train_split) if needs_target_counts(cfg) else None
 
 
 def train_stream(cfg: RunConfig, env, data: Data) -> TrainStream:
@@ -133,7 +129,7 @@ def train_stream(cfg: RunConfig, env, data: Data) -> TrainStream:
     elif d.train_users < 1:
         users = user_subset(d.train_users, d.seed)
     kwargs = {} if users is None else {"users": users}
-    return TrainStream(data.seq_index, data.item_index, split=train_split(cfg), max_len=cfg.model.max_len,
+    return TrainStream(data.seq_index, data.item_index, split=cfg.train_split, max_len=cfg.model.max_len,
                        micro_batch=d.batch_size, grad_accum=t.grad_accum, rank=env.rank, world=env.world_size,
                        seed=d.seed, partitions=d.partitions, num_workers=d.num_workers,
                        shuffle_buffer=d.shuffle_buffer, **kwargs)
@@ -145,6 +141,8 @@ def validation_stream(cfg: RunConfig, env, data: Data):
         return eval_stream(cfg, data, env, "valid")
     if cfg.data.holdout_users:
         return eval_stream(cfg, data, env, "valid", users=holdout(cfg))
+    log.warning("pre-training without validation (data.holdout_users=0): no early stopping, the last weights "
+                "are exported; --set data.holdout_users=0.05 validates on 5 %% of the users")
     return None
 
 

@@ -27,9 +27,9 @@ from ..provenance import cpu_isa, provenance
 from .assembly import (eval_stream, load_data, read_manifest, target_counts, train_engine, train_stream, transfer,
                        validation_stream)
 from .checkpoint import CheckpointError
-from .engine import step_precision
+from .engine import precision_warning, step_precision
 from .evaluation import evaluate
-from .monitor import announce, setup_logging
+from .monitor import StartupClock, announce, report_error, setup_logging
 from .rundir import Claim, RunDir, export_of, model_digest
 from .trainer import Trainer
 
@@ -55,7 +55,7 @@ def run(task: str, args: argparse.Namespace, cfg: RunConfig) -> int:
             return _evaluate(cfg, env, args, run_dir)
         return _train(cfg, env, args, run_dir)
     except (ConfigError, DataError, CheckpointError) as e:
-        log.error("%s", e)
+        report_error(env, str(e))
         return 2
     finally:
         distributed.shutdown()
@@ -109,6 +109,7 @@ def _train(cfg: RunConfig, env, args, run: RunDir) -> int:
     held = _HeldLogs()
     if env.is_main:
         logging.getLogger().addHandler(held)
+    clock = StartupClock()
     dataset = read_manifest(cfg)
     if cfg.model.ssd.form == "triton" and not triton_usable(env.device):
         raise ConfigError(f"model.ssd.form=triton needs a CUDA device and mamba-ssm; this run is on {env.device} "
@@ -116,9 +117,12 @@ def _train(cfg: RunConfig, env, args, run: RunDir) -> int:
     claim = _claim(cfg, env, run, dataset)
     precision = step_precision(cfg, env.device)
     log.info("precision %s (train.precision=%s)", precision, cfg.train.precision)
+    if precision_warning(cfg, env.device, precision):
+        log.warning(precision_warning(cfg, env.device, precision))
     torch.manual_seed(cfg.train.seed)
     data = load_data(cfg, precision, shard=(env.rank, env.world_size) if cfg.train.item_parallel else None,
                      dataset=dataset)
+    clock.done("data (manifest, run folder, features, stage-2 index)")
     model = build_model(cfg.model, data.features)
     log.info("%s: %s parameters (%s without ID tables)", cfg.model.arch,
              f"{sum(p.numel() for p in model.parameters()):,}",
@@ -127,7 +131,9 @@ def _train(cfg: RunConfig, env, args, run: RunDir) -> int:
         transfer(model, cfg.train.init_from, data.store.manifest["encoder"])
     stream = train_stream(cfg, env, data)
     total_steps = cfg.train.max_steps or cfg.train.epochs * stream.steps_per_epoch
+    clock.done("model")
     engine = train_engine(cfg, env, model, total_steps, target_counts(cfg, data), args.deepspeed_config, precision)
+    clock.done("engine (DeepSpeed)")
     _record(cfg, env, run, claim, held)
     summary = Trainer(cfg, env, engine, data, stream, run, validation_stream(cfg, env, data)).fit()
     if summary is None:

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -19,16 +20,37 @@ from .optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
+# What bf16 costs on a CPU that emulates it, stated once (measured: docs/results/reference.md, a 2-core AVX2 EPYC,
+# 7.6 samples/s in bf16 autocast against 177 in fp32).
+EMULATED_BF16_COST = "~25x slower per step than fp32"
+
 
 def step_precision(cfg: RunConfig, device: torch.device) -> str:
     """train.precision with "auto" resolved: bf16 on CUDA and on CPUs with native bf16 (AVX-512-BF16 or AMX),
-    fp32 on the rest, where bf16 is emulated and ~25× slower than fp32."""
+    fp32 on the rest, where bf16 is emulated (EMULATED_BF16_COST)."""
     if cfg.train.precision != "auto":
         return cfg.train.precision
     if device.type == "cuda":
         return "bf16"
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return "bf16" if native else "fp32"
+    return "bf16" if native_bf16() else "fp32"
+
+
+def native_bf16() -> bool:
+    """The CPU computes bf16 natively (AVX-512-BF16 or AMX); without, torch emulates it."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def precision_warning(cfg: RunConfig, device: torch.device, precision: str,
+                      native: Optional[bool] = None) -> Optional[str]:
+    """The start-up warning of a bf16 step on a CPU that emulates bf16 (a GPU preset on a CPU); None otherwise.
+    "auto" never picks bf16 there; an explicit or preset bf16 runs, but says what it costs."""
+    if device.type != "cpu" or precision != "bf16":
+        return None
+    if native_bf16() if native is None else native:
+        return None
+    return (f"train.precision={cfg.train.precision} on a CPU without native bf16 (no AVX-512-BF16 or AMX): bf16 "
+            f"is emulated there, {EMULATED_BF16_COST}; use a CPU preset (cpu_pretrain, cpu_finetune) or "
+            "--set train.precision=auto")
 
 
 def deepspeed_config(cfg: RunConfig, world_size: int, template: str | os.PathLike, precision: str) -> dict:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -42,6 +44,10 @@ def setup_logging(env: DistEnv, log_file: Optional[Path] = None) -> None:
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING, format=fmt, handlers=handlers,
                         force=True)
     adopt_library_loggers()
+    # DeepSpeed's collectives call torch.distributed functions torch has renamed: every rank warned about each
+    # once per run (all_gather_into_tensor, reduce_scatter_tensor …), burying what the run says. Ours are not
+    # affected; the filter names torch.distributed's deprecations only.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     try:  # transformers prints a progress bar per rank while loading weights; the log says what loads
         import transformers
 
@@ -68,6 +74,23 @@ def announce(env: DistEnv) -> None:
           f"{' node ' + node if node else ''} launcher {env.launcher} device {env.device}", file=sys.stderr, flush=True)
 
 
+def report_error(env: DistEnv, message: str) -> None:
+    """A run's one-line error (a refused config, bad data, a bad checkpoint: checks every rank makes alike). Rank 0
+    logs it; the other ranks do not repeat it on stderr. Under torchrun every rank also writes it into its error
+    file (TORCHELASTIC_ERROR_FILE), so torchrun's failure summary, printed last, ends with this line instead of
+    'To enable traceback see: …'."""
+    if env.is_main:
+        logging.getLogger("mmm4rec").error("%s", message)
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        record = {"message": {"message": message, "extraInfo": {"py_callstack": message,
+                                                                "timestamp": str(int(time.time()))}}}
+        try:
+            Path(path).write_text(json.dumps(record))
+        except OSError:
+            pass  # the message is on rank 0's stderr already
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -77,6 +100,20 @@ def peak_memory_mb(device: torch.device) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     except ImportError:
         return math.nan
+
+
+class StartupClock:
+    """Logs each start-up phase as it ends (data, model, engine …) with its time, so a slow start shows where it
+    is before the first step line."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.perf_counter()
+
+    def done(self, phase: str) -> float:
+        now = time.perf_counter()
+        spent, self.last = now - self.last, now
+        logging.getLogger("mmm4rec").info("start-up: %s %.1f s (%.1f s in all)", phase, spent, now - self.started)
+        return spent
 
 
 class Monitor:

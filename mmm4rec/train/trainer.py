@@ -31,10 +31,11 @@ from ..distributed import DistEnv, barrier
 from ..model import Batch, SequentialRecommender, build_model, from_pretrained
 from ..model.items import item_features
 from ..provenance import provenance
-from ..serving.export import EXPORT_LAYOUT, write_export
+from ..serving.export import EXPORT_LAYOUT, catalogue_extras, write_export
 from .assembly import Data, eval_stream
 from .checkpoint import Checkpointer, CheckpointError
 from .evaluation import evaluate
+from .examples import Examples
 from .monitor import Monitor, peak_memory_mb
 from .rundir import RunDir, model_digest
 
@@ -117,6 +118,8 @@ class Trainer:
         self.digest = model_digest(cfg)
         self.monitor: Optional[Monitor] = None
         self._clock = time.time()
+        self._first_step_logged = False
+        self.examples = Examples(cfg, data.store.keys) if env.is_main else None  # TensorBoard text + projector
         self.provenance = provenance(world_size=env.world_size, launcher=env.launcher,
                                      dataset=cfg.data.dataset, dataset_hash=data.dataset_hash)
 
@@ -142,11 +145,25 @@ class Trainer:
         def write() -> None:
             try:
                 with replace_folder(path, layout=EXPORT_LAYOUT) as tmp:
-                    write_export(model, tmp, store=self.data.store, provenance=self.provenance)
+                    write_export(model, tmp, store=self.data.store, provenance=self.provenance,
+                                 **self._catalogue())
             except OSError as e:
                 raise CheckpointError(f"{path}: writing the export failed ({e.strerror or e})") from None
 
         distributed.on_main(write)
+
+    def _catalogue(self) -> dict:
+        """The export's popularity (the empty-history fallback) and item titles; without them (the dataset's items
+        unreadable here) the export is still written, and serving says what is missing."""
+        from ..data.dataset import load_manifest
+        from ..data.remote import DatasetSource
+
+        try:
+            return catalogue_extras(load_manifest(DatasetSource.from_config(self.cfg.data)), self.data.store,
+                                    self.data.seq_index, self.cfg.train_split)
+        except (OSError, ValueError) as e:  # DataError is a ValueError
+            log.warning("export without popularity and titles: %s", e)
+            return {}
 
     def _whole_model(self) -> Optional[SequentialRecommender]:
         """The model as one process can save and serve it (rank 0; None elsewhere). ZeRO-3 partitions parameters
@@ -236,7 +253,10 @@ class Trainer:
                    dynamic_ncols=True, leave=False)
         window = Window(self.device)
         ended = "epoch"
+        started, first_batch = time.perf_counter(), None
         for raw in self.stream:
+            if first_batch is None:
+                first_batch = time.perf_counter() - started
             batch = Batch.from_dict(raw).to(self.device)
             loss = engine(batch)
             engine.backward(loss)
@@ -255,6 +275,10 @@ class Trainer:
             bar.update(1)
             step = self.progress.global_step
             end_of_epoch = self.stream.step == 0
+            if not self._first_step_logged:  # within seconds of the start, whatever train.log_every is
+                self._first_step_logged = True
+                log.info("step %d: first batch %.1f s, first step %.1f s; a line every %d steps (train.log_every)",
+                         step, first_batch, time.perf_counter() - started - first_batch, t.log_every)
             if log_step or end_of_epoch:
                 self._log_train(step, epoch, window, steps)
                 if preempt.agreed(self.device):
@@ -305,10 +329,14 @@ class Trainer:
             values["train/grad_norm"] = float(grad_norm)
         self.monitor.scalars(step, values, epoch=epoch)
         left = steps - self.stream.step if self.stream.step else 0
+        until = "epoch"
+        cap = self.cfg.train.max_steps
+        if cap and cap - step <= left:  # train.max_steps ends the run before this epoch ends
+            left, until = max(cap - step, 0), f"max_steps {cap}"
         eta = left * elapsed / max(window.steps, 1)
-        log.info("step %d epoch %d (%d/%d) loss %.4f lr %.3g %.0f samples/s ETA epoch %s", step, epoch,
+        log.info("step %d epoch %d (%d/%d) loss %.4f lr %.3g %.0f samples/s ETA %s %s", step, epoch,
                  self.stream.step or steps, steps, values["train/loss"], values["train/lr"],
-                 values["train/samples_per_s"], _duration(eta))
+                 values["train/samples_per_s"], until, _duration(eta))
         window.reset()
 
     def _validate(self, epoch: int) -> bool:
@@ -330,6 +358,10 @@ class Trainer:
                              epoch=epoch)
         log.info("epoch %d step %d valid %s %.4f (best %.4f at epoch %d)", epoch, p.global_step, e.metric, value,
                  p.best, p.best_epoch)
+        if self.examples is not None and self.engine.zero_optimization_stage() != 3:
+            batch = next(iter(self.validation), None)
+            if batch is not None:
+                self.examples.write(self.monitor.writer, self.model, batch, p.global_step, self.device)
         return p.bad_evals >= self.cfg.train.patience
 
     def _finish(self) -> dict:

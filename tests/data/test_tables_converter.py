@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -425,3 +425,93 @@ def test_cli_bad_input_is_one_line(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip() == "error: --list-fields genres: not among the --text-fields columns"
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------- time formats, key prefix, CLI
+def retimed(src: Path, dst: Path, stamp) -> Path:
+    rows = csv_rows(src)
+    return write_csv(dst, rows[0], ([u, i, stamp(int(t))] for u, i, t in rows[1:]))
+
+
+def iso(seconds: int) -> str:
+    """ISO-8601 text of ``seconds``: odd ones with a +02:00 offset, even ones UTC without an offset."""
+    if seconds % 2:
+        return datetime.fromtimestamp(seconds, timezone.utc).astimezone(
+            timezone(timedelta(hours=2))).isoformat()
+    return datetime.fromtimestamp(seconds, timezone.utc).replace(tzinfo=None).isoformat()
+
+
+def test_time_formats_give_the_seconds_dataset(tmp_path):
+    """Milliseconds (floored) and ISO-8601 (with and without offsets) in CSV and JSON lines: the same shards as
+    Unix seconds."""
+    inter, items = movie_tables(tmp_path / "raw", "ml-100k")
+    expected = digests(converted(tmp_path / "s", inter, items))
+    ms = retimed(inter, tmp_path / "raw" / "ms.csv", lambda t: t * 1000 + 999)
+    text = retimed(inter, tmp_path / "raw" / "iso.csv", iso)
+    jsonl = tmp_path / "raw" / "ms.jsonl"
+    jsonl.write_text("".join(json.dumps({"user": u, "item": i, "timestamp": int(t) * 1000}) + "\n"
+                             for u, i, t in csv_rows(inter)[1:]))
+    for n, (table, fmt) in enumerate(((ms, "unix_ms"), (text, "iso8601"), (jsonl, "unix_ms"))):
+        m = converted(tmp_path / f"f{n}", table, items, time_format=fmt)
+        assert digests(m) == expected, (table, fmt)
+        assert m.provenance["args"]["time_format"] == fmt
+
+
+@pytest.mark.parametrize("stamp,fmt,hint", [
+    (lambda t: t * 1000, "unix", "looks like milliseconds: use --time-format unix_ms"),
+    (iso, "unix", "looks like ISO-8601: use --time-format iso8601"),
+    (lambda t: t, "iso8601", "looks like Unix seconds: use --time-format unix"),
+    (lambda t: t * 1_000_000, "unix_ms", "looks like microseconds"),
+])
+def test_a_wrong_time_format_fails_in_the_first_rows_with_a_hint(tmp_path, stamp, fmt, hint):
+    """The hint comes from the first 1000 rows: the table's tail is never read (here it is not even UTF-8, which
+    a whole read would report instead), in lenient mode too."""
+    inter, items = movie_tables(tmp_path / "raw", "ml-100k")
+    rows = csv_rows(inter)[1:]
+    table = retimed(inter, tmp_path / "raw" / "t.csv", stamp)
+    body = csv_rows(table)
+    write_csv(table, body[0], body[1:] + [[f"u{n}", rows[n % len(rows)][1], stamp(T0 + n)] for n in range(5000)])
+    with open(table, "ab") as f:
+        f.write(b"u1,\xff\xfe\xfd,1\n")
+    message = one_line_error(lambda: converted(tmp_path, table, items, strict=False, time_format=fmt),
+                             rf"t.csv:2: timestamp .* \(\d+ of the first 1000 timestamps\); {hint}")
+    assert "UTF-8" not in message
+
+
+def test_milliseconds_that_are_seconds_are_refused(tmp_path):
+    inter, items = movie_tables(tmp_path, "ml-100k")
+    one_line_error(lambda: converted(tmp_path, inter, items, time_format="unix_ms"),
+                   r"inter.csv: the first \d+ timestamps read as milliseconds all fall before 1973-03-04; they look "
+                   r"like Unix seconds: use --time-format unix")
+
+
+def test_a_missing_jsonl_column_lists_the_first_records_fields(tmp_path):
+    inter, items = movie_tables(tmp_path, "ml-100k")
+    jsonl = tmp_path / "items.jsonl"
+    jsonl.write_text("".join(json.dumps({"movie": r[0], "title": r[1]}) + "\n" for r in csv_rows(items)[1:]))
+    one_line_error(lambda: converted(tmp_path, inter, jsonl, fields=[TextField("title", "Title")]),
+                   r"items.jsonl: no item column 'item' in the first record \(its fields: movie, title\)")
+
+
+def test_mmm4rec_prepare_is_the_tool_and_says_which_prefix_the_keys_got(tmp_path):
+    inter, items = movie_tables(tmp_path / "raw", "ml-100k")
+    ms = retimed(inter, tmp_path / "raw" / "events.csv", lambda t: t * 1000)
+    common = ["--interactions", ms, "--items", items, "--text-fields", "title", "year", "--time-format", "unix_ms"]
+    tool = cli(*common, "--out", tmp_path / "tool")
+    command = subprocess.run([PYTHON, "-m", "mmm4rec", "prepare", *map(str, common), "--out", str(tmp_path / "cmd")],
+                             capture_output=True, text=True, env=run_env(), cwd=REPO, timeout=120)
+    for done in (tool, command):
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["key_prefixes"] == ["events:"]
+        assert "item keys: 'events:<item id>' (domain 'events', from the file name events.csv; --name sets it)" \
+            in done.stderr
+    assert digests(load_manifest(tmp_path / "tool")) == digests(load_manifest(tmp_path / "cmd"))
+    assert next(iter_item_records(load_manifest(tmp_path / "cmd").items, BadRecords()))[1].key.startswith("events:")
+    named = cli(*common, "--out", tmp_path / "named", "--name", "shop")
+    assert json.loads(named.stdout)["key_prefixes"] == ["shop:"] and "(domain 'shop', --name)" in named.stderr
+    helped = subprocess.run([PYTHON, "-m", "mmm4rec", "prepare", "--help"], capture_output=True, text=True,
+                            env=run_env(), cwd=REPO, timeout=60)
+    assert "--time-format {unix,unix_ms,iso8601}" in helped.stdout
+    wrong = cli("--interactions", ms, "--items", items, "--text-fields", "title", "--out", tmp_path / "w")
+    assert wrong.returncode == 1
+    assert wrong.stderr.strip().splitlines()[-1].endswith("looks like milliseconds: use --time-format unix_ms")

@@ -10,7 +10,10 @@ from serving_helpers import store_of, tiny_siglip, train
 from mmm4rec.config import EncoderConfig
 from mmm4rec.data.features import ensure_features
 from mmm4rec.data.synthetic import generate
+from mmm4rec.data.dataset import load_manifest
+from mmm4rec.data.stream import SeqIndex
 from mmm4rec.serving import write_export
+from mmm4rec.serving.export import catalogue_extras
 
 
 @pytest.fixture(scope="session")
@@ -21,10 +24,13 @@ def trained(tiny_dataset):
 
 
 @pytest.fixture(scope="session")
-def export_dir(trained, tmp_path_factory) -> Path:
+def export_dir(trained, tiny_dataset, tmp_path_factory) -> Path:
+    """With the popularity (training-target counts) and titles `mmm4rec export` and training write."""
     model, store = trained
+    dataset = load_manifest(tiny_dataset)
+    extras = catalogue_extras(dataset, store, SeqIndex.load_or_build(dataset, store.index, store.path), "train")
     return write_export(model, tmp_path_factory.mktemp("export") / "export", store=store,
-                        provenance={"test": "serving", "steps": 25})
+                        provenance={"test": "serving", "steps": 25}, **extras)
 
 
 @pytest.fixture(scope="session")

@@ -139,10 +139,10 @@ def test_an_unknown_key_is_an_error_naming_it_or_a_counted_skip(rec, trained):
 
 
 @pytest.mark.parametrize("history, message", [
-    ([], "history 0: a history is a non-empty list"),
-    ("syn:01", "history 0: a history is a non-empty list"),
+    ({"syn:01": T0}, "history 0: a history is a list of"),
+    ("syn:01", "history 0: a history is a list of"),
     ([("syn:01",)], "history 0: entry 0 is not an \\[item key, unix seconds\\] pair"),
-    ([("syn:01", "yesterday")], "entry 0 is not an"),
+    ([("syn:01", "yesterday")], "entry 0: 'yesterday' is not an ISO-8601 time"),
     ([("syn:01", 1.5)], "entry 0 is not an"),
     ([("syn:01", T0), ("syn:02", T0 - 1)], "history 0: entry 1 is older than the one before it"),
 ])
@@ -244,7 +244,6 @@ def test_cold_start_with_images(multimodal, tmp_path):
     (["<pad>"], ["x"], None, DataError, "'<pad>' is not a usable item key"),
     (["new:1"], ["  "], None, DataError, "item 'new:1': empty text"),
     (["new:1"], ["x", "y"], None, ConfigError, "1 keys, 2 texts"),
-    (["new:1"], ["x"], [Image.new("RGB", (4, 4))], ConfigError, "a text-only export; item 'new:1' has an image"),
 ])
 def test_add_items_refuses_bad_input(export_dir, keys, texts, images, error, message):
     rec = Recommender.from_pretrained(export_dir)

@@ -1,0 +1,124 @@
+"""Approximate top-k retrieval over an export's candidate vectors (FAISS), for catalogues too large to score whole.
+
+The Recommender ranks by ``user_vector @ candidates[1:].T`` (maximum inner product). The index is FAISS's
+inverted file with 8-bit scalar-quantised vectors (``IVF<nlist>,SQ8``, inner-product metric): a query visits the
+``nprobe`` lists whose centroids score highest and returns the best ``n`` of their items by the quantised score.
+The caller over-fetches and re-scores those items with the exact fp32 vectors (``Recommender``), so returned
+scores are the exact ones and only the *choice* of candidates is approximate; an item is missed only when it lies
+in none of the probed lists. nlist and nprobe were chosen by tools/bench/ann.py (docs/results/ann.json): recall@10
+against exact ranking, queries/s, build time and memory at 10^5, 10^6 and 10^7 items.
+
+The index lives in memory, built from the candidate vectors on first use (the candidates are checked against the
+export's hashes on load, so the index is of exactly the served catalogue); it is not written into the export.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+# Below this many items exact ranking answers a single history within a few milliseconds on 2 cores, with no
+# build time and no recall loss; from 10^5 on it takes tens of milliseconds per request while the index builds in
+# seconds (tools/bench/ann.py: the 10^4 … 10^5 rows of docs/results/ann.json).
+ANN_MIN_ITEMS = 100_000
+TRAIN_PER_LIST = 32  # k-means training points per list, a sample of the catalogue (the build's cost)
+HNSW_ITEMS = 2_000_000
+MAX_NLIST = 8192  # 16384 lists at 10^7 items: k-means on 2 cores takes too long for the recall it adds
+
+
+def available() -> bool:
+    """Whether FAISS is installed (the [serve] extra); without it every catalogue is ranked exactly."""
+    return importlib.util.find_spec("faiss") is not None
+
+
+def default_nlist(num_items: int) -> int:
+    """About 4·sqrt(I) lists (a power of two, at most MAX_NLIST), and at least 8 items per list."""
+    want = 2 ** round(math.log2(max(16.0, 4 * math.sqrt(num_items))))
+    return int(max(1, min(want, MAX_NLIST, num_items // 8)))
+
+
+def default_nprobe(nlist: int, num_items: int) -> int:
+    """Lists visited per query: 1/32 of them, at least 8 and enough to visit ~2048 items (small catalogues have
+    few items per list) — the setting of docs/results/ann.json."""
+    return int(min(nlist, max(8, nlist // 32, math.ceil(nlist * 2048 / max(1, num_items)))))
+
+
+class AnnIndex:
+    """FAISS IVF-SQ8 over ``vectors`` [I, d] (row j = catalogue column j, i.e. item j+1). ``search`` returns column
+    numbers; -1 where fewer than ``n`` items were found in the probed lists."""
+
+    def __init__(self, vectors: np.ndarray, nlist: int | None = None, nprobe: int | None = None, seed: int = 0):
+        import faiss
+
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        num, dim = vectors.shape
+        self.nlist = nlist or default_nlist(num)
+        self.nprobe = nprobe or default_nprobe(self.nlist, num)
+        started = time.perf_counter()
+        # Above HNSW_ITEMS, assigning every item to its list by scanning all centroids dominates the build: an
+        # HNSW graph over the centroids does it in ~log(nlist) steps (and picks the lists a query probes).
+        self.factory = f"IVF{self.nlist}{'_HNSW32' if num > HNSW_ITEMS else ''},SQ8"
+        self.index = faiss.index_factory(dim, self.factory, faiss.METRIC_INNER_PRODUCT)
+        sample = vectors
+        if num > self.nlist * TRAIN_PER_LIST:  # k-means needs a sample, not the whole catalogue
+            rows = np.random.default_rng(seed).choice(num, self.nlist * TRAIN_PER_LIST, replace=False)
+            sample = vectors[np.sort(rows)]
+        self.index.cp.seed = seed
+        self.index.cp.min_points_per_centroid = 1  # small catalogues (tests): no warning spam
+        self.index.cp.niter = 10  # k-means iterations (FAISS: 25); docs/results/ann.json's recall is with 10
+        self.index.train(sample)
+        self.index.add(vectors)
+        self.index.nprobe = self.nprobe
+        self.build_seconds = time.perf_counter() - started
+        log.info("ANN index: %d items, %s, nprobe %d, built in %.1f s", num, self.factory, self.nprobe,
+                 self.build_seconds)
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, vectors: np.ndarray) -> None:
+        """Append rows (new items) to the lists of their nearest centroids: no retraining."""
+        self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    def search(self, queries: np.ndarray, n: int) -> np.ndarray:
+        """int64 [b, n]: per query the columns of the ``n`` best items by quantised score (-1: not found)."""
+        _, cols = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), int(n))
+        return cols
+
+
+def overfetch(k: int, seen: int) -> int:
+    """Items asked of the index per query: the k wanted, the seen items that may be among them, and as many again
+    for the quantisation error of the index's scores (the exact re-scoring picks the best k of them)."""
+    return 2 * k + seen + 8
+
+
+def retrieve(index: AnnIndex, vectors: torch.Tensor, users: torch.Tensor, k: int,
+             seen: Sequence[np.ndarray]) -> list[Optional[list[tuple[int, float]]]]:
+    """Per user, up to ``k`` (column, exact score) pairs, best first (equal scores in column order), the columns of
+    ``seen`` (per user, possibly empty) excluded: the index's candidates re-scored with the exact ``vectors``
+    [I, d] (column j = row j). None where the probed lists held fewer than the k (or all the unseen) items
+    wanted: the caller ranks that user exactly, so ``k`` semantics never depend on the index."""
+    num = vectors.shape[0]
+    cols = index.search(users.detach().float().cpu().numpy(), min(num, overfetch(k, max(map(len, seen), default=0))))
+    out: list[Optional[list[tuple[int, float]]]] = []
+    for user, found, skip in zip(users, cols, seen):
+        found = found[found >= 0]
+        if len(skip):
+            found = found[~np.isin(found, skip)]
+        want = min(k, num - len(np.unique(skip)))
+        if len(found) < want:
+            out.append(None)
+            continue
+        picked = torch.from_numpy(found).to(vectors.device)
+        scores = (vectors[picked] @ user).cpu().numpy()
+        order = np.lexsort((found, -scores))[:k]
+        out.append(list(zip(found[order].tolist(), scores[order].tolist())))
+    return out

@@ -1,0 +1,287 @@
+"""``mmm4rec serve``: an export behind a JSON HTTP service (FastAPI on uvicorn) and a small page to explore it.
+
+    mmm4rec serve --export runs/shop/export [--host 127.0.0.1] [--port 8000]
+
+  GET  /             the page: search items by text, click them into a history, see the top-k with titles
+  GET  /health       {"status": "ok", "items": I}
+  GET  /info         catalogue size, encoder, provenance, export sha256, ANN in use, limits
+  GET  /search       ?q=text&limit=20: items whose key or title contains q (case-insensitive)
+  POST /recommend    {"histories": [[[key, time], …], …], "k": 10, "exclude_seen": true, "unknown": "error",
+                      "time_unit": "s", "with_text": false} -> {"results": [[{"item", "score"[, "text"]}, …], …]}
+  POST /score        {"histories": […], "items": [key, …]} -> {"scores": [[float | null, …], …]}
+  POST /similar      {"items": [key, …], "k": 10, "with_text": false} -> {"results": [[…], …]}
+  POST /items        {"items": [{"key", "text", "image": base64 | null}, …]} -> {"added": n, "items": I}
+
+Everything is the Recommender's (mmm4rec.serving.recommender): the service adds transport, limits and errors only.
+A bad request is one line naming the field: 422 {"error": "body.k: …"} when the JSON does not fit the schema,
+400 {"error": "history 0: entry 1 …"} when the Recommender refuses it, 413 for a body over --max-body-bytes
+(411 when its length is not declared), 503 when more than --max-concurrency requests are in flight (uvicorn's
+limit). Model calls run in a worker thread, one at a time (a lock: torch already uses every core for one call,
+and add_items replaces the model the others read).
+"""
+# No `from __future__ import annotations`: FastAPI reads the request models from the endpoints' annotations, and
+# the models are local to create_app (their bounds are the server's limits).
+import argparse
+import base64
+import binascii
+import importlib.util
+import logging
+import math
+import sys
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger(__name__)
+PAGE = Path(__file__).with_name("static") / "index.html"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 1 << 20
+    max_batch: int = 256  # histories (or items) per request
+    max_history: int = 1000  # entries per history
+    max_k: int = 1000
+    max_concurrency: int = 32  # requests in flight; more are answered 503
+
+
+# ---------------------------------------------------------------------------------------------------- arguments
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    d = Limits()
+    p.add_argument("--export", required=True, help="a self-contained export folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
+    p.add_argument("--features", help="serve on another feature store than the export's own")
+    p.add_argument("--transfer", action="store_true",
+                   help="allow --features to be another catalogue (content-only scores, ID tables dropped)")
+    p.add_argument("--ann-min-items", type=int, default=None,
+                   help="serve catalogues of at least this many items through the ANN index (default: "
+                        "mmm4rec.serving.ann.ANN_MIN_ITEMS); 0 = always exact")
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="largest request body")
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help="histories or items per request")
+    p.add_argument("--max-history", type=int, default=d.max_history, help="entries per history")
+    p.add_argument("--max-k", type=int, default=d.max_k, help="largest k")
+    p.add_argument("--max-concurrency", type=int, default=d.max_concurrency,
+                   help="requests in flight; more are answered 503")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(prog="mmm4rec serve", description=__doc__.split("\n")[0]))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import ConfigError
+    from ..data.schema import DataError
+
+    try:
+        limits = Limits(args.max_body_bytes, args.max_batch, args.max_history, args.max_k, args.max_concurrency)
+        for name, value in asdict(limits).items():
+            if value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if not 0 <= args.port <= 65535:
+            raise ConfigError(f"--port must be 0 to 65535, got {args.port}")
+        if args.ann_min_items is not None and args.ann_min_items < 0:
+            raise ConfigError(f"--ann-min-items must be >= 0, got {args.ann_min_items}")
+        missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(f"mmm4rec serve needs the [serve] extra ({', '.join(missing)} missing): pip install "
+                              "'mmm4rec[serve]' (tools/setup.sh installs it)")
+        import uvicorn
+
+        from .ann import ANN_MIN_ITEMS
+        from .recommender import Recommender
+
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
+        ann = ANN_MIN_ITEMS if args.ann_min_items is None else (args.ann_min_items or None)
+        rec = Recommender.from_pretrained(args.export, device=args.device, transfer=args.transfer,
+                                          features=args.features, ann_min_items=ann)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    app = create_app(rec, limits)
+    uvicorn.run(app, host=args.host, port=args.port, limit_concurrency=limits.max_concurrency,
+                log_level=args.log_level, access_log=args.log_level == "debug")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------- app
+def create_app(rec, limits: Limits = Limits()):
+    """The FastAPI app serving ``rec`` (a Recommender)."""
+    from typing import Literal, Union
+
+    from fastapi import FastAPI, Query, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+    from starlette.concurrency import run_in_threadpool
+
+    from ..config import ConfigError
+    from ..data.schema import DataError
+
+    lock = threading.Lock()
+    Entry = tuple[StrictStr, Union[StrictInt, StrictFloat, StrictStr]]
+    History = list[Entry]
+    Batch = Field(min_length=1, max_length=limits.max_batch)
+
+    class Strict(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    class RecommendBody(Strict):
+        histories: list[History] = Batch
+        k: StrictInt = Field(10, ge=1, le=limits.max_k)
+        exclude_seen: StrictBool = True
+        unknown: Literal["error", "skip"] = "error"
+        time_unit: Literal["s", "ms"] = "s"
+        with_text: StrictBool = False
+
+    class ScoreBody(Strict):
+        histories: list[History] = Batch
+        items: list[StrictStr] = Batch
+        unknown: Literal["error", "skip"] = "error"
+        time_unit: Literal["s", "ms"] = "s"
+
+    class SimilarBody(Strict):
+        items: list[StrictStr] = Batch
+        k: StrictInt = Field(10, ge=1, le=limits.max_k)
+        with_text: StrictBool = False
+
+    class NewItem(Strict):
+        key: StrictStr = Field(min_length=1, max_length=1000)
+        text: StrictStr = Field(min_length=1, max_length=100_000)
+        image: Optional[StrictStr] = None  # base64 of the encoded image (JPEG, PNG, WebP)
+
+    class ItemsBody(Strict):
+        items: list[NewItem] = Batch
+
+    app = FastAPI(title="MMM4Rec", version="1", docs_url="/docs", redoc_url=None)
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return error(422, f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.middleware("http")
+    async def bounded_body(request: Request, call_next):
+        if request.method in ("POST", "PUT", "PATCH"):
+            size = request.headers.get("content-length")
+            if size is None:
+                return error(411, "a request body needs a Content-Length header")
+            if not size.isdigit() or int(size) > limits.max_body_bytes:
+                return error(413, f"request body of {size} bytes; at most {limits.max_body_bytes} (--max-body-bytes)")
+        return await call_next(request)
+
+    async def model_call(fn, *args, **kwargs):
+        """Run ``fn`` in a worker thread under the model lock; the Recommender's one-line errors become 400."""
+        def locked():
+            with lock:
+                return fn(*args, **kwargs)
+
+        try:
+            return await run_in_threadpool(locked)
+        except (ConfigError, DataError) as e:
+            raise _Refused(str(e)) from None
+
+    @app.exception_handler(_Refused)
+    async def refused(_: Request, e: _Refused) -> JSONResponse:
+        return error(400, str(e))
+
+    def check_lengths(histories: list) -> None:
+        for i, h in enumerate(histories):
+            if len(h) > limits.max_history:
+                raise _Refused(f"histories.{i}: {len(h)} entries; at most {limits.max_history} (--max-history)")
+
+    def ranked(rows: list[list[tuple]]) -> list[list[dict]]:
+        return [[dict(zip(("item", "score", "text"), (row[0], _number(row[1]), *row[2:]))) for row in best]
+                for best in rows]
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "items": rec.num_items}
+
+    @app.get("/info")
+    async def info() -> dict:
+        return {"export": str(rec.path), "export_sha256": rec.digest, "items": rec.num_items,
+                "added_items": rec.added, "arch": rec.model.cfg.arch, "max_len": rec.max_len,
+                "encoder": rec.encoder, "provenance": rec.meta.get("provenance"),
+                "popularity": rec.popularity is not None, "texts": rec.texts is not None,
+                "ann": {"in_use": rec.uses_ann, "min_items": rec.ann_min_items}, "limits": asdict(limits)}
+
+    @app.get("/search")
+    async def search(q: str = Query("", max_length=200), limit: int = Query(20, ge=1, le=200)) -> dict:
+        return {"items": await run_in_threadpool(_search, rec, q, limit)}
+
+    @app.post("/recommend")
+    async def recommend(body: RecommendBody) -> dict:
+        check_lengths(body.histories)
+        rows = await model_call(rec.recommend, [list(map(tuple, h)) for h in body.histories], k=body.k,
+                                exclude_seen=body.exclude_seen, unknown=body.unknown, time_unit=body.time_unit,
+                                with_text=body.with_text)
+        return {"results": ranked(rows)}
+
+    @app.post("/score")
+    async def score(body: ScoreBody) -> dict:
+        check_lengths(body.histories)
+        scores = await model_call(rec.score, [list(map(tuple, h)) for h in body.histories], body.items,
+                                  unknown=body.unknown, time_unit=body.time_unit)
+        return {"scores": [[_number(x) for x in row] for row in scores.tolist()]}
+
+    @app.post("/similar")
+    async def similar(body: SimilarBody) -> dict:
+        return {"results": ranked(await model_call(rec.similar, body.items, k=body.k, with_text=body.with_text))}
+
+    @app.post("/items")
+    async def add_items(body: ItemsBody) -> dict:
+        images = []
+        for i, item in enumerate(body.items):
+            try:
+                images.append(None if item.image is None else base64.b64decode(item.image, validate=True))
+            except (binascii.Error, ValueError):
+                raise _Refused(f"items.{i}.image: not base64") from None
+        await model_call(rec.add_items, [i.key for i in body.items], [i.text for i in body.items], images)
+        return {"added": len(body.items), "items": rec.num_items}
+
+    return app
+
+
+class _Refused(Exception):
+    """A request the Recommender (or a limit) refused: 400 with its one-line message."""
+
+
+def _number(x: float) -> Optional[float]:
+    return None if x is None or math.isnan(x) else float(x)
+
+
+def _search(rec, query: str, limit: int) -> list[dict]:
+    """Items whose key or title contains ``query`` (case-insensitive), in catalogue order; with no query, the most
+    popular (or the first) items."""
+    texts = rec.texts or [""] * len(rec.keys)
+    q = query.strip().lower()
+    out = []
+    if not q and rec.popularity is not None:
+        return [{"item": key, "text": texts[rec.index[key]]} for key, _ in rec.popular(limit)]
+    for i in range(1, len(rec.keys)):
+        if not q or q in rec.keys[i].lower() or q in texts[i].lower():
+            out.append({"item": rec.keys[i], "text": texts[i]})
+            if len(out) == limit:
+                break
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

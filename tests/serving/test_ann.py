@@ -1,0 +1,75 @@
+"""ANN retrieval (mmm4rec.serving.ann): recall against exact ranking with the default index settings, and the
+Recommender's answers through the index equal to its exact ones — seen-item exclusion, k, ties, the fall-back to
+exact when the probed lists hold too few items, and items added after the index was built."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mmm4rec.serving import Recommender
+from mmm4rec.serving.ann import AnnIndex, retrieve
+from mmm4rec.serving.recommender import top_k
+
+T0 = 1_600_000_000
+
+
+def test_recall_at_10_against_exact_ranking_is_at_least_0_98():
+    """20,000 clustered vectors (the benchmark's generator, tools/bench/ann.py), the default nlist/nprobe."""
+    rng = np.random.default_rng(1)
+    centers = rng.standard_normal((200, 32), dtype=np.float32)
+    vectors = centers[rng.integers(0, 200, 20_000)] + 0.5 * rng.standard_normal((20_000, 32), dtype=np.float32)
+    vectors *= np.exp(0.3 * rng.standard_normal((20_000, 1))).astype(np.float32)
+    users = centers[rng.integers(0, 200, 200)] + 0.5 * rng.standard_normal((200, 32), dtype=np.float32)
+    vt, ut = torch.from_numpy(vectors), torch.from_numpy(users)
+    index = AnnIndex(vectors)
+    assert index.nprobe < index.nlist  # an approximate search, not a full scan
+    got = retrieve(index, vt, ut, 10, [np.zeros(0, np.int64)] * len(users))
+    truth = top_k(ut @ vt.t(), 10)
+    recall = np.mean([len({c for c, _ in g} & {c for c, _ in t}) / 10 for g, t in zip(got, truth)])
+    assert recall >= 0.98, recall
+    for g, t in zip(got, truth):  # the found items carry their exact scores
+        exact = dict(t)
+        assert all(np.isclose(s, exact[c], rtol=1e-5) for c, s in g if c in exact)
+
+
+def same(a, b):
+    assert [[key for key, *_ in row] for row in a] == [[key for key, *_ in row] for row in b]
+    for ra, rb in zip(a, b):
+        assert np.allclose([s for _, s, *_ in ra], [s for _, s, *_ in rb], rtol=1e-5, atol=1e-6)
+
+
+def test_the_ann_path_answers_like_the_exact_one(export_dir):
+    exact = Recommender.from_pretrained(export_dir, ann_min_items=None)
+    ann = Recommender.from_pretrained(export_dir, ann_min_items=1)  # forced: 60 items
+    assert ann.uses_ann and not exact.uses_ann
+    keys = exact.keys
+    histories = [[(keys[i], T0 + i) for i in range(1, 1 + n)] for n in (1, 3, 8)] + [[]]
+    for k in (1, 5, 52, 60, 1000):  # 52 = 60 - the longest history: exactly what is left after exclusion
+        for seen in (True, False):
+            same(ann.recommend(histories, k=k, exclude_seen=seen), exact.recommend(histories, k=k, exclude_seen=seen))
+    assert len(ann.recommend(histories[2:3], k=1000)[0]) == 60 - 8  # k beyond the catalogue: every unseen item
+    same(ann.similar(keys[1:6], k=7), exact.similar(keys[1:6], k=7))
+    assert all(keys[i] not in [key for key, _ in row] for i, row in zip(range(1, 6), ann.similar(keys[1:6], k=59)))
+
+
+def test_too_few_items_in_the_probed_lists_falls_back_to_exact(export_dir):
+    exact = Recommender.from_pretrained(export_dir, ann_min_items=None)
+    ann = Recommender.from_pretrained(export_dir, ann_min_items=1)
+    ann._ann = AnnIndex(ann.candidates[1:].numpy(), nlist=8, nprobe=1)  # one of 8 lists: ~8 of 60 items
+    histories = [[(exact.keys[3], T0)]]
+    assert retrieve(ann._ann, ann.candidates[1:], exact.model.user_vectors(
+        exact._model_input([(np.array([3]), np.array([T0]))])).float(), 30, [np.array([2])]) == [None]
+    same(ann.recommend(histories, k=30), exact.recommend(histories, k=30))
+
+
+def test_items_added_after_the_index_was_built_are_retrieved(export_dir):
+    exact = Recommender.from_pretrained(export_dir, ann_min_items=None)
+    ann = Recommender.from_pretrained(export_dir, ann_min_items=1)
+    histories = [[(exact.keys[4], T0), (exact.keys[9], T0 + 5)]]
+    ann.recommend(histories)  # builds the index over 60 items
+    new = (["new:a", "new:b"], ["Title: a red bicycle bell", "Title: green garden hose"])
+    exact.add_items(*new)
+    ann.add_items(*new)
+    assert ann._ann.size == 60
+    same(ann.recommend(histories + [[("new:a", T0)]], k=62), exact.recommend(histories + [[("new:a", T0)]], k=62))
+    assert ann._ann.size == 62
