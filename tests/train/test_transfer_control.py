@@ -13,8 +13,8 @@ asserted margins (1.3x, the issue's target, and 2x) leave room for numeric drift
 the pre-trained run is a scratch run: 1.0x, and zero-shot falls toward random, 0.0303 here). The full study
 behind it (content 1: three seeds; 0.5 and 0: one): docs/results/transfer_control.md / .json (content 1, text
 only: 1.69x scratch at 5 % of b's users, zero-shot 3.51x popularity).
-Cost: 487 s of wall on that machine at load ~13 (five sessions sharing 2 cores); a first version with a 3x longer
-pre-training used 57 s of user CPU in all (subprocesses included), so alone on 2 cores it is about a minute.
+Cost: 104 s of wall (118 s with setup) on that machine at load ~2 after merging main; 487-636 s while five
+sessions shared its 2 cores (load ~13).
 """
 from __future__ import annotations
 
