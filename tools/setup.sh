@@ -44,6 +44,15 @@ if [ "$profile" = dev ] && ! command -v java >/dev/null 2>&1; then  # pyspark's 
     echo "setup: no Java runtime (needs root + apt); the Spark tests will be skipped" >&2
   fi
 fi
+if [ "$profile" = dev ] && [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  # real product pictures for the synthetic and transfer benchmarks (tools/make_synthetic.py, make_transfer_benchmark.py)
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+      || echo "setup: could not install dataset-fashion-mnist; --images fashion-mnist will be unavailable" >&2
+  else
+    echo "setup: dataset-fashion-mnist not installed (needs root + apt); --images fashion-mnist is unavailable" >&2
+  fi
+fi
 if [ "$profile" = dev ] && ! command -v slurmctld >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null) \

@@ -243,6 +243,34 @@ def test_synthetic_fashion_mnist(tmp_path):
     assert {r.text.split(" ; ")[1] for r in items} <= {f"Category: {c}" for c in synthetic.FASHION_CLASSES}
 
 
+def test_transfer_benchmark_domains_share_attributes_not_items_or_users(tmp_path):
+    from mmm4rec.data import transfer_bench
+
+    a = transfer_bench.generate(tmp_path / "x", 30, 40, content=1.0, time_signal=1.0, images="fashion-mnist"
+                                if synthetic.fashion_mnist_available() else "none", seed=5)
+    again = transfer_bench.generate(tmp_path / "y", 30, 40, content=1.0, time_signal=1.0, images="fashion-mnist"
+                                    if synthetic.fashion_mnist_available() else "none", seed=5)
+    assert [shard_digests(a[d]) for d in "ab"] == [shard_digests(again[d]) for d in "ab"]  # seeded
+    (items_a, seqs_a), (items_b, seqs_b) = read_all(a["a"]), read_all(a["b"])
+    assert not {r.key for r in items_a} & {r.key for r in items_b}  # disjoint items ...
+    assert not {s.user for s in seqs_a} & {s.user for s in seqs_b}  # ... and users
+    combos = [{tuple(r.meta[f] for f in ("colour", "material", "style", "category")) for r in rs}
+              for rs in (items_a, items_b)]
+    assert not combos[0] & combos[1]  # b's items are new combinations ...
+    for facet in ("colour", "category"):  # ... of one shared vocabulary, named in the text
+        assert {r.meta[facet] for r in items_a} & {r.meta[facet] for r in items_b}
+        assert all(r.meta[facet] in r.text for r in items_a + items_b)
+    if synthetic.fashion_mnist_available():
+        assert items_a[0].decoded.size == (28, 28)
+    # the time knob: long gaps (days) and session gaps (minutes) both occur
+    gaps = np.concatenate([np.diff(s.timestamps) for s in seqs_a + seqs_b])
+    assert (gaps < 3600).mean() > 0.5 and (gaps > 86_400).any()
+    with pytest.raises(DataError, match="content must be in"):
+        transfer_bench.generate(tmp_path / "z", 10, 20, content=1.5)
+    with pytest.raises(DataError, match="items: at most"):
+        transfer_bench.generate(tmp_path / "z", 10, 5000)
+
+
 def test_dataset_json_is_self_describing(tmp_path):
     m = movielens.prepare(ML / "grouplens", "ml-100k", tmp_path / "ds")
     data = json.loads((tmp_path / "ds" / "dataset.json").read_text())
