@@ -7,6 +7,8 @@ thread each on a 2-core machine):
   transfer    pre-train on ML-1M (text only, no ID), fine-tune on ML-100K from it, against training from scratch;
               epochs to the best validation score and test metrics per seed; both validation curves in one plot.
   pretrain, fewshot, crossdomain, ablations, timepath: the transfer study (docs/results/transfer_study.md).
+  controlled  transfer where content carries the preference by a knob (tools/bench/transfer_control.py,
+              docs/results/transfer_control.md): its own arguments, `movielens.py controlled --help`.
 
 Every study is a list of cells (a fine-tuning configuration, run once per seed) and at most one pre-training, run
 by one runner (``run_cells``); each run's numbers come from the files it wrote (summary.json, metrics.jsonl) and
@@ -667,6 +669,10 @@ def plot_curves(results: dict, path: str) -> None:
 
 
 def main():
+    if sys.argv[1:2] == ["controlled"]:  # the controlled benchmark's study: its own datasets and arguments
+        import transfer_control
+
+        return transfer_control.main(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
     studies = {"quality": quality, "transfer": transfer, "pretrain": pretrain, "fewshot": fewshot,

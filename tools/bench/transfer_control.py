@@ -82,18 +82,11 @@ def evaluate(checkpoint: Path, data: Path, where: Path, overrides: list[str]) ->
     return json.loads(out.read_text())
 
 
-def wall_to_best(run: Path, summary: dict) -> float | None:
-    """Seconds from the run's start (config.yaml is written before the first step) to its best validation."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    best = [r["time"] for r in rows if r["step"] == summary["best_step"] and "valid/ndcg@10" in r]
-    return round(best[0] - (run / "config.yaml").stat().st_mtime, 1) if best else None
-
-
 def finetune_record(run: Path, summary: dict) -> dict:
     return {"test": {k: summary["test"][k] for k in METRICS}, "epochs_to_best": summary["epochs_to_best"],
             "epochs_run": summary["epochs"], "best_step": summary["best_step"],
             "valid_curve": [h.get("ndcg@10") if isinstance(h, dict) else h for h in summary["valid_history"]],
-            "wall_time_s": summary["wall_time_s"], "wall_time_to_best_s": wall_to_best(run, summary),
+            "wall_time_s": summary["wall_time_s"], "wall_time_to_best_s": summary["wall_time_to_best_s"],
             "run_dir": str(run)}
 
 
@@ -272,11 +265,14 @@ def merge(out: str, parts: list[str]) -> None:
                                                        for r in results))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The study (``tools/bench/movielens.py controlled …`` runs it as one of the study runner's sub-commands)."""
     global args_preset
-    if sys.argv[1:2] == ["merge"]:
-        return merge(sys.argv[2], sys.argv[3:])
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["merge"]:
+        return merge(argv[1], argv[2:])
+    p = argparse.ArgumentParser(prog="movielens.py controlled", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--contents", type=float, nargs="+", default=[1.0, 0.5, 0.0])
     p.add_argument("--time-signal", type=float, default=0.0)
     p.add_argument("--users", type=int, default=1000, help="users per domain")
@@ -296,19 +292,19 @@ def main() -> None:
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--runs", default="runs/transfer_control")
     p.add_argument("--out", default="docs/results/transfer_control")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args_preset = args.preset
     start = time.time()
     if args.time_study:
         with ThreadPoolExecutor(args.parallel) as pool:
-            result = {"command": " ".join(["tools/bench/transfer_control.py", *sys.argv[1:]]),
+            result = {"command": " ".join(["tools/bench/transfer_control.py", *argv]),
                       "provenance": provenance(), "time_study": time_study(args, pool)}
         Path(args.out).with_suffix(".json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result["time_study"]["runs"], indent=1))
         return
     with ThreadPoolExecutor(args.parallel) as pool:
         studies = [study(args, c, pool) for c in args.contents]
-    result = {"command": " ".join(["tools/bench/transfer_control.py", *sys.argv[1:]]), "provenance": provenance(),
+    result = {"command": " ".join(["tools/bench/transfer_control.py", *argv]), "provenance": provenance(),
               "wall_time_s": round(time.time() - start), "preset": args.preset, "epochs_by_fraction": EPOCHS,
               "pretrained_set": args.pretrained_set, "set": args.set,
               "studies": studies}
