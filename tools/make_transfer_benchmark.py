@@ -16,6 +16,7 @@ import sys
 
 from mmm4rec.data.synthetic import fashion_mnist_available
 from mmm4rec.data.transfer_bench import generate
+from mmm4rec.tool import tool_errors
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,7 +35,8 @@ if __name__ == "__main__":
     if args.images == "fashion-mnist" and not fashion_mnist_available():
         sys.exit("fashion-mnist images need Debian's dataset-fashion-mnist package (apt-get install "
                  "dataset-fashion-mnist); use --images none instead")
-    manifests = generate(args.out, args.users, args.items, content=args.content, time_signal=args.time_signal,
-                         images=args.images, seed=args.seed, mean_length=args.mean_length,
-                         sharpness=args.sharpness, users_b=args.users_b, shard_size=args.shard_size)
+    with tool_errors():
+        manifests = generate(args.out, args.users, args.items, content=args.content, time_signal=args.time_signal,
+                             images=args.images, seed=args.seed, mean_length=args.mean_length,
+                             sharpness=args.sharpness, users_b=args.users_b, shard_size=args.shard_size)
     print(json.dumps({d: {"counts": m.counts, "split": m.split} for d, m in manifests.items()}, indent=1))

@@ -49,21 +49,28 @@ def check_replaceable(path: str | os.PathLike, layout: Optional[Layout] = None) 
 
 
 @contextmanager
-def replace_folder(path: str | os.PathLike, keep: tuple[str, ...] = (), layout: Optional[Layout] = None
-                   ) -> Iterator[Path]:
+def replace_folder(path: str | os.PathLike, keep: tuple[str, ...] = (), layout: Optional[Layout] = None,
+                   owned: bool = False, create: bool = True) -> Iterator[Path]:
     """Yield an empty sibling folder to fill; on success it gets the marker and takes the place of ``path``.
 
-    ``path`` must pass ``check_replaceable`` (checked first, before any work). Entries named in ``keep`` move from
+    ``path`` must pass ``check_replaceable`` (checked first, before any work; skipped when the caller ``owned``
+    it). ``create=False`` yields the temp folder's path for a writer that makes the folder itself. Entries named in ``keep`` move from
     the old folder into the new one (a dataset keeps its feature stores). If the block raises, the temp folder is
     removed and ``path`` is untouched. The swap is two renames: a crash between them leaves the complete old
     version under a hidden ``.<name>.old-*`` name and no half folder.
     """
     path = Path(path)
-    check_replaceable(path, layout)
+    if not owned:  # ``owned``: the caller vouches for the folder (a run's own best/ and export/, under its lock)
+        check_replaceable(path, layout)
     path.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
-    tmp = path.parent / f".{path.name}.tmp-{token}"
-    tmp.mkdir()
+    # An owned folder has one writer (the caller holds its lock): a fixed temp name, whose leftover from a killed
+    # writer is cleared here; other folders may have several writers at once, each with its own temp folder.
+    tmp = path.parent / (f".{path.name}.tmp" if owned else f".{path.name}.tmp-{token}")
+    if owned:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if create:
+        tmp.mkdir()
     try:
         yield tmp
         (tmp / MARKER).write_text(MARKER_TEXT)

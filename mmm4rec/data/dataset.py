@@ -185,3 +185,21 @@ def write_dataset(out_dir: str | os.PathLike, *, name: str, items: Iterable[Item
     log.info("%s: %d users, %d items, %d interactions in %d + %d shards -> %s", name, c["users"], c["items"],
              c["interactions"], len(item_shards), len(seq_shards), out_dir)
     return load_manifest(out_dir)
+
+
+def item_titles(manifest: Manifest, keys: Iterable[str] | None = None, limit: int | None = None) -> dict[str, str]:
+    """key -> an item's title: its json "title", else its text (one pass over the item shards, images not
+    decoded); only ``keys`` when given, from the first ``limit`` records when given. What an export stores beside
+    each key and what TensorBoard's examples show."""
+    from .schema import BadRecords
+    from .shards import iter_item_records
+
+    wanted = None if keys is None else set(keys)
+    titles: dict[str, str] = {}
+    for n, (_, rec) in enumerate(iter_item_records(manifest.items, BadRecords(strict=False), check_images=False)):
+        if limit is not None and n >= limit:
+            break
+        if wanted is None or rec.key in wanted:
+            title = rec.meta.get("title") if isinstance(rec.meta, dict) else None
+            titles[rec.key] = title if isinstance(title, str) and title.strip() else rec.text
+    return titles

@@ -138,13 +138,14 @@ class SeqIndex:
     def total(self, split: str, users: Optional[UserSubset] = None) -> int:
         return int(self.samples(split, users).sum())
 
-    def target_counts(self, split: str, users: Optional[UserSubset] = None) -> np.ndarray:
+    def target_counts(self, split: str, users: Optional[UserSubset] = None, keep: bool = True) -> np.ndarray:
         """How often each item id is the target of a sample of ``split``: int64 [I+1], row 0 = 0 (the item
-        popularity of a popularity negative sampler). One pass over the shards counts every split at once; the
-        result is cached next to the index."""
+        popularity of a popularity negative sampler, an export's popularity fallback). One pass over the shards
+        counts every split at once; the result is cached next to the index when ``keep`` (a loss reads it at
+        every start; an export's once)."""
         which = str(users) if users else "all-users"
         if which not in self._targets:
-            path = self.cache and self.cache.with_name(f"{self.cache.stem}-targets-{which}.npz")
+            path = keep and self.cache and self.cache.with_name(f"{self.cache.stem}-targets-{which}.npz")
             counts = _load_npz(path) if path else None
             if counts is None:
                 counts = self._count_targets(users)

@@ -42,7 +42,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..config import ConfigError, ModelConfig, from_dict, short_repr
-from ..data.atomic import Layout
 from ..data.features import HASHES, IMAGE, ITEMS, MANIFEST, MISSING, TEXT, FeatureStore
 from ..data.schema import PAD_KEY, DataError
 from ..data.shards import sha256_file
@@ -56,8 +55,6 @@ IDENTITY = "export.json"
 CONFIG, MODEL, CANDIDATES, FEATURES = "config.json", "model.safetensors", "candidates.safetensors", "features"
 POPULARITY, TEXTS = "popularity.safetensors", "texts.json"  # optional; hashed like every file when present
 REQUIRED = (CONFIG, MODEL, ITEMS, CANDIDATES)  # what every export's export.json must list
-# An export written before folders carried the project's marker (data/atomic.py): still ours to replace.
-EXPORT_LAYOUT = Layout(IDENTITY, EXPORT_FORMAT, (IDENTITY, *REQUIRED, POPULARITY, TEXTS, FEATURES, ".*"))
 PINNED = (TEXT, IMAGE, MISSING, ITEMS)  # the store files that decide the model inputs, pinned by sha256
 SHA256 = re.compile(r"[0-9a-f]{64}")
 # Candidates are recomputed from the model on load: an export whose stored vectors disagree beyond float
@@ -505,11 +502,8 @@ def catalogue_extras(dataset: Any, store: FeatureStore, seq_index: Any, split: s
     """``write_export``'s optional ``popularity`` and ``texts`` for a model trained on ``dataset`` (a Manifest) with
     ``store``: how often each item was a target of ``split`` (the training split: "train", or "pretrain"), and each
     item's title (its .json "title", else its text). One pass over the item shards, images not decoded."""
-    from ..data.schema import BadRecords
-    from ..data.shards import iter_item_records
+    from ..data.dataset import item_titles
 
-    titles: dict[str, str] = {}
-    for _, rec in iter_item_records(dataset.items, BadRecords(strict=False), check_images=False):
-        title = rec.meta.get("title")
-        titles[rec.key] = title if isinstance(title, str) and title.strip() else rec.text
-    return {"popularity": seq_index.target_counts(split), "texts": [""] + [titles.get(k, "") for k in store.keys[1:]]}
+    titles = item_titles(dataset)
+    return {"popularity": seq_index.target_counts(split, keep=False),
+            "texts": [""] + [titles.get(k, "") for k in store.keys[1:]]}

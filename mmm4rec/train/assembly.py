@@ -37,7 +37,12 @@ class Data:
     store: FeatureStore  # where the features come from (exports carry it)
     seq_index: SeqIndex
     bad_records: dict  # counted skips of this run's inputs
-    dataset_hash: str  # sha256 of dataset.json: what the run trained on
+    dataset: Manifest  # what the run trains on, read once (a remote dataset.json is fetched once)
+
+    @property
+    def dataset_hash(self) -> str:
+        """sha256 of dataset.json: what the run trained on."""
+        return self.dataset.digest
 
     @property
     def item_index(self) -> dict[str, int]:
@@ -78,7 +83,7 @@ def load_data(cfg: RunConfig, precision: str = "fp32", build: bool = True, shard
     if features.image is None and cfg.model.arch == "mmm4rec":  # how MMM4Rec's image stream reads text-only data
         log.info("text-only features: the image stream reads text features through its own adapter, and items are "
                  "scored with the text term only")
-    return Data(features, store, seq_index, bad, dataset.digest)
+    return Data(features, store, seq_index, bad, dataset)
 
 
 def feature_dtype(cfg: RunConfig, precision: str) -> torch.dtype:

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from ..config import RunConfig
+from ..data.schema import DataError, Manifest
 from ..model import Batch, SequentialRecommender
 
 log = logging.getLogger(__name__)
@@ -26,40 +26,28 @@ TITLE_SCAN = 100_000
 TITLE_CHARS = 80
 
 
-def item_titles(cfg: RunConfig, keys: list[str], limit: int = TITLE_SCAN) -> dict[str, str]:
-    """key -> title (the item's json "title", else its text) of the dataset's first ``limit`` item records; {} if
-    the items cannot be read (a warning: the examples then show keys)."""
-    from ..data.dataset import load_manifest
-    from ..data.remote import DatasetSource
-    from ..data.schema import BadRecords, DataError
-    from ..data.shards import iter_item_records
+def titles_of(dataset: Manifest, keys: list[str], limit: int = TITLE_SCAN) -> dict[str, str]:
+    """The titles (mmm4rec.data.dataset.item_titles) of ``keys`` on one line each, cut for a table cell; {} if the
+    items cannot be read (a warning: the examples then show keys)."""
+    from ..data.dataset import item_titles
 
-    wanted = set(keys)
-    titles: dict[str, str] = {}
     try:
-        manifest = load_manifest(DatasetSource.from_config(cfg.data))
-        for n, (_, record) in enumerate(iter_item_records(manifest.items, BadRecords(), check_images=False)):
-            if n >= limit:
-                break
-            if record.key in wanted:
-                title = record.meta.get("title") if isinstance(record.meta, dict) else None
-                text = " ".join(str(title or record.text).split())  # one line: a TSV cell, a table cell
-                titles[record.key] = text[:TITLE_CHARS]
+        return {k: " ".join(t.split())[:TITLE_CHARS] for k, t in item_titles(dataset, keys, limit).items()}
     except (OSError, DataError, ValueError) as e:
         log.warning("TensorBoard examples without titles: the dataset's items could not be read (%s)", e)
-    return titles
+        return {}
 
 
 class Examples:
     """Writes the examples of a validation into the run's TensorBoard (call on rank 0 only)."""
 
-    def __init__(self, cfg: RunConfig, keys: list[str]):
-        self.cfg, self.keys = cfg, keys  # keys[id]: item id -> key (0 is padding)
+    def __init__(self, dataset: Manifest, keys: list[str]):
+        self.dataset, self.keys = dataset, keys  # keys[id]: item id -> key (0 is padding)
         self._titles: Optional[dict[str, str]] = None
 
     def title(self, item: int) -> str:
         if self._titles is None:
-            self._titles = item_titles(self.cfg, self.keys[1:])
+            self._titles = titles_of(self.dataset, self.keys[1:])
         key = self.keys[item]
         return f"{key} — {self._titles[key]}" if key in self._titles else key
 

@@ -36,7 +36,7 @@ from ..distributed import DistEnv, barrier
 from ..model import Batch, SequentialRecommender, build_model, from_pretrained
 from ..model.items import item_features
 from ..provenance import provenance
-from ..serving.export import EXPORT_LAYOUT, catalogue_extras, write_export
+from ..serving.export import catalogue_extras, write_export
 from .assembly import Data, eval_stream
 from .checkpoint import Checkpointer, CheckpointError
 from .evaluation import StopRequested, evaluate
@@ -147,7 +147,7 @@ class Trainer:
         self._preempt: Optional[Preemption] = None  # installed by fit
         self._clock = time.time()
         self._first_step_logged = False
-        self.examples = Examples(cfg, data.store.keys) if env.is_main else None  # TensorBoard text + projector
+        self.examples = Examples(data.dataset, data.store.keys) if env.is_main else None  # TensorBoard text + projector
         self.provenance = provenance(world_size=env.world_size, launcher=env.launcher,
                                      dataset=cfg.data.dataset, dataset_hash=data.dataset_hash)
 
@@ -172,24 +172,21 @@ class Trainer:
         model = self._whole_model()
 
         def write() -> None:
-            try:
-                with replace_folder(path, layout=EXPORT_LAYOUT) as tmp:
-                    write_export(model, tmp, store=self.data.store, provenance=self.provenance,
+            where = path
+            try:  # the run owns its export folders (run.json, the run's lock): replaced without a marker check
+                with replace_folder(path, owned=True, create=False) as where:  # write_export makes it
+                    write_export(model, where, store=self.data.store, provenance=self.provenance,
                                  **self._catalogue())
             except OSError as e:
-                raise CheckpointError(f"{path}: writing the export failed ({e.strerror or e})") from None
+                raise CheckpointError(f"{where}: writing the export failed ({e.strerror or e})") from None
 
         distributed.on_main(write)
 
     def _catalogue(self) -> dict:
         """The export's popularity (the empty-history fallback) and item titles; without them (the dataset's items
         unreadable here) the export is still written, and serving says what is missing."""
-        from ..data.dataset import load_manifest
-        from ..data.remote import DatasetSource
-
         try:
-            return catalogue_extras(load_manifest(DatasetSource.from_config(self.cfg.data)), self.data.store,
-                                    self.data.seq_index, self.cfg.train_split)
+            return catalogue_extras(self.data.dataset, self.data.store, self.data.seq_index, self.cfg.train_split)
         except (OSError, ValueError) as e:  # DataError is a ValueError
             log.warning("export without popularity and titles: %s", e)
             return {}
@@ -418,7 +415,7 @@ class Trainer:
             self._export(export)
         else:
             if self.env.is_main:
-                with replace_folder(export, layout=EXPORT_LAYOUT) as tmp:  # exports are never edited: links
+                with replace_folder(export, owned=True) as tmp:  # exports are never edited: links
                     shutil.copytree(self.run.best, tmp, copy_function=_link_or_copy, dirs_exist_ok=True)
             barrier()
         test = None

@@ -149,6 +149,7 @@ def test_a_full_disk_while_exporting_is_an_error_naming_the_path(monkeypatch, tm
 
     monkeypatch.setattr(trainer_module, "write_export", full_disk)
     monkeypatch.setattr(trainer_module.Trainer, "_whole_model", lambda self: "the model")
+    monkeypatch.setattr(trainer_module.Trainer, "_catalogue", lambda self: {})
     t = trainer_module.Trainer.__new__(trainer_module.Trainer)
     t.env, t.data, t.provenance = DistEnv(), type("D", (), {"store": None})(), {}
     (tmp_path / "export").mkdir()
