@@ -47,6 +47,7 @@ from ..encoders import Encoders, build_encoders, encoder_identity
 from ..model import Batch, ItemFeatures, build_model
 from .ann import ANN_MIN_ITEMS, AnnIndex, retrieve
 from .ann import available as ann_available
+from .dataset import ItemImages, UserHistories
 from .export import Export, load_export, resize_id_tables
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,16 @@ History = Sequence[tuple[str, int]]
 UNKNOWN = ("error", "skip")
 TIME_UNITS = ("s", "ms")
 EMPTY = "empty"  # a parsed history with no items at all: the popularity fallback
+UNKNOWN_USER = ("error", "popular")
+
+
+class _Known:
+    """A known user's history (item ids, Unix seconds) taken from the dataset: already parsed."""
+
+    __slots__ = ("ids", "stamps")
+
+    def __init__(self, ids: np.ndarray, stamps: np.ndarray):
+        self.ids, self.stamps = ids, stamps
 
 
 class Recommender:
@@ -62,7 +73,8 @@ class Recommender:
     (counted in ``skipped`` and logged); a history left empty then gets no recommendations and NaN scores."""
 
     def __init__(self, export: Export, device: str | torch.device = "cpu",
-                 ann_min_items: Optional[int] = ANN_MIN_ITEMS):
+                 ann_min_items: Optional[int] = ANN_MIN_ITEMS, dataset: str | os.PathLike | None = None,
+                 images: bool = True):
         self.path = export.path
         self.device = _device(device)
         self.encoder = export.encoder
@@ -78,15 +90,30 @@ class Recommender:
         self.added = 0  # items added since loading
         self._ann: Optional[AnnIndex] = None
         self._install(export.model, export.features, export.keys, export.candidates)
+        self.users: Optional[UserHistories] = None  # known users' histories (dataset=…)
+        self.images: Optional[ItemImages] = None  # where the items' images lie (dataset=…)
+        if dataset is not None:
+            self.load_dataset(dataset, images)
 
     @classmethod
     def from_pretrained(cls, export_dir: str | os.PathLike, device: str | torch.device = "cpu",
                         transfer: bool = False, features: str | os.PathLike | None = None,
-                        ann_min_items: Optional[int] = ANN_MIN_ITEMS) -> "Recommender":
+                        ann_min_items: Optional[int] = ANN_MIN_ITEMS, dataset: str | os.PathLike | None = None,
+                        images: bool = True) -> "Recommender":
         """Load an export written by ``mmm4rec.serving.write_export`` (every file checked). ``features`` serves
         it on another feature store; another catalogue needs ``transfer=True`` (content-only scores).
-        ``ann_min_items``: catalogues of at least this many items are served through the ANN index (None: never)."""
-        return cls(load_export(export_dir, features=features, transfer=transfer), device, ann_min_items)
+        ``ann_min_items``: catalogues of at least this many items are served through the ANN index (None: never).
+        ``dataset``: a local dataset folder whose users can then be recommended to by key (``users=``) and, with
+        ``images``, whose items' images ``image`` returns (``load_dataset``)."""
+        return cls(load_export(export_dir, features=features, transfer=transfer), device, ann_min_items, dataset,
+                   images)
+
+    def load_dataset(self, dataset: str | os.PathLike, images: bool = True) -> None:
+        """Read every user's history of ``dataset`` (mmm4rec.serving.dataset.UserHistories: numpy arrays) and,
+        with ``images``, where its items' images lie. Its items the export does not hold are counted and reported
+        once, and left out of the histories."""
+        self.users = UserHistories.read(dataset, self.index)
+        self.images = ItemImages.read(dataset, self.index, self.num_items) if images else None
 
     def _install(self, model, features: ItemFeatures, keys: list[str], candidates: torch.Tensor) -> None:
         self.model = model.eval().to(self.device)
@@ -143,15 +170,20 @@ class Recommender:
         return self.model.cfg.max_len
 
     # ------------------------------------------------------------------------------------------------- ranking
-    def recommend(self, histories: Iterable[History], k: int = 10, exclude_seen: bool = True,
+    def recommend(self, histories: Optional[Iterable[History]] = None, k: int = 10, exclude_seen: bool = True,
                   unknown: str = "error", batch_size: int = 256, labels: Optional[Sequence[str]] = None,
-                  time_unit: str = "s", with_text: bool = False) -> list[list[tuple]]:
+                  time_unit: str = "s", with_text: bool = False, users: Optional[Sequence[str]] = None,
+                  unknown_user: str = "error") -> list[list[tuple]]:
         """Per history, up to ``k`` (item key, score) pairs, best first; padding is never returned; with
         ``with_text`` (item key, score, title) triples. An empty history gets ``popular(k)``.
-        ``labels`` name the histories in error messages (default "history <i>")."""
+        ``labels`` name the histories in error messages (default "history <i>").
+        ``users`` (in place of ``histories``, needs ``dataset=``): user keys of the dataset, each answered as its
+        full history would be. A key the dataset does not hold is an error naming it, or with
+        ``unknown_user="popular"`` gets the popularity fallback, as a new visitor does."""
         k = positive_int("k", k)
         _flag("exclude_seen", exclude_seen)
         _flag("with_text", with_text)
+        histories, labels = self._histories_or_users(histories, users, unknown_user, labels)
         results: list[list[tuple]] = []
         for parsed, users in self._user_vectors(histories, unknown, batch_size, labels, time_unit):
             real = [p[0] for p in parsed if isinstance(p, tuple)]
@@ -234,11 +266,15 @@ class Recommender:
                 found[i] = best
         return found
 
-    def score(self, histories: Iterable[History], item_keys: Sequence[str], unknown: str = "error",
-              batch_size: int = 256, labels: Optional[Sequence[str]] = None, time_unit: str = "s") -> np.ndarray:
+    def score(self, histories: Optional[Iterable[History]] = None, item_keys: Sequence[str] = None,
+              unknown: str = "error", batch_size: int = 256, labels: Optional[Sequence[str]] = None,
+              time_unit: str = "s", users: Optional[Sequence[str]] = None,
+              unknown_user: str = "error") -> np.ndarray:
         """float32 [histories, items]: the score of each of ``item_keys`` for each history (the same numbers
-        ``recommend`` ranks by); NaN for a history with no known item (the model has no user vector for it)."""
+        ``recommend`` ranks by); NaN for a history with no known item (the model has no user vector for it).
+        ``users``: known user keys in place of histories, as in ``recommend`` (a new visitor's row is NaN)."""
         item_keys = _listed("item_keys", item_keys, "item keys")
+        histories, labels = self._histories_or_users(histories, users, unknown_user, labels)
         cols = torch.tensor(self._columns("item_keys", item_keys), dtype=torch.long, device=self.device)
         rows: list[np.ndarray] = []
         for parsed, users in self._user_vectors(histories, unknown, batch_size, labels, time_unit):
@@ -252,6 +288,60 @@ class Recommender:
         return users @ self.candidates[1:].t()
 
     # ------------------------------------------------------------------------------------------------ histories
+    def _histories_or_users(self, histories, users, unknown_user: str, labels):
+        """Exactly one of ``histories`` and ``users``; user keys become their parsed histories (and labels)."""
+        if (histories is None) == (users is None):
+            raise ConfigError("give exactly one of histories and users (known user keys)")
+        if users is None:
+            return histories, labels
+        if not isinstance(unknown_user, str) or unknown_user not in UNKNOWN_USER:
+            raise ConfigError(f"unknown_user must be one of {list(UNKNOWN_USER)}, got {short_repr(unknown_user)}")
+        users = _listed("users", users, "user keys")
+        if self.users is None:
+            raise ConfigError(f"{self.path}: users are known by key only with a dataset (Recommender(dataset=…), "
+                              "mmm4rec serve --dataset DIR)")
+        out = []
+        for i, key in enumerate(users):
+            if not isinstance(key, str):
+                raise ConfigError(f"users[{i}] is not a user key (a string): {short_repr(key)}")
+            row = self.users.row(key)
+            if row is not None:
+                out.append(_Known(*self.users.history(row)))
+            elif unknown_user == "popular":
+                out.append([])  # a new visitor
+            else:
+                raise DataError(self._unknown_user(key))
+        return out, labels if labels is not None else [f"user {short_repr(key)}" for key in users]
+
+    def _unknown_user(self, key: str) -> str:
+        similar = self.users.like(key)
+        if similar:
+            more = f" or {len(similar) - 1} more with that id" if len(similar) > 1 else ""
+            return f"unknown user key {short_repr(key)} (did you mean {similar[0]!r}{more}?)"
+        return (f"unknown user key {short_repr(key)} (not among the {self.users.num_users} users of the dataset; "
+                "a new visitor gets the popular items with unknown_user='popular')")
+
+    def history(self, user: str) -> list[tuple[str, int]]:
+        """The known user's history, as (item key, Unix seconds) pairs oldest first: what ``users=[user]`` is
+        answered with (items the export does not hold left out)."""
+        if self.users is None:
+            raise ConfigError(f"{self.path}: users are known by key only with a dataset (Recommender(dataset=…))")
+        row = self.users.row(user) if isinstance(user, str) else None
+        if row is None:
+            raise DataError(self._unknown_user(user))
+        ids, stamps = self.users.history(row)
+        return [(self.keys[i], t) for i, t in zip(ids.tolist(), stamps.tolist())]
+
+    def image(self, key: str) -> Optional[tuple[bytes, str]]:
+        """(encoded bytes, content type) of the item's image in the dataset, None when it has none (or no dataset
+        images were loaded)."""
+        if key not in self.index:
+            raise DataError(self._unknown(key, "image"))
+        return None if self.images is None else self.images.read_image(self.index[key])
+
+    def has_image(self, key: str) -> bool:
+        return self.images is not None and key in self.index and self.images.has(self.index[key])
+
     def _user_vectors(self, histories: Iterable[History], unknown: str, batch_size: int,
                       labels: Optional[Sequence[str]], time_unit: str = "s"):
         """Per batch: each history as (ids, timestamps), None when skipping left nothing, EMPTY when it had no
@@ -290,6 +380,8 @@ class Recommender:
             log.warning("skipped %d unknown history item(s) (unknown='skip')", sum(bad.counts.values()))
 
     def _parse(self, history: History, label: str, bad: BadRecords, time_unit: str = "s"):
+        if isinstance(history, _Known):
+            return (history.ids, history.stamps) if len(history.ids) else EMPTY
         if not isinstance(history, (list, tuple)):
             raise DataError(f"{label}: a history is a list of [item key, unix seconds] pairs, "
                             f"got {short_repr(history, 80)}")

@@ -1,0 +1,73 @@
+"""Known users by key (``dataset=``, ``mmm4rec serve --dataset``): a user key is answered exactly as that user's
+full history passed explicitly, unknown keys are errors naming them (or the popularity fallback when asked for),
+and the dataset's items the export does not hold are counted at load and left out."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from mmm4rec.config import ConfigError
+from mmm4rec.data.dataset import load_manifest
+from mmm4rec.data.schema import BadRecords, DataError
+from mmm4rec.data.shards import iter_seq_records
+from mmm4rec.data.synthetic import generate
+from mmm4rec.serving import Recommender
+
+
+def records(dataset):
+    return {rec.user: rec for _, rec in iter_seq_records(load_manifest(dataset).seqs, BadRecords())}
+
+
+@pytest.fixture(scope="module")
+def wider(tmp_path_factory):
+    """Users of a 70-item catalogue: their events on syn:60 … syn:69 are unknown to the 60-item export."""
+    root = tmp_path_factory.mktemp("wider") / "data"
+    generate(root, 40, 70, images="none", seed=5, shard_size=15)
+    return root
+
+
+def test_a_user_key_is_answered_as_the_users_full_history(export_dir, wider, caplog):
+    with caplog.at_level(logging.WARNING):
+        rec = Recommender.from_pretrained(export_dir, dataset=wider)
+    known = {k for k in rec.index}
+    recs = records(wider)
+    unknown_events = sum(k not in known for r in recs.values() for k in r.items)
+    assert unknown_events and rec.users.dropped["unknown_item_events"] == unknown_events
+    assert "the export does not hold" in caplog.text and "left out" in caplog.text  # reported once, at load
+    assert rec.users.num_users == len(recs) and rec.users.nbytes / rec.users.num_events < 40
+    users = sorted(recs)[:12] + ["syn:nobody"]
+    histories = [[(k, int(t)) for k, t in zip(recs[u].items, recs[u].timestamps) if k in known] for u in users[:-1]]
+    assert [rec.history(u) for u in users[:-1]] == histories
+    for exclude_seen in (True, False):
+        got = rec.recommend(users=users, k=7, exclude_seen=exclude_seen, unknown_user="popular", with_text=True)
+        want = rec.recommend(histories + [[]], k=7, exclude_seen=exclude_seen, with_text=True)
+        assert [[(key, text) for key, _, text in row] for row in got] == \
+            [[(key, text) for key, _, text in row] for row in want]
+        for row, wrow in zip(got, want):
+            assert np.allclose([s for _, s, _ in row], [s for _, s, _ in wrow], rtol=1e-5)
+        if exclude_seen:
+            assert all(not {key for key, _, _ in row} & {key for key, _ in h} for row, h in zip(got, histories))
+    assert got[-1][0][:2] == rec.popular(1)[0]  # the unknown key, asked to fall back: a new visitor
+    assert np.allclose(rec.score(users=users[:3], item_keys=rec.keys[1:5]),
+                       rec.score(histories[:3], rec.keys[1:5]), rtol=1e-5)
+
+
+def test_unknown_user_keys_and_wrong_calls_are_one_line_errors(export_dir, wider, tiny_dataset):
+    rec = Recommender.from_pretrained(export_dir, dataset=wider)
+    some = sorted(records(wider))[0]
+    with pytest.raises(DataError, match=r"unknown user key 'syn:nobody' \(not among the 40 users"):
+        rec.recommend(users=["syn:nobody"])
+    with pytest.raises(DataError, match=rf"unknown user key '{some.split(':')[1]}' \(did you mean '{some}'\?\)"):
+        rec.recommend(users=[some.split(":")[1]])
+    with pytest.raises(ConfigError, match="exactly one of histories and users"):
+        rec.recommend([[(rec.keys[1], 0)]], users=[some])
+    with pytest.raises(ConfigError, match="exactly one of histories and users"):
+        rec.recommend()
+    with pytest.raises(ConfigError, match="unknown_user must be one of"):
+        rec.recommend(users=[some], unknown_user="skip")
+    with pytest.raises(ConfigError, match=r"users\[0\] is not a user key"):
+        rec.recommend(users=[3])
+    with pytest.raises(ConfigError, match="users are known by key only with a dataset"):
+        Recommender.from_pretrained(export_dir).recommend(users=[some])
