@@ -167,6 +167,10 @@ def add_recommend_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPars
     p.add_argument("--features", help="serve on another feature store than the export's own")
     p.add_argument("--transfer", action="store_true",
                    help="allow --features to be another catalogue (content-only scores, ID tables dropped)")
+    p.add_argument("--dataset", help='a local dataset folder: an input line {"user": key} without a history is '
+                   "answered from that user's history in it")
+    p.add_argument("--unknown-user", choices=["error", "popular"], default="error",
+                   help="a user key the --dataset does not hold: a bad line (default) or the popular items")
     p.add_argument("--time-unit", choices=["s", "ms"], default="s",
                    help="numeric history times: Unix seconds (default) or milliseconds; ISO-8601 strings need none")
     p.add_argument("--with-text", action="store_true", help="each item as [key, score, title]")

@@ -8,7 +8,9 @@ file beside it, renamed over it at the end), and is never the --input file. A ba
 malformed history) is reported on stderr as ``file:line: reason``, counted in the summary ("bad_lines") and left
 out; with --strict it stops the run instead (exit 2, nothing written). An unknown item key follows --unknown (an
 error by default: the export and the histories do not match), and undecodable bytes stop the run (the file is
-not UTF-8). Bad arguments are one line naming the argument (exit 2), checked before the export is loaded.
+not UTF-8). With --dataset, a line ``{"user": key}`` without a history is answered from that user's history in the
+dataset (as ``Recommender(dataset=…)``'s ``users=`` is); a key it does not hold is a bad line, or with
+--unknown-user popular gets the popular items. Bad arguments are one line naming the argument (exit 2), checked before the export is loaded.
 
 torch, transformers and the model are imported when a command runs, after its arguments are checked.
 """
@@ -100,14 +102,16 @@ def recommend(args: argparse.Namespace) -> int:
         from .recommender import Recommender  # seconds to import: after the checks
 
         rec = Recommender.from_pretrained(args.export, device=args.device, transfer=args.transfer,
-                                          features=args.features)
+                                          features=args.features, dataset=args.dataset, images=False)
         if args.with_text and rec.texts is None:  # the export's, not a line's: stop before any scoring
             raise DataError(f"{args.export}: --with-text, but this export stores no item texts (texts.json); "
                             "re-export it from its run: `mmm4rec export --run RUN_DIR --out NEW_DIR`")
         users, bad = 0, {"count": 0}
         with _output(args.output) as out:
-            records = _records(lines, args.input, None if args.strict else bad)
+            records = _records(lines, args.input, None if args.strict else bad, args.dataset is not None)
             while chunk := list(islice(records, args.batch_size)):
+                if args.dataset is not None:
+                    chunk = _known_users(rec, chunk, args, bad)
                 labels = [f"{args.input}:{line} (user {short_repr(user, 60)})" for line, user, _ in chunk]
                 options = dict(k=args.k, exclude_seen=not args.keep_seen, unknown=args.unknown,
                                time_unit=args.time_unit, with_text=args.with_text)
@@ -126,6 +130,28 @@ def recommend(args: argparse.Namespace) -> int:
     print(json.dumps({"users": users, "bad_lines": bad["count"], "k": args.k, "output": args.output or "stdout",
                       "skipped": rec.skipped.as_dict()}), file=sys.stderr)
     return 0
+
+
+def _known_users(rec, chunk: list, args: argparse.Namespace, bad: dict) -> list:
+    """Lines that name a user without a history, with that user's history from the dataset; an unknown user is a
+    bad line (or under --unknown-user popular a new visitor: an empty history)."""
+    out = []
+    for line, user, history in chunk:
+        if history is None:
+            try:
+                if not isinstance(user, str):
+                    raise DataError(f"a user key is a string, got {short_repr(user)}")
+                history = rec.history(user)
+            except DataError as e:
+                if args.unknown_user == "popular" and isinstance(user, str):
+                    history = []
+                elif args.strict:
+                    raise DataError(f"{args.input}:{line}: {e}") from None
+                else:
+                    _report(bad, f"{args.input}:{line}: {e}")
+                    continue
+        out.append((line, user, history))
+    return out
 
 
 def _one_by_one(rec, chunk: list, labels: list[str], options: dict, bad: dict) -> list:
@@ -178,26 +204,27 @@ def _same_file(path: Path, other: "str | int") -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def _records(lines: IO[bytes], name: str, bad: Optional[dict] = None) -> Iterator[tuple[int, object, list]]:
+def _records(lines: IO[bytes], name: str, bad: Optional[dict] = None,
+             by_user: bool = False) -> Iterator[tuple[int, object, Optional[list]]]:
     """(line number, user, history) per record; a line that is not one is an error, or with ``bad`` (a counter)
-    reported, counted and left out."""
+    reported, counted and left out. ``by_user``: a record may name a user without a history (history None)."""
     for number, raw in enumerate(lines, 1):
         try:
-            record = _record(raw, number, name)
+            record = _record(raw, number, name, by_user)
         except _BadLine as e:
             if bad is None:
                 raise DataError(str(e)) from None
             _report(bad, str(e))
             continue
         if record is not None:
-            yield number, record["user"], record["history"]
+            yield number, record["user"], record.get("history")
 
 
 class _BadLine(Exception):
     pass
 
 
-def _record(raw: bytes, number: int, name: str) -> Optional[dict]:
+def _record(raw: bytes, number: int, name: str, by_user: bool = False) -> Optional[dict]:
     """One decoded record, None for a blank line; _BadLine for a line that is not a record; an undecodable byte
     stops the run (the file is not UTF-8)."""
     try:
@@ -213,8 +240,10 @@ def _record(raw: bytes, number: int, name: str) -> Optional[dict]:
         record = json.loads(line)
     except ValueError as e:
         raise _BadLine(f"{name}:{number}: not valid JSON: {e}") from None
-    if not isinstance(record, dict) or "user" not in record or not isinstance(record.get("history"), list):
-        raise _BadLine(f'{name}:{number}: expected {{"user": …, "history": [[item key, unix seconds], …]}}')
+    if not isinstance(record, dict) or "user" not in record or not (
+            isinstance(record.get("history"), list) or (by_user and "history" not in record)):
+        alone = ' or {"user": key} (with --dataset)' if by_user else ""
+        raise _BadLine(f'{name}:{number}: expected {{"user": …, "history": [[item key, unix seconds], …]}}{alone}')
     return record
 
 

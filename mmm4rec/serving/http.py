@@ -1,17 +1,21 @@
 """``mmm4rec serve``: an export behind a JSON HTTP service (FastAPI on uvicorn) and a small page to explore it.
 
-    mmm4rec serve --export runs/shop/export [--host 127.0.0.1] [--port 8000]
+    mmm4rec serve --export runs/shop/export [--dataset data/shop] [--host 127.0.0.1] [--port 8000]
 
   GET  /             the page: search items by text, click them into a history, see the top-k with titles
   GET  /health       {"status": "ok", "items": I}
   GET  /info         catalogue size, encoder, provenance, export sha256, ANN in use, limits
   GET  /search       ?q=text&limit=20: items whose key or title contains q (case-insensitive)
+  GET  /items/{key}/image   the item's image from the --dataset's item shards (PNG, JPEG, GIF, WebP); 404 if none
   POST /recommend    {"histories": [[[key, time], …], …], "k": 10, "exclude_seen": true, "unknown": "error",
                       "time_unit": "s", "with_text": false} -> {"results": [[{"item", "score"[, "text"]}, …], …]}
-  POST /score        {"histories": […], "items": [key, …]} -> {"scores": [[float | null, …], …]}
+                     or {"users": [user key, …], "unknown_user": "error" | "popular", …} in place of histories
+                     (needs --dataset): each user answered as their full history would be
+  POST /score        {"histories" | "users": […], "items": [key, …]} -> {"scores": [[float | null, …], …]}
   POST /similar      {"items": [key, …], "k": 10, "with_text": false} -> {"results": [[…], …]}
   POST /items        {"items": [{"key", "text", "image": base64 | null}, …]} -> {"added": n, "items": I}
 
+With ``with_text``, results and /search items also carry "image": the URL of the item's image, or null.
 Everything is the Recommender's (mmm4rec.serving.recommender): the service adds transport, limits and errors only.
 A bad request is one line naming the field: 422 {"error": "body.k: …"} when the JSON does not fit the schema,
 400 {"error": "history 0: entry 1 …"} when the Recommender refuses it, 413 for a body over --max-body-bytes
@@ -32,6 +36,7 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
+from urllib.parse import quote
 
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("static") / "index.html"
@@ -53,6 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
+    p.add_argument("--dataset", help="a local dataset folder (the project's format): its users can be recommended "
+                        "to by key, and its items' images are served")
     p.add_argument("--features", help="serve on another feature store than the export's own")
     p.add_argument("--transfer", action="store_true",
                    help="allow --features to be another catalogue (content-only scores, ID tables dropped)")
@@ -102,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
         ann = ANN_MIN_ITEMS if args.ann_min_items is None else (args.ann_min_items or None)
         rec = Recommender.from_pretrained(args.export, device=args.device, transfer=args.transfer,
-                                          features=args.features, ann_min_items=ann)
+                                          features=args.features, ann_min_items=ann, dataset=args.dataset)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -119,8 +126,8 @@ def create_app(rec, limits: Limits = Limits()):
 
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
-    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
     from starlette.concurrency import run_in_threadpool
 
     from ..config import ConfigError
@@ -134,16 +141,27 @@ def create_app(rec, limits: Limits = Limits()):
     class Strict(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
-    class RecommendBody(Strict):
-        histories: list[History] = Batch
+    Users = Field(None, min_length=1, max_length=limits.max_batch)
+
+    class ByUser(Strict):
+        histories: Optional[list[History]] = Field(None, min_length=1, max_length=limits.max_batch)
+        users: Optional[list[StrictStr]] = Users
+        unknown_user: Literal["error", "popular"] = "error"
+
+        @model_validator(mode="after")
+        def one_of(self):
+            if (self.histories is None) == (self.users is None):
+                raise ValueError("give exactly one of histories and users (known user keys, with --dataset)")
+            return self
+
+    class RecommendBody(ByUser):
         k: StrictInt = Field(10, ge=1, le=limits.max_k)
         exclude_seen: StrictBool = True
         unknown: Literal["error", "skip"] = "error"
         time_unit: Literal["s", "ms"] = "s"
         with_text: StrictBool = False
 
-    class ScoreBody(Strict):
-        histories: list[History] = Batch
+    class ScoreBody(ByUser):
         items: list[StrictStr] = Batch
         unknown: Literal["error", "skip"] = "error"
         time_unit: Literal["s", "ms"] = "s"
@@ -170,7 +188,7 @@ def create_app(rec, limits: Limits = Limits()):
     async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
         first = e.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ()))
-        return error(422, f"{where}: {first.get('msg', 'invalid')}")
+        return error(422, f"{where}: {first.get('msg', 'invalid').removeprefix('Value error, ')}")
 
     @app.middleware("http")
     async def bounded_body(request: Request, call_next):
@@ -197,14 +215,25 @@ def create_app(rec, limits: Limits = Limits()):
     async def refused(_: Request, e: _Refused) -> JSONResponse:
         return error(400, str(e))
 
-    def check_lengths(histories: list) -> None:
-        for i, h in enumerate(histories):
+    def check_lengths(histories: Optional[list]) -> None:
+        for i, h in enumerate(histories or ()):
             if len(h) > limits.max_history:
                 raise _Refused(f"histories.{i}: {len(h)} entries; at most {limits.max_history} (--max-history)")
 
-    def ranked(rows: list[list[tuple]]) -> list[list[dict]]:
-        return [[dict(zip(("item", "score", "text"), (row[0], _number(row[1]), *row[2:]))) for row in best]
-                for best in rows]
+    def image_url(key: str) -> Optional[str]:
+        return f"/items/{quote(key, safe='')}/image" if rec.has_image(key) else None
+
+    def ranked(rows: list[list[tuple]], with_text: bool = False) -> list[list[dict]]:
+        out = [[dict(zip(("item", "score", "text"), (row[0], _number(row[1]), *row[2:]))) for row in best]
+               for best in rows]
+        if with_text:
+            for best in out:
+                for row in best:
+                    row["image"] = image_url(row["item"])
+        return out
+
+    def histories_of(body) -> Optional[list]:
+        return None if body.histories is None else [list(map(tuple, h)) for h in body.histories]
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
@@ -220,30 +249,46 @@ def create_app(rec, limits: Limits = Limits()):
                 "added_items": rec.added, "arch": rec.model.cfg.arch, "max_len": rec.max_len,
                 "encoder": rec.encoder, "provenance": rec.meta.get("provenance"),
                 "popularity": rec.popularity is not None, "texts": rec.texts is not None,
-                "ann": {"in_use": rec.uses_ann, "min_items": rec.ann_min_items}, "limits": asdict(limits)}
+                "ann": {"in_use": rec.uses_ann, "min_items": rec.ann_min_items}, "limits": asdict(limits),
+                "users": None if rec.users is None else rec.users.num_users,
+                "images": None if rec.images is None else rec.images.count}
 
     @app.get("/search")
     async def search(q: str = Query("", max_length=200), limit: int = Query(20, ge=1, le=200)) -> dict:
-        return {"items": await run_in_threadpool(_search, rec, q, limit)}
+        found = await run_in_threadpool(_search, rec, q, limit)
+        return {"items": [{**row, "image": image_url(row["item"])} for row in found]}
+
+    @app.get("/items/{key:path}/image")
+    async def image(key: str) -> Response:
+        try:
+            found = await run_in_threadpool(rec.image, key)
+        except DataError as e:
+            return error(404, str(e))
+        if found is None:
+            return error(404, f"item {key!r} has no image" + ("" if rec.images is not None else
+                                                               " (the service was started without --dataset)"))
+        data, kind = found
+        return Response(data, media_type=kind, headers={"Cache-Control": "max-age=3600"})
 
     @app.post("/recommend")
     async def recommend(body: RecommendBody) -> dict:
         check_lengths(body.histories)
-        rows = await model_call(rec.recommend, [list(map(tuple, h)) for h in body.histories], k=body.k,
-                                exclude_seen=body.exclude_seen, unknown=body.unknown, time_unit=body.time_unit,
-                                with_text=body.with_text)
-        return {"results": ranked(rows)}
+        rows = await model_call(rec.recommend, histories_of(body), k=body.k, users=body.users,
+                                unknown_user=body.unknown_user, exclude_seen=body.exclude_seen,
+                                unknown=body.unknown, time_unit=body.time_unit, with_text=body.with_text)
+        return {"results": ranked(rows, body.with_text)}
 
     @app.post("/score")
     async def score(body: ScoreBody) -> dict:
         check_lengths(body.histories)
-        scores = await model_call(rec.score, [list(map(tuple, h)) for h in body.histories], body.items,
-                                  unknown=body.unknown, time_unit=body.time_unit)
+        scores = await model_call(rec.score, histories_of(body), body.items, users=body.users,
+                                  unknown_user=body.unknown_user, unknown=body.unknown, time_unit=body.time_unit)
         return {"scores": [[_number(x) for x in row] for row in scores.tolist()]}
 
     @app.post("/similar")
     async def similar(body: SimilarBody) -> dict:
-        return {"results": ranked(await model_call(rec.similar, body.items, k=body.k, with_text=body.with_text))}
+        rows = await model_call(rec.similar, body.items, k=body.k, with_text=body.with_text)
+        return {"results": ranked(rows, body.with_text)}
 
     @app.post("/items")
     async def add_items(body: ItemsBody) -> dict:

@@ -94,3 +94,32 @@ def test_bad_lines_are_reported_one_by_one_and_the_good_ones_answered(export_dir
     assert main(["recommend", "--export", str(export_dir), "--input", str(src), "--time-unit", "ms"]) == 0
     assert json.loads(capsys.readouterr().out)["items"] == [
         list(pair) for pair in rec.recommend([[(rec.keys[3], T0 + 5)]])[0]]
+
+
+def test_with_a_dataset_a_line_may_name_a_known_user(export_dir, tiny_dataset, tmp_path, capsys):
+    """{"user": key} without a history: that user's history in --dataset (the API's users=); an unknown key is a
+    bad line, or with --unknown-user popular the popular items."""
+    rec = Recommender.from_pretrained(export_dir, dataset=tiny_dataset)
+    users = [rec.users.key(r) for r in range(3)]
+    lines = [{"user": users[0]}, {"user": "syn:nobody"}, {"user": users[1], "history": [[rec.keys[4], T0]]},
+             {"user": 7}, {"user": users[2]}]
+    src = tmp_path / "users.jsonl"
+    src.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert main(["recommend", "--export", str(export_dir), "--dataset", str(tiny_dataset), "--input", str(src),
+                 "--k", "3"]) == 0
+    out, err = capsys.readouterr()
+    err = err.strip().splitlines()
+    assert f"bad line: {src}:2: unknown user key 'syn:nobody' (not among the" in err[0]
+    assert f"bad line: {src}:4: a user key is a string, got 7" in err[1]
+    assert json.loads(err[-1])["bad_lines"] == 2
+    got = [json.loads(line) for line in out.splitlines()]
+    assert [g["user"] for g in got] == [users[0], users[1], users[2]]
+    want = rec.recommend([rec.history(users[0]), [(rec.keys[4], T0)], rec.history(users[2])], k=3)
+    assert [[tuple(item) for item in g["items"]] for g in got] == want
+    assert main(["recommend", "--export", str(export_dir), "--dataset", str(tiny_dataset), "--input", str(src),
+                 "--k", "3", "--unknown-user", "popular", "--strict"]) == 2  # line 4: still not a user key
+    assert capsys.readouterr().err.strip().endswith(f"{src}:4: a user key is a string, got 7")
+    src.write_text(json.dumps(lines[1]) + "\n")
+    assert main(["recommend", "--export", str(export_dir), "--dataset", str(tiny_dataset), "--input", str(src),
+                 "--k", "3", "--unknown-user", "popular"]) == 0
+    assert json.loads(capsys.readouterr().out)["items"] == [list(pair) for pair in rec.popular(3)]

@@ -21,6 +21,10 @@ import pytest
 from tests.conftest import subprocess_env
 from PIL import Image
 
+from mmm4rec.data.dataset import load_manifest
+from mmm4rec.data.schema import BadRecords
+from mmm4rec.data.shards import iter_item_records
+from mmm4rec.data.synthetic import generate
 from mmm4rec.distributed import free_port
 from mmm4rec.serving import Recommender
 
@@ -28,10 +32,19 @@ T0 = 881250949
 
 
 @pytest.fixture(scope="module")
-def server(export_dir):
+def shop(tmp_path_factory):
+    """The export's dataset (the same items, users and events as tiny_dataset) with an image for every item."""
+    root = tmp_path_factory.mktemp("shop") / "data"
+    generate(root, 120, 60, images="generated", seed=1, shard_size=40)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(export_dir, shop):
     """`python -m mmm4rec serve` on a free loopback port; small limits so that each one can be hit."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mmm4rec", "serve", "--export", str(export_dir), "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "mmm4rec", "serve", "--export", str(export_dir), "--dataset",
+                             str(shop), "--port",
                              str(port), "--max-batch", "8", "--max-k", "50", "--max-history", "20",
                              "--max-body-bytes", "20000", "--log-level", "warning"],
                             env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -54,8 +67,8 @@ def server(export_dir):
 
 
 @pytest.fixture(scope="module")
-def rec(export_dir):
-    return Recommender.from_pretrained(export_dir)
+def rec(export_dir, shop):
+    return Recommender.from_pretrained(export_dir, dataset=shop)
 
 
 def call(url: str, path: str, body=None, raw: bytes | None = None) -> tuple[int, dict]:
@@ -103,6 +116,37 @@ def test_recommend_score_and_similar_are_the_api_answers(server, rec):
     assert keys[3] not in [r["item"] for r in got["results"][0]]
     status, got = call(server, "/search?q=" + urllib.request.quote(rec.texts[7][:12]))
     assert status == 200 and keys[7] in [r["item"] for r in got["items"]]
+
+
+def test_known_users_are_answered_as_their_histories_and_images_are_served(server, rec, shop):
+    users = [key for key in map(rec.users.key, range(rec.users.num_users)) if len(rec.history(key)) <= 20][:3]
+    status, got = call(server, "/recommend", {"users": users, "k": 5, "with_text": True})
+    assert status == 200
+    status, by_history = call(server, "/recommend", {"histories": [[list(e) for e in rec.history(u)] for u in users],
+                                                     "k": 5, "with_text": True})
+    assert status == 200 and got == by_history
+    assert [[r["item"] for r in row] for row in got["results"]] == \
+        [[key for key, _ in row] for row in rec.recommend(users=users, k=5)]
+    status, scores = call(server, "/score", {"users": users[:1], "items": rec.keys[1:4]})
+    assert status == 200 and np.allclose(scores["scores"][0], rec.score(users=users[:1], item_keys=rec.keys[1:4])[0],
+                                         rtol=1e-5)
+    status, got = call(server, "/recommend", {"users": ["syn:nobody", users[0]], "unknown_user": "popular", "k": 3})
+    assert status == 200 and [r["item"] for r in got["results"][0]] == [k for k, _ in rec.popular(3)]
+    status, got = call(server, "/recommend", {"users": [users[0].split(":")[1]]})
+    assert status == 400 and got["error"] == f"unknown user key {users[0].split(':')[1]!r} (did you mean {users[0]!r}?)"
+    status, got = call(server, "/recommend", {"users": users, "histories": [[]]})
+    assert status == 422 and got["error"] == "body: give exactly one of histories and users (known user keys, " \
+                                             "with --dataset)"
+    # images: the item's bytes from its shard, by content type; every result row names its image
+    images = {r.key: r.image for _, r in iter_item_records(load_manifest(shop).items, BadRecords(), False)}
+    row = got = call(server, "/recommend", {"users": users[:1], "k": 2, "with_text": True})[1]["results"][0][0]
+    assert row["image"] == f"/items/{urllib.request.quote(row['item'], safe='')}/image"
+    with urllib.request.urlopen(server + row["image"], timeout=30) as r:
+        assert r.read() == images[row["item"]] and r.headers["Content-Type"] == "image/png"
+    status, got = call(server, "/items/syn:nope/image")
+    assert status == 404 and "unknown item key 'syn:nope' in image" in got["error"]
+    status, info = call(server, "/info")
+    assert info["users"] == rec.users.num_users and info["images"] == 60
 
 
 @pytest.mark.parametrize("body, status, message", [
@@ -190,6 +234,11 @@ def test_the_page_shows_the_top_k_titles_in_a_headless_browser(server, rec, tmp_
     assert [key for key, _ in page.lists["history"]] == [keys[1], keys[2]]
     assert page.lists["found"] and all(query.lower() in (text + key).lower() for key, text in page.lists["found"])
     assert re.search(r'id="error"[^>]*></p>', proc.stdout)  # no error shown
+    # a thumbnail beside every title, each one loaded (its naturalWidth, recorded by the page once decoded)
+    widths = re.findall(r'<li data-key="[^"]*"><img class="thumb" alt="" src="[^"]+" data-width="(\d+)">',
+                        proc.stdout)
+    shown = len(page.lists["recs"]) + len(page.lists["history"]) + len(page.lists["found"])
+    assert len(widths) == shown and all(int(w) > 0 for w in widths), proc.stdout[-3000:]
 
 
 def test_added_items_are_served_and_an_image_for_a_text_only_export_is_a_warning(server):
@@ -205,6 +254,8 @@ def test_added_items_are_served_and_an_image_for_a_text_only_export_is_a_warning
     assert [r["item"] for r in got["items"]] == ["new:lamp"]
     status, got = call(server, "/score", {"histories": [[["new:lamp", T0]]], "items": ["new:mug"]})
     assert status == 200 and got["scores"][0][0] is not None
+    status, got = call(server, "/items/new:lamp/image")
+    assert status == 404 and got["error"] == "item 'new:lamp' has no image"
     status, got = call(server, "/items", {"items": [{"key": "new:lamp", "text": "again"}]})
     assert status == 400 and "item 'new:lamp' is already in the catalogue" in got["error"]
     status, got = call(server, "/items", {"items": [{"key": "new:x", "text": "x", "image": "%%%"}]})
