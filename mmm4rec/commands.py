@@ -150,6 +150,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--features", help="the feature store (default: the one the run's config names)")
     p.add_argument("--reference-features", action="store_true",
                    help="reference the feature store by path and hash instead of copying it into the export")
+    p.add_argument("--ann", action="store_true",
+                   help="also build the ANN index into <out>/ann-cache (else built, and cached, at the first start "
+                        "of a service whose catalogue needs it)")
     return p
 
 

@@ -89,8 +89,15 @@ def export(args: argparse.Namespace) -> int:
     with replace_folder(out) as tmp:  # out does not exist: nothing is replaced, the export appears complete
         write_export(model, tmp, store=store, provenance=prov, copy_features=not args.reference_features,
                      **extras)
-    print(json.dumps({"export": str(out), "items": store.num_items, "features": "referenced" if
-                      args.reference_features else "copied"}))
+    done = {"export": str(out), "items": store.num_items,
+            "features": "referenced" if args.reference_features else "copied"}
+    if args.ann:
+        from .recommender import ANN_CACHE, Recommender
+
+        index = Recommender.from_pretrained(out).prepare_ann(force=True)
+        done["ann_cache"] = {"folder": str(out / ANN_CACHE), "index": index.factory,
+                             "build_s": round(index.build_seconds, 1)}
+    print(json.dumps(done))
     return 0
 
 

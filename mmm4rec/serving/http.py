@@ -66,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--ann-min-items", type=int, default=None,
                    help="serve catalogues of at least this many items through the ANN index (default: "
                         "mmm4rec.serving.ann.ANN_MIN_ITEMS); 0 = always exact")
+    p.add_argument("--ann-cache", help="folder the ANN index is kept in between starts (default: <export>/ann-cache; "
+                   "created with the project's marker, a foreign non-empty folder is refused)")
+    p.add_argument("--no-ann-cache", action="store_true", help="build the ANN index at every start, keep no cache")
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="largest request body")
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="histories or items per request")
     p.add_argument("--max-history", type=int, default=d.max_history, help="entries per history")
@@ -108,8 +111,12 @@ def run(args: argparse.Namespace) -> int:
 
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
         ann = ANN_MIN_ITEMS if args.ann_min_items is None else (args.ann_min_items or None)
+        if args.no_ann_cache and args.ann_cache:
+            raise ConfigError("--ann-cache and --no-ann-cache: give one")
         rec = Recommender.from_pretrained(args.export, device=args.device, transfer=args.transfer,
-                                          features=args.features, ann_min_items=ann, dataset=args.dataset)
+                                          features=args.features, ann_min_items=ann, dataset=args.dataset,
+                                          ann_cache=None if args.no_ann_cache else args.ann_cache or True)
+        rec.prepare_ann()  # at start, not in the first request (cached: read back, docs/results/ann_cache.json)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -57,6 +57,7 @@ UNKNOWN = ("error", "skip")
 TIME_UNITS = ("s", "ms")
 EMPTY = "empty"  # a parsed history with no items at all: the popularity fallback
 UNKNOWN_USER = ("error", "popular")
+ANN_CACHE = "ann-cache"  # the ANN index's cache folder inside an export
 
 
 class _Known:
@@ -74,7 +75,7 @@ class Recommender:
 
     def __init__(self, export: Export, device: str | torch.device = "cpu",
                  ann_min_items: Optional[int] = ANN_MIN_ITEMS, dataset: str | os.PathLike | None = None,
-                 images: bool = True):
+                 images: bool = True, ann_cache: str | os.PathLike | bool | None = True):
         self.path = export.path
         self.device = _device(device)
         self.encoder = export.encoder
@@ -84,6 +85,9 @@ class Recommender:
         if ann_min_items is not None:
             ann_min_items = positive_int("ann_min_items", ann_min_items)
         self.ann_min_items = ann_min_items  # None: always exact
+        # where the ANN index is kept between starts (mmm4rec.serving.ann): True = <export>/ann-cache
+        self.ann_cache = (export.path / ANN_CACHE if ann_cache is True else
+                          None if ann_cache in (None, False) else Path(ann_cache))
         self.popularity = export.popularity
         self.texts = export.texts
         self.store = export.store  # the loaded catalogue's store: save() keeps its rows' content hashes
@@ -99,14 +103,15 @@ class Recommender:
     def from_pretrained(cls, export_dir: str | os.PathLike, device: str | torch.device = "cpu",
                         transfer: bool = False, features: str | os.PathLike | None = None,
                         ann_min_items: Optional[int] = ANN_MIN_ITEMS, dataset: str | os.PathLike | None = None,
-                        images: bool = True) -> "Recommender":
+                        images: bool = True, ann_cache: str | os.PathLike | bool | None = True) -> "Recommender":
         """Load an export written by ``mmm4rec.serving.write_export`` (every file checked). ``features`` serves
         it on another feature store; another catalogue needs ``transfer=True`` (content-only scores).
         ``ann_min_items``: catalogues of at least this many items are served through the ANN index (None: never).
         ``dataset``: a local dataset folder whose users can then be recommended to by key (``users=``) and, with
-        ``images``, whose items' images ``image`` returns (``load_dataset``)."""
+        ``images``, whose items' images ``image`` returns (``load_dataset``). ``ann_cache``: the folder the ANN
+        index is kept in between starts (True: ``<export>/ann-cache``; None: built at every start)."""
         return cls(load_export(export_dir, features=features, transfer=transfer), device, ann_min_items, dataset,
-                   images)
+                   images, ann_cache)
 
     def load_dataset(self, dataset: str | os.PathLike, images: bool = True) -> None:
         """Read every user's history of ``dataset`` (mmm4rec.serving.dataset.UserHistories: numpy arrays) and,
@@ -239,9 +244,17 @@ class Recommender:
             return False
         return wanted
 
+    def prepare_ann(self, force: bool = False) -> Optional[AnnIndex]:
+        """Build (or read from the cache) the ANN index now rather than at the first request, when the catalogue
+        is served through it (``force``: whatever its size, e.g. to fill the cache); None when it is not."""
+        if force or self.uses_ann:
+            return self._ann_index()
+        return None
+
     def _ann_index(self) -> AnnIndex:
         if self._ann is None or self._ann.size > self.num_items:
-            self._ann = AnnIndex(self.candidates[1:].cpu().numpy())
+            # only the export's own catalogue is cached: items added since belong to this process alone
+            self._ann = AnnIndex(self.candidates[1:].cpu().numpy(), cache=None if self.added else self.ann_cache)
         elif self._ann.size < self.num_items:  # items added since: appended to their lists
             self._ann.add(self.candidates[1 + self._ann.size:].cpu().numpy())
         return self._ann

@@ -73,3 +73,63 @@ def test_items_added_after_the_index_was_built_are_retrieved(export_dir):
     assert ann._ann.size == 60
     same(ann.recommend(histories + [[("new:a", T0)]], k=62), exact.recommend(histories + [[("new:a", T0)]], k=62))
     assert ann._ann.size == 62
+
+
+def clustered(num: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((20, dim), dtype=np.float32)
+    return centers[rng.integers(0, 20, num)] + 0.5 * rng.standard_normal((num, dim), dtype=np.float32)
+
+
+def test_the_index_is_cached_and_a_mismatched_or_damaged_cache_is_rebuilt_with_a_warning(tmp_path, caplog):
+    cache = tmp_path / "ann-cache"
+    vectors, queries = clustered(3000), clustered(20, seed=1)
+    built = AnnIndex(vectors, cache=cache)
+    assert not built.loaded_from_cache and (cache / ".mmm4rec").is_file()
+    read = AnnIndex(vectors, cache=cache)
+    assert read.loaded_from_cache and read.nprobe == built.nprobe
+    assert np.array_equal(read.search(queries, 10), built.search(queries, 10))
+
+    def rebuilt(vectors, message, **kw):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="mmm4rec.serving.ann"):
+            index = AnnIndex(vectors, cache=cache, **kw)
+        assert not index.loaded_from_cache and message in caplog.text, caplog.text
+        assert AnnIndex(vectors, cache=cache, **kw).loaded_from_cache  # the rebuilt one replaced the cache
+
+    other = vectors.copy()
+    other[17, 3] += 1e-3
+    rebuilt(other, "was built for other candidate vectors; rebuilding it")
+    rebuilt(other, "was built for other parameters (factory); rebuilding it", nlist=16)
+    data = bytearray((cache / "index.faiss").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (cache / "index.faiss").write_bytes(bytes(data))
+    rebuilt(other, "is unreadable (index.faiss does not match the sha256 in index.json); rebuilding it", nlist=16)
+    (cache / "index.json").write_text("{")
+    rebuilt(other, "is unreadable (Expecting", nlist=16)
+
+
+def test_a_folder_the_project_did_not_create_is_not_written(tmp_path, caplog):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with caplog.at_level("WARNING", logger="mmm4rec.serving.ann"):
+        index = AnnIndex(clustered(500), cache=mine)
+    assert index.size == 500 and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert "ANN index not cached in" in caplog.text and "not written by mmm4rec" in caplog.text
+
+
+def test_the_recommender_keeps_its_index_in_the_export_and_reads_it_at_the_next_start(export_dir, tmp_path):
+    import shutil
+
+    export = tmp_path / "export"
+    shutil.copytree(export_dir, export, ignore=shutil.ignore_patterns("ann-cache"))  # other tests' cache
+    histories = [[(f"syn:{i:02d}", T0 + i) for i in (3, 8, 9)]]
+    first = Recommender.from_pretrained(export, ann_min_items=1)
+    assert not first.prepare_ann().loaded_from_cache and (export / "ann-cache" / "index.json").is_file()
+    second = Recommender.from_pretrained(export, ann_min_items=1)
+    assert second.prepare_ann().loaded_from_cache
+    same(second.recommend(histories, k=9), first.recommend(histories, k=9))
+    assert Recommender.from_pretrained(export, ann_min_items=None).prepare_ann() is None  # exact: nothing built
+    third = Recommender.from_pretrained(export, ann_min_items=1, ann_cache=None)
+    assert not third.prepare_ann().loaded_from_cache

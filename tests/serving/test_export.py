@@ -172,6 +172,12 @@ def test_the_export_command_turns_a_run_into_an_export(trained, tiny_dataset, tm
         Recommender.from_pretrained(direct).recommend(history)
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'out'}: exists; name a new folder"
+    assert main(argv[:-1] + [str(tmp_path / "with-ann"), "--ann"]) == 0  # the ANN index built into its cache
+    assert json.loads(capsys.readouterr().out)["ann_cache"]["folder"] == str(tmp_path / "with-ann" / "ann-cache")
+    served = Recommender.from_pretrained(tmp_path / "with-ann", ann_min_items=1)
+    assert served.prepare_ann().loaded_from_cache
+    assert [key for key, _ in served.recommend(history)[0]] == \
+        [key for key, _ in Recommender.from_pretrained(direct, ann_min_items=None).recommend(history)[0]]
     assert EncoderConfig() == cfg.data.encoder  # the run's store is the default MiniLM one
 
 
