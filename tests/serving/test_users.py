@@ -71,3 +71,21 @@ def test_unknown_user_keys_and_wrong_calls_are_one_line_errors(export_dir, wider
         rec.recommend(users=[3])
     with pytest.raises(ConfigError, match="users are known by key only with a dataset"):
         Recommender.from_pretrained(export_dir).recommend(users=[some])
+
+
+def test_item_images_are_read_from_their_shard_by_offset_and_bounded(tmp_path, caplog):
+    from mmm4rec.data.shards import iter_item_records
+    from mmm4rec.serving.dataset import ItemImages, image_type
+
+    root = tmp_path / "data"
+    generate(root, 10, 12, images="generated", seed=2, shard_size=5)
+    stored = {r.key: r.image for _, r in iter_item_records(load_manifest(root).items, BadRecords(), False)}
+    index = {key: i + 1 for i, key in enumerate(sorted(stored)[:-1])}  # the last item: not in the "export"
+    images = ItemImages.read(root, index, len(index))
+    assert images.count == len(index) and images.shard.max() == 2  # three item shards
+    assert all(images.read_image(i) == (stored[key], "image/png") for key, i in index.items())
+    with caplog.at_level(logging.WARNING):
+        small = ItemImages.read(root, index, len(index), max_bytes=min(map(len, stored.values())))
+    assert 0 < small.count < len(index) and "larger than" in caplog.text
+    assert image_type(b"\xff\xd8\xff\xe0rest") == "image/jpeg" and image_type(b"GIF89a..") == "image/gif"
+    assert image_type(b"RIFF\0\0\0\0WEBPVP8 ") == "image/webp" and image_type(b"<svg xmlns=") is None
