@@ -8,12 +8,18 @@ dimension are the items ranked (a load test measures serving cost, not quality).
 (mmm4rec.serving.ann.ANN_MIN_ITEMS) the service ranks through the index, as it would in production; the index is
 built before timing (its build time is reported). The server runs in its own process (uvicorn, one worker), the
 client in this one with --concurrency threads; both share this machine's cores. Bounded: --requests per setting.
+Each setting is loaded twice: with one kept-alive connection per client thread (``http``, how a service's client
+pool calls it) and with a new connection per request (``http_new_connection``, urllib's way).
+
+The known-user index (mmm4rec.serving.dataset.UserHistories) is measured on a synthetic dataset of --users users:
+its bytes per event, load time and the time of one key lookup (``user_index`` in the JSON).
 
     .venv/bin/python tools/bench/serve_load.py [--items 10000 1000000] [--json docs/results/serve_load.json]
 """
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import subprocess
@@ -75,6 +81,27 @@ def padded(export: Path, items: int):
     return rec
 
 
+def user_index(root: Path, users: int) -> dict:
+    """Bytes per event, load time and lookup time of the known-user index over a synthetic dataset."""
+    from mmm4rec.data.synthetic import generate
+    from mmm4rec.serving.dataset import UserHistories
+
+    generate(root / "users", users, 10_000, images="none", seed=0, shard_size=20_000)
+    index = {f"syn:{i:04d}": i + 1 for i in range(10_000)}
+    started = time.perf_counter()
+    known = UserHistories.read(root / "users", index)
+    load_s = time.perf_counter() - started
+    keys = [known.key(r) for r in range(0, known.num_users, max(1, known.num_users // 10_000))]
+    started = time.perf_counter()
+    assert all(known.row(k) is not None for k in keys)
+    lookup = (time.perf_counter() - started) / len(keys)
+    out = {"users": known.num_users, "events": known.num_events, "bytes": known.nbytes,
+           "bytes_per_event": round(known.nbytes / known.num_events, 1), "load_s": round(load_s, 1),
+           "lookup_us": round(1e6 * lookup, 1)}
+    print(json.dumps({"user_index": out}), flush=True)
+    return out
+
+
 def histories(keys: list[str], n: int, seed: int) -> list[list]:
     rng = np.random.default_rng(seed)
     out = []
@@ -116,10 +143,22 @@ def serve(args) -> None:
                 limit_concurrency=64)
 
 
-def load(url: str, bodies: list[bytes], concurrency: int) -> dict:
+def load(url: str, bodies: list[bytes], concurrency: int, keep_alive: bool) -> dict:
+    local = threading.local()
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    path = "/" + url.removeprefix("http://").split("/", 1)[1]
+
     def one(body: bytes) -> float:
-        req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
         t = time.perf_counter()
+        if keep_alive:
+            if getattr(local, "conn", None) is None:
+                local.conn = http.client.HTTPConnection(host, int(port), timeout=120)
+            local.conn.request("POST", path, body, {"Content-Type": "application/json"})
+            r = local.conn.getresponse()
+            r.read()
+            assert r.status == 200
+            return time.perf_counter() - t
+        req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
         with urllib.request.urlopen(req, timeout=120) as r:
             r.read()
             assert r.status == 200
@@ -144,6 +183,7 @@ def main():
     p.add_argument("--concurrency", type=int, default=4, help="client threads")
     p.add_argument("--direct-calls", type=int, default=50)
     p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--users", type=int, default=100_000, help="users of the known-user index measurement (0: skip)")
     p.add_argument("--json")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--export", help=argparse.SUPPRESS)
@@ -154,6 +194,7 @@ def main():
         return serve(args)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        users = user_index(Path(tmp), args.users) if args.users else None
         export = tiny_export(Path(tmp), args.dim)
         keys = json.loads((export / "items.json").read_text())
         for items in args.items:
@@ -179,10 +220,13 @@ def main():
                     server.stdin.write(f"{batch}\n")
                     server.stdin.flush()
                     direct = json.loads(server.stdout.readline())
-                    got = load(url + "/recommend", bodies, args.concurrency)
+                    got = load(url + "/recommend", bodies, args.concurrency, keep_alive=True)
+                    fresh = load(url + "/recommend", bodies, args.concurrency, keep_alive=False)
                     row = {"items": items, "batch": batch, "ann": ready["ann"], "first_call_s": ready["first_call_s"],
-                           "http": got, "direct": direct,
-                           "http_vs_direct_throughput": round(got["requests_per_s"] / direct["calls_per_s"], 2)}
+                           "http": got, "http_new_connection": fresh, "direct": direct,
+                           "http_vs_direct_throughput": round(got["requests_per_s"] / direct["calls_per_s"], 2),
+                           "http_new_connection_vs_direct_throughput":
+                               round(fresh["requests_per_s"] / direct["calls_per_s"], 2)}
                     print(json.dumps(row), flush=True)
                     rows.append(row)
             finally:
@@ -191,6 +235,7 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({**provenance(), "load_average_at_end": os.getloadavg(), "synthetic_candidates": True, "concurrency": args.concurrency, "k": args.k,
+                       "user_index": users,
                        "dim": args.dim, "rows": rows}, f, indent=1)
             f.write("\n")
 
