@@ -15,6 +15,10 @@ the history and entry), quoting at most a short prefix of the offending value.
 Scores are the model's logits: user vector · candidate vector (already divided by the temperature). Equal scores
 rank in catalogue order (lower item id first), so results never depend on how a sort orders ties.
 
+With a dataset (``Recommender.from_pretrained(export, dataset=DIR)``) its users are known by key:
+``rec.recommend(users=["shop:u1"])`` answers as that user's full history in the dataset would
+(mmm4rec.serving.dataset: every history in flat numpy arrays), and ``rec.image(key)`` returns an item's image.
+
 ``add_items`` makes new (cold-start) items recommendable without retraining: their text (and images) go through
 the export's own frozen encoder, and they are scored by content alone (no trained ID rows); they may appear in
 histories too. ``save(folder)`` writes the grown catalogue as a new export (hashed like any other).
@@ -118,7 +122,12 @@ class Recommender:
         with ``images``, where its items' images lie. Its items the export does not hold are counted and reported
         once, and left out of the histories."""
         self.users = UserHistories.read(dataset, self.index)
-        self.images = ItemImages.read(dataset, self.index, self.num_items) if images else None
+        self.images = None
+        if images:
+            try:
+                self.images = ItemImages.read(dataset, self.index, self.num_items)
+            except DataError as e:  # a remote dataset: its users are still known, its images not served
+                log.warning("item images not served: %s", e)
 
     def _install(self, model, features: ItemFeatures, keys: list[str], candidates: torch.Tensor) -> None:
         self.model = model.eval().to(self.device)
