@@ -260,3 +260,16 @@ def test_added_items_are_served_and_an_image_for_a_text_only_export_is_a_warning
     assert status == 400 and "item 'new:lamp' is already in the catalogue" in got["error"]
     status, got = call(server, "/items", {"items": [{"key": "new:x", "text": "x", "image": "%%%"}]})
     assert status == 400 and "items.0.image: not base64" in got["error"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--ann-cache", "somewhere", "--no-ann-cache"], "error: --ann-cache and --no-ann-cache: give one"),
+    (["--dataset", "no-such-dataset"], "error: "),
+])
+def test_bad_serve_arguments_are_one_line_before_serving(export_dir, capsys, extra, message):
+    from mmm4rec.commands import main
+
+    assert main(["serve", "--export", str(export_dir), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert "no-such-dataset/dataset.json: no dataset manifest" in err or "--dataset" not in extra
