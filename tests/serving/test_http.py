@@ -218,27 +218,37 @@ class Page(HTMLParser):
 
 @pytest.mark.skipif(shutil.which("chromium") is None,
                     reason="Debian's chromium is not installed (bash tools/setup.sh dev installs it as root)")
-def test_the_page_shows_the_top_k_titles_in_a_headless_browser(server, rec, tmp_path):
-    keys = rec.keys
-    query = rec.texts[9].split()[0]
-    url = f"{server}/?q={urllib.request.quote(query)}&history={keys[1]},{keys[2]}&k=5&now={T0}"
+def render(url: str, profile) -> tuple[str, Page]:
+    """The page's DOM once its script is done (data-ready), from headless Chromium, and its lists."""
     proc = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000", "--dump-dom",
+                           f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--dump-dom",
                            url], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'data-ready="1"' in proc.stdout, proc.stdout[-3000:]
     page = Page()
     page.feed(proc.stdout)
+    return proc.stdout, page
+
+
+def test_the_page_shows_the_top_k_titles_in_a_headless_browser(server, rec, tmp_path):
+    keys = rec.keys
+    query = rec.texts[9].split()[0]
+    dom, page = render(f"{server}/?q={urllib.request.quote(query)}&history={keys[1]},{keys[2]}&k=5&now={T0}",
+                       tmp_path / "profile")
     want = rec.recommend([[(keys[1], T0 - 60), (keys[2], T0)]], k=5, with_text=True)[0]
     assert [tuple(item) for item in page.lists["recs"]] == [(key, text) for key, _, text in want]
     assert [key for key, _ in page.lists["history"]] == [keys[1], keys[2]]
     assert page.lists["found"] and all(query.lower() in (text + key).lower() for key, text in page.lists["found"])
-    assert re.search(r'id="error"[^>]*></p>', proc.stdout)  # no error shown
+    assert re.search(r'id="error"[^>]*></p>', dom)  # no error shown
     # a thumbnail beside every title, each one loaded (its naturalWidth, recorded by the page once decoded)
     widths = re.findall(r'<li data-key="[^"]*"><img class="thumb" alt="" src="[^"]+" data-width="(\d+)">',
-                        proc.stdout)
+                        dom)
     shown = len(page.lists["recs"]) + len(page.lists["history"]) + len(page.lists["found"])
-    assert len(widths) == shown and all(int(w) > 0 for w in widths), proc.stdout[-3000:]
+    assert len(widths) == shown and all(int(w) > 0 for w in widths), dom[-3000:]
+    user = rec.users.key(0)  # a known user by key: their history in the dataset
+    dom, page = render(f"{server}/?user={urllib.request.quote(user)}&k=4", tmp_path / "profile")
+    assert [key for key, _ in page.lists["recs"]] == [key for key, _ in rec.recommend(users=[user], k=4)[0]]
+    assert f"user {user}, from their history in the dataset" in dom
 
 
 def test_added_items_are_served_and_an_image_for_a_text_only_export_is_a_warning(server):
