@@ -129,7 +129,7 @@ def test_home_renewal_returns_to_the_first_taste_after_a_long_gap():
 
     home, random = closeness("home"), closeness("random")
     print(f"after a long gap, nearer the first item than the previous one by: home {home:.3f}, random {random:.3f}")
-    assert home > 0.2 and random < 0.05, (home, random)
+    assert home > 0.1 and random < 0.0, (home, random)  # measured when written: 0.200 and -0.123
 
 
 def test_bad_renewal_is_a_clear_error(tmp_path):

@@ -180,12 +180,12 @@ def gap_init(model, dt_bias):
                     m.in_proj.bias[-m.cfg.n_heads:] = dt_bias
 
 
-def diagnose(name: str, epochs: int, seed: int = 0) -> dict:
+def diagnose(name: str, epochs: int, seed: int = 0, train_share: float = 0.2) -> dict:
     bench, over, patches = VARIANTS[name]
     V, seqs = sequences(bench)
     g = np.random.default_rng(0)
     feats = np.concatenate([np.zeros((1, 24)), np.concatenate([V, 0.1 * g.standard_normal((ITEMS, 16))], 1)])
-    users = np.random.default_rng(seed).permutation(USERS)[: USERS // 5]  # 20 % of b's users train
+    users = np.random.default_rng(seed).permutation(USERS)[: round(USERS * train_share)]  # the users who train
     train = windows([seqs[u] for u in users], [range(1, len(seqs[u][0]) - 2) for u in users])
     test = windows(seqs, [[len(s[0]) - 1] for s in seqs])
     if patches.get("blind"):  # the same model trained and scored without time: what reading the gaps is worth
@@ -223,7 +223,7 @@ def diagnose(name: str, epochs: int, seed: int = 0) -> dict:
     finally:
         MMM4Rec.time_gaps, MMM4Rec.encode = saved
     best = max(curve, key=lambda c: c["ndcg@10"])  # the best epoch by test NDCG@10: optimistic for every variant
-    return {"variant": name, "benchmark": bench, "model": over, "patches": patches, "best": best,
+    return {"variant": name, "benchmark": bench, "train_share": train_share, "model": over, "patches": patches, "best": best,
             "first_epoch_grad_ratio": curve[0]["time_mix_grad_over_in_proj"], "curve": curve,
             "wall_s": round(time.time() - start)}
 
@@ -233,6 +233,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=9)
     p.add_argument("--no-oracles", dest="oracles", action="store_false")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--train-share", type=float, default=0.2, help="share of b's users whose histories train")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (the data stay seed 0's)")
     p.add_argument("--out", default="docs/results/timepath_control_diag")
     args = p.parse_args()
@@ -243,7 +244,7 @@ def main() -> None:
         for mask, r in o.items():
             print(f"oracles {bench} {mask}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items()), flush=True)
     for name, seed in [(n, s) for s in args.seeds for n in args.variants]:
-        d = {**diagnose(name, args.epochs, seed), "seed": seed}
+        d = {**diagnose(name, args.epochs, seed, args.train_share), "seed": seed}
         result["diagnose"].append(d)
         b = d["best"]
         print(f"{name}, seed {seed}: best epoch {b['epoch']} NDCG@10 {b['ndcg@10']:.4f}, zeroed {b['ndcg@10_timestamps_zeroed']:.4f}"
