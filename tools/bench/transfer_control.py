@@ -55,9 +55,11 @@ def dataset(args, content: float) -> Path:
     """<runs>/data/c<content>: domains a and b, generated once (data seed 0 for every training seed)."""
     from mmm4rec.data.transfer_bench import generate
 
-    out = Path(args.runs) / "data" / f"c{content:g}-t{args.time_signal:g}-{args.users}u{args.items}i"
+    home = f"-home-d{args.drift:g}" if args.renewal == "home" else ""  # the time study's request-time variant
+    out = Path(args.runs) / "data" / f"c{content:g}-t{args.time_signal:g}{home}-{args.users}u{args.items}i"
     if not (out / "b" / "dataset.json").exists():
-        generate(out, args.users, args.items, content=content, time_signal=args.time_signal, seed=0)
+        generate(out, args.users, args.items, content=content, time_signal=args.time_signal, seed=0,
+                 **({"renewal": "home", "drift": args.drift} if home else {}))
     for domain in "ab":  # stage 1 once, before runs share the feature store
         if not (out / domain / "features").exists():
             mmm4rec("extract", ["--dataset", str(out / domain)], out / f"extract-{domain}.log")
@@ -169,11 +171,12 @@ def time_study(args, pool: ThreadPoolExecutor) -> dict:
     reference's initialisation and with model.time_init_std=0.5, then score each with its timestamps and with
     all of them zeroed: is the time path alive, and does it lift NDCG@10?"""
     data = dataset(args, args.contents[0])
-    root = Path(args.runs) / f"c{args.contents[0]:g}-t{args.time_signal:g}"
+    home = f"-home-d{args.drift:g}" if args.renewal == "home" else ""
+    root = Path(args.runs) / f"c{args.contents[0]:g}-t{args.time_signal:g}{home}"
     fraction = args.fractions[-1]
 
     def one(name: str, seed: int) -> dict:
-        tag = "-".join(["time", *TIME_OPTIONS[name], args.variants[0], f"f{fraction:g}", f"s{seed}"])
+        tag = "-".join(["time", *TIME_OPTIONS[name], *args.set, args.variants[0], f"f{fraction:g}", f"s{seed}"])
         tag = tag.replace("=", "_")
         over = [*VARIANTS[args.variants[0]], *TIME_OPTIONS[name], f"train.epochs={EPOCHS[fraction]}",
                 f"train.patience={args.patience}", f"train.seed={seed}", f"data.seed={seed}",
@@ -187,7 +190,8 @@ def time_study(args, pool: ThreadPoolExecutor) -> dict:
                 "epochs_to_best": summary["epochs_to_best"], "run_dir": str(run)}
 
     runs = list(pool.map(lambda j: one(*j), [(n, s) for n in TIME_OPTIONS for s in args.seeds]))
-    return {"content": args.contents[0], "time_signal": args.time_signal, "variant": args.variants[0],
+    return {"content": args.contents[0], "time_signal": args.time_signal, "renewal": args.renewal,
+            **({"drift": args.drift} if home else {}), "set": args.set, "variant": args.variants[0],
             "fraction": fraction, "dataset": str(data), "runs": runs}
 
 
@@ -244,8 +248,10 @@ def plot(result: dict, path: Path) -> None:
 
 def time_markdown(result: dict) -> str:
     t = result["time_study"]
-    lines = [f"    {result['command']}\n", f"content {t['content']:g}, time signal {t['time_signal']:g}, "
-             f"{t['variant']}, {t['fraction']:g} of b's users, from scratch:\n",
+    home = f", renewal home (drift {t['drift']:g})" if t.get("renewal") == "home" else ""
+    extra = f", {' '.join(t['set'])}" if t.get("set") else ""
+    lines = [f"    {result['command']}\n", f"content {t['content']:g}, time signal {t['time_signal']:g}{home}, "
+             f"{t['variant']}, {t['fraction']:g} of b's users, from scratch{extra}:\n",
              "| time path | seed | test NDCG@10 | with timestamps zeroed | change | user-vector change "
              "| epochs to best |",
              "|---|---|---|---|---|---|---|"]
@@ -275,6 +281,9 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--contents", type=float, nargs="+", default=[1.0, 0.5, 0.0])
     p.add_argument("--time-signal", type=float, default=0.0)
+    p.add_argument("--renewal", choices=("random", "home"), default="random",
+                   help="home: after a long gap the taste returns to the user's first one (transfer_bench)")
+    p.add_argument("--drift", type=float, default=0.8, help="the in-session drift under --renewal home")
     p.add_argument("--users", type=int, default=1000, help="users per domain")
     p.add_argument("--items", type=int, default=400, help="items per domain")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.2, 1.0], choices=sorted(EPOCHS))
