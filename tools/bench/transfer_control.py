@@ -73,6 +73,20 @@ def dataset(args, content: float) -> Path:
     return out
 
 
+def without_pictures(args, content: float) -> Path:
+    """The same benchmark with no pictures (same items, users and sequences: the generator draws them apart from
+    the pictures) and a text + image feature store in which every item has the blank-image features: a text +
+    image model scored on it shows what its pictures are worth at test time."""
+    from mmm4rec.data.transfer_bench import generate
+
+    out = Path(args.runs) / "data" / f"c{content:g}-t{args.time_signal:g}-{args.users}u{args.items}i"
+    if not (out / "b" / "dataset.json").exists():
+        generate(out, args.users, args.items, content=content, time_signal=args.time_signal, seed=0)
+    if not (out / "b" / "features" / f"minilm+{IMAGE_TOWER}").exists():
+        mmm4rec("extract", ["--dataset", str(out / "b"), "--image", IMAGE_TOWER], out / "extract-b-image.log")
+    return out / "b"
+
+
 def train(task: str, run: Path, data: Path, overrides: list[str]) -> dict:
     if not (run / "summary.json").exists():
         mmm4rec(task, ["--config", args_preset, "--run-dir", str(run),
@@ -139,6 +153,15 @@ def study(args, content: float, pool: ThreadPoolExecutor) -> dict:
              for m in modalities}
     pre_run, pre_summary, zero = pre_runs[modalities[0]], pre_summaries[modalities[0]], zeros[modalities[0]]
     runs = [f.result() for f in futures]
+    if "image" in modalities:  # the text + image models scored with every picture replaced by the blank image
+        bare = without_pictures(args, content)
+        zero_bare = evaluate(pre_runs["image"], bare, root / "zeroshot-image-nopictures",
+                             ["model.id_bias=false", *image_sets, *args.set])
+        for r in runs:
+            if r["variant"] == "textimage":
+                run = Path(r["run_dir"])
+                r["test_pictures_removed"] = {m: evaluate(run, bare, run.with_name(run.name + "-nopictures"),
+                                                          [*VARIANTS["textimage"], *args.set])[m] for m in METRICS}
     cells = {}
     for v in args.variants:
         for f in args.fractions:
@@ -167,7 +190,9 @@ def study(args, content: float, pool: ThreadPoolExecutor) -> dict:
                 "run_dir": str(pre_runs["image"]), "best_valid": pre_summaries["image"]["best_valid"],
                 "epochs_to_best": pre_summaries["image"]["epochs_to_best"],
                 "epochs": pre_summaries["image"]["epochs"], "wall_time_s": pre_summaries["image"]["wall_time_s"]},
-                "zero_shot_image": {m: zeros["image"][m] for m in METRICS}} if "image" in modalities else {}),
+                "zero_shot_image": {m: zeros["image"][m] for m in METRICS},
+                "zero_shot_image_pictures_removed": {m: zero_bare[m] for m in METRICS}}
+               if "image" in modalities else {}),
             "cells": cells, "runs": runs}
 
 
@@ -239,6 +264,24 @@ def markdown(result: dict) -> str:
             lines.append(f"| {s['content']:g}, text + image | {z:.4f} | {s['popularity']['ndcg@10']:.4f} | "
                          f"{s['random']['ndcg@10']:.4f} | {z / max(s['popularity']['ndcg@10'], 1e-12):.2f} | "
                          f"{s['pretraining_image']['best_valid']} |")
+            z = s["zero_shot_image_pictures_removed"]["ndcg@10"]
+            lines.append(f"| {s['content']:g}, text + image, pictures removed | {z:.4f} | "
+                         f"{s['popularity']['ndcg@10']:.4f} | {s['random']['ndcg@10']:.4f} | "
+                         f"{z / max(s['popularity']['ndcg@10'], 1e-12):.2f} | |")
+    bare = [(s, r) for s in result["studies"] for r in s["runs"] if "test_pictures_removed" in r]
+    if bare:
+        lines += ["", "| content | text + image cell | test NDCG@10 | with every picture removed (blank) |",
+                  "|---|---|---|---|"]
+        for s in result["studies"]:
+            for name in s["cells"]:
+                rs = [r for t, r in bare if t is s and f"{r['variant']} @ {r['fraction']:g}" == name]
+                for init in ("pre-trained", "scratch"):
+                    got = [r for r in rs if r["init"] == init]
+                    if got:
+                        a = mean_std([r["test"]["ndcg@10"] for r in got])
+                        b = mean_std([r["test_pictures_removed"]["ndcg@10"] for r in got])
+                        lines.append(f"| {s['content']:g} | {name}, {init} | {a['mean']:.4f} ± {a['std']:.4f} | "
+                                     f"{b['mean']:.4f} ± {b['std']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
