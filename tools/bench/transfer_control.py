@@ -302,7 +302,8 @@ def plot(result: dict, path: Path) -> None:
                 pre = r["init"] == "pre-trained"
                 ax.plot(range(1, len(r["valid_curve"]) + 1), r["valid_curve"], "-" if pre else "--",
                         color="C0" if pre else "C1", label=r["init"] if r["seed"] == s["runs"][0]["seed"] else None)
-        ax.axhline(s["zero_shot"]["ndcg@10"], color="C2", lw=0.8, label="zero-shot (test)")
+        zero = s["zero_shot_image"] if v == "textimage" else s["zero_shot"]  # its own pre-training's
+        ax.axhline(zero["ndcg@10"], color="C2", lw=0.8, label="zero-shot (test)")
         ax.axhline(s["popularity"]["ndcg@10"], color="grey", lw=0.8, label="popularity (test)")
         ax.set_title(f"content {s['content']:g}: {name}", fontsize=8)
         ax.set_xlabel("epoch")
