@@ -40,6 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere in the repository
 
+from mmm4rec.data.engine import TIME_FORMATS  # noqa: E402
 from mmm4rec.data.schema import DataError  # noqa: E402
 from mmm4rec.data.spark import clean_events, local_path, read_events, spark_sequences  # noqa: E402
 from mmm4rec.tool import error_line, tool_errors  # noqa: E402
@@ -71,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--domain-col", default="domain", help="domain column, where the table has one (default: domain)")
     p.add_argument("--user-col", default="user")
     p.add_argument("--item-col", default="item")
-    p.add_argument("--time-col", default="timestamp", help="integer Unix seconds (default: timestamp)")
+    p.add_argument("--time-col", default="timestamp", help="time column (default: timestamp)")
+    p.add_argument("--time-format", default="unix", choices=TIME_FORMATS,
+                   help="what the time column holds, as for `mmm4rec prepare`: unix (seconds, the default), unix_ms, "
+                        "iso8601 (UTC where no offset is given); a Spark timestamp column is read as such")
     p.add_argument("--format", choices=("parquet", "csv", "tsv"), help="default: from the file name")
     p.add_argument("--k", type=int, default=5, help="k-core: every user and item keeps at least k rows (default 5)")
     p.add_argument("--partitions", type=int, default=1, help="sequence partitions P (default 1)")
@@ -91,13 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     spark = existing or builder.getOrCreate()
     started = time.perf_counter()
     try:
-        columns = dict(user=args.user_col, item=args.item_col, timestamp=args.time_col, domain_column=args.domain_col)
+        columns = dict(user=args.user_col, item=args.item_col, timestamp=args.time_col, domain_column=args.domain_col,
+                       time_format=args.time_format)
         if args.events:
             events, skipped = read_events(spark, args.events, args.domain, fmt=args.format, **columns)
         else:
             events, skipped = clean_events(spark.table(args.table), args.domain, where=args.table, **columns)
         stats = spark_sequences(spark, events, args.build, args.k, args.partitions, checkpoint=args.checkpoint)
-        report = {"source": args.events or f"table {args.table}", "k": args.k, "partitions": args.partitions,
+        report = {"source": args.events or f"table {args.table}", "time_format": args.time_format, "k": args.k,
+                  "partitions": args.partitions,
                   "domains": stats, "skipped": skipped, "seconds": round(time.perf_counter() - started, 1),
                   "spark": spark.version}
         text = json.dumps(report, indent=1, ensure_ascii=False) + "\n"

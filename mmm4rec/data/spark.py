@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
+from .engine import TIME_FORMATS
 from .schema import MAX_TIMESTAMP, DataError
+from .tables import TIME_SAMPLE_ROWS, judge_time_sample
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,11 @@ WHITESPACE = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
 BROADCAST_KEYS = 1_000_000  # a table of keys up to this many rows is broadcast to its join, else shuffled
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
 _INTEGER_TEXT = r"^[+-]?[0-9]+(_[0-9]+)*$"  # what Python's int() reads (ASCII digits)
+# ISO-8601 as Python's datetime.fromisoformat and DuckDB both read it: a date, optionally a time ('T' or ' '),
+# optionally an offset (Z or ±hh[:mm]); Spark's own cast also reads forms the converter refuses (a bare year)
+_ISO_TIME = r"[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?"
+_ISO_OFFSET = r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)"
+_ISO_TEXT = rf"^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}({_ISO_TIME}{_ISO_OFFSET}?)?$"
 _FLOAT_TEXT = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$"  # float text, without Java's 1d or 0x1p3
 
 
@@ -325,7 +332,7 @@ def local_path(path: str) -> Optional[Path]:
 # --------------------------------------------------------------------------------------------------------- inputs
 def read_events(spark: Any, path: str | os.PathLike, domain: Optional[str] = None, *, user: str = "user",
                 item: str = "item", timestamp: str = "timestamp", domain_column: Optional[str] = "domain",
-                fmt: Optional[str] = None) -> tuple[Any, dict[str, int]]:
+                fmt: Optional[str] = None, time_format: str = "unix") -> tuple[Any, dict[str, int]]:
     """A Parquet, CSV or TSV table (a file or a folder of them; CSV/TSV with a header line, plain or
     compressed) -> ``clean_events`` of it: (usable events, rows skipped by reason). A CSV/TSV line whose field
     count differs from the header's is a ``bad_record``; blank lines are left out, as the converter does."""
@@ -350,12 +357,13 @@ def read_events(spark: Any, path: str | os.PathLike, domain: Optional[str] = Non
     else:
         raise DataError(f"{path}: format {fmt!r} is not one of parquet, csv, tsv")
     return clean_events(table, domain, user=user, item=item, timestamp=timestamp, domain_column=domain_column,
-                        malformed=F.col(_quoted(corrupt)).isNotNull() if corrupt else None, where=path)
+                        malformed=F.col(_quoted(corrupt)).isNotNull() if corrupt else None, where=path,
+                        time_format=time_format)
 
 
 def clean_events(table: Any, domain: Optional[str] = None, *, user: str = "user", item: str = "item",
                  timestamp: str = "timestamp", domain_column: Optional[str] = "domain", malformed: Any = None,
-                 where: str = "events") -> tuple[Any, dict[str, int]]:
+                 where: str = "events", time_format: str = "unix") -> tuple[Any, dict[str, int]]:
     """A table of interactions (a DataFrame: a Hive table, ``spark.table(name)``, or a file read by
     ``read_events``) -> (events, skipped): the usable events (domain, user, item, t) for ``spark_sequences``,
     and how many rows were dropped by reason (``bad_record``, ``bad_timestamps``; reasons without rows left out).
@@ -366,7 +374,11 @@ def clean_events(table: Any, domain: Optional[str] = None, *, user: str = "user"
     is an integer, an integral float or the text of either (or a Spark timestamp: seconds from 1970 UTC,
     fractions cut off), between 1970 and the year 9999. A row with a missing or empty id, a list for an id, a
     domain containing ':' (or ``malformed``, a boolean column) is ``bad_record``; an empty or unusable timestamp
-    is ``bad_timestamps`` (an id problem is named first, as the converter does).
+    is ``bad_timestamps`` (an id problem is named first, as the converter does). ``time_format`` (engine.TIME_FORMATS)
+    says what a timestamp that is not a Spark timestamp holds: Unix seconds, Unix milliseconds (floored to
+    seconds) or ISO-8601 text (UTC where it names no offset); as in the converter, the first rows are judged before
+    the whole table is read (tables.judge_time_sample), so a wrong unit is an error with a hint, not a table of
+    skipped rows.
 
     Only the counts come back, not the file and line of each bad row: the single-machine path
     (tools/prepare_tables.py, mmm4rec.data.tables) reports those; Spark reads a table in parallel splits. The
@@ -383,9 +395,14 @@ def clean_events(table: Any, domain: Optional[str] = None, *, user: str = "user"
     if not has_domain and (not domain or ":" in domain):
         raise DataError(f"{where}: without a domain column the domain must be given, non-empty and without ':' "
                         f"(got {domain!r})")
+    if time_format not in TIME_FORMATS:
+        raise DataError(f"--time-format {time_format!r}: expected one of {', '.join(TIME_FORMATS)}")
+    sample = table.select(timestamp).limit(TIME_SAMPLE_ROWS).collect()
+    judge_time_sample(((f"{where}: row {n} of the first read", row[0]) for n, row in enumerate(sample, 1)),
+                      time_format, where)
 
     user_v, item_v = _id(user, types[user]), _id(item, types[item])
-    t_v = _seconds(timestamp, types[timestamp])
+    t_v = _seconds(timestamp, types[timestamp], time_format)
     domain_v = _id(domain_column, types[domain_column]) if has_domain else F.lit(domain)
     good_id = lambda v: v.isNotNull() & (v != "")  # noqa: E731
     good_t = t_v.isNotNull() & (t_v >= 0) & (t_v <= MAX_TIMESTAMP)
@@ -431,27 +448,46 @@ def _id(column: str, kind: Any) -> Any:
     return F.btrim(c.cast("string"), F.lit(WHITESPACE))
 
 
-def _seconds(column: str, kind: Any) -> Any:
-    """A cell as integer seconds (tables._seconds), NULL where it is none."""
+def _seconds(column: str, kind: Any, time_format: str = "unix") -> Any:
+    """A cell as integer seconds (engine.formatted_seconds' rules for ``time_format``), NULL where it is none."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     c = F.col(_quoted(column))
-    if isinstance(kind, (T.ByteType, T.ShortType, T.IntegerType, T.LongType)):
-        return c.cast("long")
-    if isinstance(kind, (T.FloatType, T.DoubleType, T.DecimalType)):
-        d = c.cast("double")
-        return F.when(~F.isnan(d) & (d % 1 == 0) & (d >= 0) & (d <= MAX_TIMESTAMP), d.cast("long"))
     if isinstance(kind, T.TimestampType):
         return _floor_seconds(f"unix_micros({_quoted(column)})")
     if isinstance(kind, T.TimestampNTZType):
         return _floor_seconds(f"timestampdiff(MICROSECOND, TIMESTAMP_NTZ'1970-01-01 00:00:00', {_quoted(column)})")
-    if isinstance(kind, T.StringType):
+    if time_format == "iso8601":
+        if not isinstance(kind, T.StringType):
+            return F.lit(None).cast("long")  # a number is not ISO-8601 text
+        s = F.btrim(c, F.lit(WHITESPACE))
+        # Spark reads no hh:mm without seconds before an offset: ':00' is added
+        s = F.regexp_replace(s, r"^([0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2})(?=$|Z|[+-])", "$1:00")
+        # Text without an offset is UTC, whatever the session's time zone: it gets a 'Z' before Spark reads it
+        utc = (F.when(s.rlike(f"{_ISO_TIME}{_ISO_OFFSET}$"), s).when(s.rlike(f"{_ISO_TIME}$"), F.concat(s, F.lit("Z")))
+               .otherwise(F.concat(s, F.lit("T00:00:00Z"))))
+        stamp = utc.try_cast("timestamp")
+        seconds = F.unix_seconds(stamp)  # truncated toward 0: one less where a fraction lies before 1970
+        return F.when(s.rlike(_ISO_TEXT), seconds - F.when(F.unix_micros(stamp) < seconds * 1_000_000, 1)
+                      .otherwise(0))
+    if isinstance(kind, (T.ByteType, T.ShortType, T.IntegerType, T.LongType)):
+        number = c.cast("long")
+    elif isinstance(kind, (T.FloatType, T.DoubleType, T.DecimalType)):
+        d = c.cast("double")
+        limit = MAX_TIMESTAMP * (1000 if time_format == "unix_ms" else 1)
+        number = F.when(~F.isnan(d) & (d % 1 == 0) & (d >= 0) & (d <= limit), d.cast("long"))
+    elif isinstance(kind, T.StringType):
         s = F.btrim(c, F.lit(WHITESPACE))
         d = s.try_cast("double")
-        return (F.when(s.rlike(_INTEGER_TEXT), F.regexp_replace(s, "_", "").try_cast("long"))
-                .when(s.rlike(_FLOAT_TEXT) & (d % 1 == 0) & (d >= 0) & (d <= MAX_TIMESTAMP), d.cast("long")))
-    return F.lit(None).cast("long")  # dates, booleans, binary, lists: not Unix seconds
+        limit = MAX_TIMESTAMP * (1000 if time_format == "unix_ms" else 1)
+        number = (F.when(s.rlike(_INTEGER_TEXT), F.regexp_replace(s, "_", "").try_cast("long"))
+                  .when(s.rlike(_FLOAT_TEXT) & (d % 1 == 0) & (d >= 0) & (d <= limit), d.cast("long")))
+    else:
+        return F.lit(None).cast("long")  # dates, booleans, binary, lists: not Unix seconds
+    if time_format == "unix_ms":  # floored to seconds; a negative value stays out of range (engine: -1)
+        return F.when(number < 0, F.lit(-1).cast("long")).otherwise(F.floor(number / 1000).cast("long"))
+    return number
 
 
 def _floor_seconds(micros: str) -> Any:

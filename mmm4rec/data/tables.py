@@ -717,38 +717,45 @@ def time_hint(value: Any, time_format: str) -> Optional[str]:
 
 def check_time_sample(table: Table, column: str, time_format: str, strict: bool = False,
                       rows: int = TIME_SAMPLE_ROWS) -> None:
-    """Read the first ``rows`` timestamps before the whole table: when the first one that is not ``time_format``
-    looks like another format and half of them or more are not (with ``strict``: any one), a DataError naming it,
-    with the hint (``looks like milliseconds: use --time-format unix_ms``). A wrong unit fails here, not after a
-    full read that skipped every row; other bad timestamps stay the engine's (counted skips, or strict errors). Milliseconds all before 1973 are seconds read as
-    milliseconds: an error too."""
+    """Read the first ``rows`` timestamps before the whole table and judge them (``judge_time_sample``): a wrong
+    unit fails here, not after a full read that skipped every row."""
     if time_format not in TIME_FORMATS:
         raise DataError(f"--time-format {time_format!r}: expected one of {', '.join(TIME_FORMATS)}")
-    seen, bad, first, values = 0, 0, None, []
     sample = table.rows(BadRecords(False, examples=0), [column])
     try:
-        for n, row in sample:
-            value = row.get(column)
-            seen += 1
-            try:
-                values.append(seconds_as(value, time_format))
-            except InvalidRecord as e:
-                bad += 1
-                hint = time_hint(value, time_format)
-                if first is None:
-                    first = (n, e.problem, hint)
-                if strict and hint:
-                    break
-            if seen >= rows:
-                break
+        judge_time_sample(((table.where(n), row.get(column)) for n, row in sample), time_format, table.path,
+                          strict, rows)
     finally:
         sample.close()
+
+
+def judge_time_sample(cells: Iterable[tuple[str, Any]], time_format: str, source: Any, strict: bool = False,
+                      rows: int = TIME_SAMPLE_ROWS) -> None:
+    """The first ``rows`` (where, timestamp cell) of a table: when the first one that is not ``time_format`` looks
+    like another format and half of them or more are not (with ``strict``: any one), a DataError naming it, with
+    the hint (``looks like milliseconds: use --time-format unix_ms``). Other bad timestamps stay the reader's
+    (counted skips, or strict errors). Milliseconds all before 1973 are seconds read as milliseconds: an error
+    too. Shared by the single-machine converter and the Spark path (mmm4rec.data.spark)."""
+    seen, bad, first, values = 0, 0, None, []
+    for where, value in cells:
+        seen += 1
+        try:
+            values.append(seconds_as(value, time_format))
+        except InvalidRecord as e:
+            bad += 1
+            hint = time_hint(value, time_format)
+            if first is None:
+                first = (where, e.problem, hint)
+            if strict and hint:
+                break
+        if seen >= rows:
+            break
     if first is not None and first[2] and (bad * 2 >= seen or strict):
-        n, problem, hint = first
+        where, problem, hint = first
         share = f" ({bad} of the first {seen} timestamps)" if bad > 1 else ""
-        raise DataError(f"{table.where(n)}: {problem}{share}" + (f"; {hint}" if hint else ""))
+        raise DataError(f"{where}: {problem}{share}" + (f"; {hint}" if hint else ""))
     if time_format == "unix_ms" and values and max(values) < 100_000_000:
-        raise DataError(f"{table.path}: the first {len(values)} timestamps read as milliseconds all fall before "
+        raise DataError(f"{source}: the first {len(values)} timestamps read as milliseconds all fall before "
                         "1973-03-04; they look like Unix seconds: use --time-format unix")
 
 

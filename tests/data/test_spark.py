@@ -330,3 +330,54 @@ def test_a_spark_build_finished_with_the_item_table_is_the_single_machine_datase
         assert main(["--events", str(events), "--domain", "shop", "--k", "5", "--partitions", "3",
                      "--build", str(build)]) == 0
         tables.prepare_items_for(build, short, tmp_path / "spark2", text_fields=fields, name="shop")
+
+
+def test_time_formats_read_as_the_converter_reads_them(spark, tmp_path):
+    """--time-format on the Spark path: milliseconds (floored) and ISO-8601 text (with offsets, without = UTC
+    whatever the session's time zone, date only, fractions cut off) give the seconds the single-machine
+    converter's rules give (tables.seconds_as); a wrong unit is an error with the converter's hint, judged on the
+    first rows."""
+    from datetime import datetime, timedelta, timezone
+
+    from mmm4rec.data.schema import InvalidRecord
+    from mmm4rec.data.tables import seconds_as
+
+    seconds = [0, 1, 59, 978_300_760, 1_600_000_000, 1_700_000_001, 253_402_300_799]
+    texts = [datetime.fromtimestamp(t, timezone.utc).replace(tzinfo=None).isoformat() for t in seconds]
+    texts += [datetime.fromtimestamp(t, timezone.utc).astimezone(timezone(timedelta(hours=-5))).isoformat()
+              for t in seconds[1:-1]]
+    texts += ["2020-02-29", "2020-02-29 10:00", "2020-02-29T10:00:00.999999Z", "2020-02-29T10:00:00+0130",
+              "1969-12-31T23:59:59.5Z", "2020-13-01", "2020", "1600000000", ""]
+    cases = {"unix_ms": [str(t * 1000 + 999) for t in seconds] + ["-1", "1.5", "x"], "iso8601": texts}
+    previous = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", "America/New_York")  # must not matter
+    try:
+        for fmt, values in cases.items():
+            csv = tmp_path / f"{fmt}.csv"
+            csv.write_text("user,item,timestamp\n" + "".join(f"u{n},i{n},{v}\n" for n, v in enumerate(values)))
+            expected, bad = {}, 0
+            for n, v in enumerate(values):
+                try:
+                    expected[f"u{n}"] = seconds_as(v, fmt)
+                except InvalidRecord:
+                    bad += 1
+            events, skipped = read_events(spark, csv, "web", time_format=fmt)
+            assert {r.user: r.t for r in events.collect()} == expected, fmt
+            assert skipped == {"bad_timestamps": bad}, fmt
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", previous)
+
+    ms = tmp_path / "ms.csv"
+    ms.write_text("user,item,timestamp\n" + "".join(f"u{n},i{n},{1_600_000_000_000 + n}\n" for n in range(50)))
+    with pytest.raises(DataError, match=r"ms.csv: row 1 of the first read: timestamp .* \(50 of the first 50 "
+                                        r"timestamps\); looks like milliseconds: use --time-format unix_ms"):
+        read_events(spark, ms, "web")
+    with pytest.raises(DataError, match="--time-format 'ms'"):
+        read_events(spark, ms, "web", time_format="ms")
+    main = runpy.run_path(str(Path(__file__).resolve().parents[2] / "tools" / "spark_sequences.py"))["main"]
+    build = tmp_path / "build"
+    assert main(["--events", str(ms), "--domain", "web", "--k", "1", "--build", str(build),
+                 "--time-format", "unix_ms"]) == 0
+    report = json.loads((build / "spark_stats.json").read_text())
+    assert report["time_format"] == "unix_ms" and report["skipped"] == {}
+    assert {r[3] for r in _partition_rows(build / "seqs" / "part=0")} == {1_600_000_000}
