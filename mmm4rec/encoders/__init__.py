@@ -1,8 +1,9 @@
 """Frozen item encoders for stage 1, built with transformers from a model name or a local folder.
 
-``EncoderConfig.text`` / ``.image`` name the models: "minilm" is the offline all-MiniLM-L6-v2 default; a CLIP or
-SigLIP name gives both towers (name it in both fields, it is loaded once); any AutoModel text or vision model
-works too. Outputs are L2-normalised float32 arrays, one row per input.
+``EncoderConfig.text`` / ``.image`` name the models: "minilm" is the offline all-MiniLM-L6-v2 default and
+"mobilenet-v2" the offline ImageNet MobileNetV2 image tower (mobilenet.py); a CLIP or SigLIP name gives both towers
+(name it in both fields, it is loaded once); any AutoModel text or vision model works too. Outputs are
+L2-normalised float32 arrays, one row per input.
 """
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ import torch
 from mmm4rec.config import EncoderConfig
 
 from .image import ImageEncoder
-from .models import MINILM, PROCEDURE, load, revision
+from .models import MINILM, MOBILENET, PROCEDURE, load, revision
 from .text import TextEncoder
 
 __all__ = ["Encoders", "TextEncoder", "ImageEncoder", "build_encoders", "encoder_identity", "encoder_slug",
-           "identity_matches", "MINILM"]
+           "identity_matches", "MINILM", "MOBILENET"]
 
 log = logging.getLogger(__name__)
 

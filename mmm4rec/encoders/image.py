@@ -1,5 +1,6 @@
 """Frozen image tower: a joint model's ``get_image_features``, or any AutoModel vision model (its pooled output,
-else the mean of its last hidden state). Output: L2-normalised float32.
+else the mean of its last hidden state), or the offline ``mobilenet-v2`` (mobilenet.py). Output: L2-normalised
+float32.
 
 Missing images (none stored, or unreadable in lenient mode) follow the reference implementation: they are
 encoded as a blank white image, and the feature store flags them in ``image_missing.npy``.
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor
 
+from . import mobilenet
 from .models import autocast, is_joint, pooled, resolve
 
 
@@ -22,7 +24,8 @@ class ImageEncoder:
         self.model = model
         self.device = device
         # The PIL backend needs no torchvision and gives the same preprocessing on every machine.
-        self.processor = AutoImageProcessor.from_pretrained(resolve(source), backend="pil")
+        self.processor = (mobilenet.processor() if source == mobilenet.MOBILENET
+                          else AutoImageProcessor.from_pretrained(resolve(source), backend="pil"))
         self.joint = is_joint(model)
 
     @torch.no_grad()

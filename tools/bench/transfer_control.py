@@ -31,7 +31,11 @@ from mmm4rec.data.transfer_bench import baselines
 from provenance import REPO, provenance
 
 PRESET = "ml100k_finetune"  # N=64, L=20, one layer, full softmax: the CPU-sized MovieLens study's model
-VARIANTS = {"text": ["model.id_bias=false"], "textid": []}
+# textimage: text + the offline ImageNet MobileNetV2's features of each item's picture (needs --images fashion-mnist);
+# it has its own pre-training on a, with the same image tower.
+IMAGE_TOWER = "mobilenet-v2"
+VARIANTS = {"text": ["model.id_bias=false"], "textid": [],
+            "textimage": ["model.id_bias=false", f"data.encoder.image={IMAGE_TOWER}"]}
 EPOCHS = {0.05: 40, 0.2: 20, 1.0: 10}  # a smaller share gets more (shorter) epochs, as in the MovieLens study
 METRICS = ("ndcg@10", "hit@10")
 
@@ -56,14 +60,32 @@ def dataset(args, content: float) -> Path:
     from mmm4rec.data.transfer_bench import generate
 
     home = f"-home-d{args.drift:g}" if args.renewal == "home" else ""  # the time study's request-time variant
-    out = Path(args.runs) / "data" / f"c{content:g}-t{args.time_signal:g}{home}-{args.users}u{args.items}i"
+    pictures = "-fmnist" if args.images != "none" else ""
+    out = Path(args.runs) / "data" / f"c{content:g}-t{args.time_signal:g}{home}-{args.users}u{args.items}i{pictures}"
     if not (out / "b" / "dataset.json").exists():
         generate(out, args.users, args.items, content=content, time_signal=args.time_signal, seed=0,
-                 **({"renewal": "home", "drift": args.drift} if home else {}))
+                 images=args.images, **({"renewal": "home", "drift": args.drift} if home else {}))
     for domain in "ab":  # stage 1 once, before runs share the feature store
         if not (out / domain / "features").exists():
             mmm4rec("extract", ["--dataset", str(out / domain)], out / f"extract-{domain}.log")
+        if "textimage" in args.variants and not (out / domain / "features" / f"minilm+{IMAGE_TOWER}").exists():
+            mmm4rec("extract", ["--dataset", str(out / domain), "--image", IMAGE_TOWER],
+                    out / f"extract-{domain}-image.log")
     return out
+
+
+def without_pictures(args, content: float) -> Path:
+    """The same benchmark with no pictures (same items, users and sequences: the generator draws them apart from
+    the pictures) and a text + image feature store in which every item has the blank-image features: a text +
+    image model scored on it shows what its pictures are worth at test time."""
+    from mmm4rec.data.transfer_bench import generate
+
+    out = Path(args.runs) / "data" / f"c{content:g}-t{args.time_signal:g}-{args.users}u{args.items}i"
+    if not (out / "b" / "dataset.json").exists():
+        generate(out, args.users, args.items, content=content, time_signal=args.time_signal, seed=0)
+    if not (out / "b" / "features" / f"minilm+{IMAGE_TOWER}").exists():
+        mmm4rec("extract", ["--dataset", str(out / "b"), "--image", IMAGE_TOWER], out / "extract-b-image.log")
+    return out / "b"
 
 
 def train(task: str, run: Path, data: Path, overrides: list[str]) -> dict:
@@ -99,11 +121,15 @@ def mean_std(values: list[float]) -> dict:
 
 def study(args, content: float, pool: ThreadPoolExecutor) -> dict:
     data = dataset(args, content)
-    root = Path(args.runs) / f"c{content:g}-t{args.time_signal:g}"
-    pre_run = root / "pretrain-s0"
+    root = Path(args.runs) / f"c{content:g}-t{args.time_signal:g}{'-fmnist' if args.images != 'none' else ''}"
     pre_sets = ["model.id_bias=false", "train.loss=full", f"train.epochs={args.pretrain_epochs}",
                 "train.patience=2", "data.holdout_users=0.1", *args.set]
-    pre_future = pool.submit(train, "pretrain", pre_run, data / "a", pre_sets)
+    # text + image fine-tunings start from a text + image pre-training; the other variants from the text one
+    pre_runs = {"text": root / "pretrain-s0", "image": root / "pretrain-image-s0"}
+    modalities = ["text"] * any(v != "textimage" for v in args.variants) + ["image"] * ("textimage" in args.variants)
+    image_sets = VARIANTS["textimage"][1:]
+    pre_futures = {m: pool.submit(train, "pretrain", pre_runs[m], data / "a",
+                                  pre_sets + (image_sets if m == "image" else [])) for m in modalities}
 
     def finetune(variant: str, fraction: float, pretrained: bool, seed: int) -> dict:
         recipe = args.pretrained_set if pretrained else []
@@ -113,17 +139,30 @@ def study(args, content: float, pool: ThreadPoolExecutor) -> dict:
                 f"train.seed={seed}", f"data.seed={seed}", *([f"data.train_users={fraction}"] if fraction < 1 else []),
                 *args.set]
         if pretrained:
-            pre_future.result()
-            over += [f"train.init_from={pre_run}", *recipe]
+            m = "image" if variant == "textimage" else "text"
+            pre_futures[m].result()
+            over += [f"train.init_from={pre_runs[m]}", *recipe]
         run = root / tag
         return {"variant": variant, "fraction": fraction, "init": "pre-trained" if pretrained else "scratch",
                 "seed": seed, **finetune_record(run, train("finetune", run, data / "b", over))}
 
     jobs = [(v, f, p, s) for p in (False, True) for v in args.variants for f in args.fractions for s in args.seeds]
     futures = [pool.submit(finetune, *j) for j in jobs]
-    pre_summary = pre_future.result()
-    zero = evaluate(pre_run, data / "b", root / "zeroshot", ["model.id_bias=false", *args.set])
+    pre_summaries = {m: f.result() for m, f in pre_futures.items()}
+    zeros = {m: evaluate(pre_runs[m], data / "b", root / ("zeroshot" if m == "text" else "zeroshot-image"),
+                         ["model.id_bias=false", *(image_sets if m == "image" else []), *args.set])
+             for m in modalities}
+    pre_run, pre_summary, zero = pre_runs[modalities[0]], pre_summaries[modalities[0]], zeros[modalities[0]]
     runs = [f.result() for f in futures]
+    if "image" in modalities:  # the text + image models scored with every picture replaced by the blank image
+        bare = without_pictures(args, content)
+        zero_bare = evaluate(pre_runs["image"], bare, root / "zeroshot-image-nopictures",
+                             ["model.id_bias=false", *image_sets, *args.set])
+        for r in runs:
+            if r["variant"] == "textimage":
+                run = Path(r["run_dir"])
+                r["test_pictures_removed"] = {m: evaluate(run, bare, run.with_name(run.name + "-nopictures"),
+                                                          [*VARIANTS["textimage"], *args.set])[m] for m in METRICS}
     cells = {}
     for v in args.variants:
         for f in args.fractions:
@@ -148,6 +187,13 @@ def study(args, content: float, pool: ThreadPoolExecutor) -> dict:
                                             for h in pre_summary["valid_history"]]},
             "zero_shot": {m: zero[m] for m in METRICS}, **base,
             "zero_shot_over_popularity": zero["ndcg@10"] / max(base["popularity"]["ndcg@10"], 1e-12),
+            **({"images": args.images, "pretraining_image": {
+                "run_dir": str(pre_runs["image"]), "best_valid": pre_summaries["image"]["best_valid"],
+                "epochs_to_best": pre_summaries["image"]["epochs_to_best"],
+                "epochs": pre_summaries["image"]["epochs"], "wall_time_s": pre_summaries["image"]["wall_time_s"]},
+                "zero_shot_image": {m: zeros["image"][m] for m in METRICS},
+                "zero_shot_image_pictures_removed": {m: zero_bare[m] for m in METRICS}}
+               if "image" in modalities else {}),
             "cells": cells, "runs": runs}
 
 
@@ -216,6 +262,29 @@ def markdown(result: dict) -> str:
         lines.append(f"| {s['content']:g} | {s['zero_shot']['ndcg@10']:.4f} | {s['popularity']['ndcg@10']:.4f} | "
                      f"{s['random']['ndcg@10']:.4f} | {s['zero_shot_over_popularity']:.2f} | "
                      f"{s['pretraining']['best_valid']} |")
+        if "zero_shot_image" in s:
+            z = s["zero_shot_image"]["ndcg@10"]
+            lines.append(f"| {s['content']:g}, text + image | {z:.4f} | {s['popularity']['ndcg@10']:.4f} | "
+                         f"{s['random']['ndcg@10']:.4f} | {z / max(s['popularity']['ndcg@10'], 1e-12):.2f} | "
+                         f"{s['pretraining_image']['best_valid']} |")
+            z = s["zero_shot_image_pictures_removed"]["ndcg@10"]
+            lines.append(f"| {s['content']:g}, text + image, pictures removed | {z:.4f} | "
+                         f"{s['popularity']['ndcg@10']:.4f} | {s['random']['ndcg@10']:.4f} | "
+                         f"{z / max(s['popularity']['ndcg@10'], 1e-12):.2f} | |")
+    bare = [(s, r) for s in result["studies"] for r in s["runs"] if "test_pictures_removed" in r]
+    if bare:
+        lines += ["", "| content | text + image cell | test NDCG@10 | with every picture removed (blank) |",
+                  "|---|---|---|---|"]
+        for s in result["studies"]:
+            for name in s["cells"]:
+                rs = [r for t, r in bare if t is s and f"{r['variant']} @ {r['fraction']:g}" == name]
+                for init in ("pre-trained", "scratch"):
+                    got = [r for r in rs if r["init"] == init]
+                    if got:
+                        a = mean_std([r["test"]["ndcg@10"] for r in got])
+                        b = mean_std([r["test_pictures_removed"]["ndcg@10"] for r in got])
+                        lines.append(f"| {s['content']:g} | {name}, {init} | {a['mean']:.4f} ± {a['std']:.4f} | "
+                                     f"{b['mean']:.4f} ± {b['std']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -236,7 +305,8 @@ def plot(result: dict, path: Path) -> None:
                 pre = r["init"] == "pre-trained"
                 ax.plot(range(1, len(r["valid_curve"]) + 1), r["valid_curve"], "-" if pre else "--",
                         color="C0" if pre else "C1", label=r["init"] if r["seed"] == s["runs"][0]["seed"] else None)
-        ax.axhline(s["zero_shot"]["ndcg@10"], color="C2", lw=0.8, label="zero-shot (test)")
+        zero = s["zero_shot_image"] if v == "textimage" else s["zero_shot"]  # its own pre-training's
+        ax.axhline(zero["ndcg@10"], color="C2", lw=0.8, label="zero-shot (test)")
         ax.axhline(s["popularity"]["ndcg@10"], color="grey", lw=0.8, label="popularity (test)")
         ax.set_title(f"content {s['content']:g}: {name}", fontsize=8)
         ax.set_xlabel("epoch")
@@ -289,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.2, 1.0], choices=sorted(EPOCHS))
     p.add_argument("--variants", nargs="+", default=["text", "textid"], choices=sorted(VARIANTS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--images", choices=["none", "fashion-mnist"], default="none",
+                   help="give items real Fashion-MNIST pictures (needed by --variants textimage)")
     p.add_argument("--pretrain-epochs", type=int, default=8)
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--preset", default=PRESET)
@@ -302,6 +374,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", default="runs/transfer_control")
     p.add_argument("--out", default="docs/results/transfer_control")
     args = p.parse_args(argv)
+    if "textimage" in args.variants and args.images == "none":
+        p.error("--variants textimage needs --images fashion-mnist")
     args_preset = args.preset
     start = time.time()
     if args.time_study:
