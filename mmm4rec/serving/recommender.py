@@ -312,7 +312,10 @@ class Recommender:
     # ------------------------------------------------------------------------------------------------ histories
     def _histories_or_users(self, histories, users, unknown_user: str, labels):
         """Exactly one of ``histories`` and ``users``; user keys become their parsed histories (and labels)."""
-        if (histories is None) == (users is None):
+        if histories is None and users is None:  # the old API's error, with the new alternative named
+            raise ConfigError("histories must be a list of histories, got None: give exactly one of histories and "
+                              "users (known user keys)")
+        if histories is not None and users is not None:
             raise ConfigError("give exactly one of histories and users (known user keys)")
         if users is None:
             return histories, labels
