@@ -70,15 +70,22 @@ def members(data: bytes, verified: bool = False) -> Iterator[tuple[str, bytes]]:
         pos = start + (size + BLOCK - 1) // BLOCK * BLOCK
 
 
+def sample_key(name: str) -> tuple[str, str] | None:
+    """(sample key, extension) of a member name: webdataset's grouping, the name up to the first dot of its
+    basename; None when the basename has no dot."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    return None if dot < 0 else (name[:dot], name[dot + 1 :])
+
+
 def parse(data: bytes, verified: bool = False) -> Iterator[dict[str, Any]]:
     """webdataset-style samples of a shard held in memory (``verified``: its bytes matched the manifest)."""
     current: dict[str, Any] | None = None
     for name, content in members(data, verified):
-        slash = name.rfind("/") + 1
-        dot = name.find(".", slash)
-        if dot < 0:
+        split = sample_key(name)
+        if split is None:
             raise TarFormatError(f"member {name!r} has no extension")
-        key, ext = name[:dot], name[dot + 1 :]
+        key, ext = split
         if current is None or current["__key__"] != key:
             if current is not None:
                 yield current

@@ -35,12 +35,13 @@ import numpy as np
 
 from ..data.dataset import load_manifest
 from ..data.schema import BadRecords, DataError
-from ..data.shards import iter_seq_records
+from ..data.shards import IMAGE_EXTS, iter_seq_records
 from ..data.stream import user_key_hash
+from ..data.tar_reader import sample_key
 
 log = logging.getLogger(__name__)
 
-IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "gif")  # the tar member extensions an item's image may have
+IMAGE_MEMBERS = tuple(IMAGE_EXTS.values())  # the tar member extensions the shard writer gives an item's image
 MAX_IMAGE_BYTES = 8 << 20
 
 
@@ -234,11 +235,10 @@ def _images_of(tar: tarfile.TarFile):
     for member in tar:
         if not member.isfile():
             continue
-        slash = member.name.rfind("/") + 1
-        dot = member.name.find(".", slash)
-        if dot < 0:
+        split = sample_key(member.name)
+        if split is None:
             continue
-        sample, ext = member.name[:dot], member.name[dot + 1:].lower()
+        sample, ext = split[0], split[1].lower()
         if sample != current:
             if key is not None and image is not None:
                 yield key, image
