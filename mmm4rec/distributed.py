@@ -133,9 +133,17 @@ def _slurm_master_addr(env) -> str:
     return first
 
 
+def group_timeout_s(timeout_s: float) -> float:
+    """The default group's own timeout: the Watchdog's latest firing time (timeout + one period) plus one more
+    period, so where the Watchdog is armed it always ends the job first, naming and stopping the silent peer. Had
+    torch's timeout come first, its exception leaves a SIGSTOPped peer that torchrun gives 30 s to honour SIGTERM."""
+    return timeout_s + 2 * Watchdog.period(timeout_s)
+
+
 def init(timeout_s: float = 300.0) -> DistEnv:
     """Normalise the environment and start the default process group (gloo on CPU, nccl on GPU) if N > 1.
-    ``timeout_s`` bounds every collective on that group; the Watchdog covers the groups DeepSpeed makes."""
+    ``timeout_s`` (see group_timeout_s) bounds every collective on that group; the Watchdog covers the groups
+    DeepSpeed makes."""
     _refuse_silent_single_process()
     if not torch.cuda.is_available():  # DeepSpeed then picks its CPU accelerator without warning about it
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -144,7 +152,7 @@ def init(timeout_s: float = 300.0) -> DistEnv:
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
     if env.distributed and not dist.is_initialized():
-        dist.init_process_group(backend=env.backend, timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(backend=env.backend, timeout=datetime.timedelta(seconds=group_timeout_s(timeout_s)))
     return env
 
 
@@ -229,9 +237,13 @@ class Watchdog:
     def _file(self, r: int) -> Path:
         return self.folder / f"rank-{r}"
 
+    @staticmethod
+    def period(timeout_s: float) -> float:
+        """How often the heartbeat is written and the timeout checked: it fires within timeout + period."""
+        return max(0.5, min(5.0, timeout_s / 6))
+
     def _run(self) -> None:
-        period = max(0.5, min(5.0, self.timeout / 6))
-        while not self._stop.wait(period):
+        while not self._stop.wait(self.period(self.timeout)):
             idle = time.monotonic() - self.last
             try:
                 self._file(self.env.rank).write_text(f"{time.time():.3f} {socket.gethostname()} {os.getpid()}\n")
@@ -240,7 +252,9 @@ class Watchdog:
             if not self.paused and idle > self.timeout:
                 self._fire(idle)
 
-    def _fire(self, idle: float) -> None:
+    def stale_peers(self, stop: bool) -> list[str]:
+        """The peers whose heartbeat is older than half the timeout (stopped, dead, hung), described for the log;
+        with ``stop``, those on this host are SIGKILLed: they belong to this job and can never resume."""
         stale, now, host = [], time.time(), socket.gethostname()
         for r in range(self.env.world_size):
             if r == self.env.rank:
@@ -252,10 +266,14 @@ class Watchdog:
                 continue
             if now - float(stamp) > self.timeout / 2:
                 stale.append(f"rank {r} on {peer_host} pid {pid} (silent for {now - float(stamp):.0f} s)")
-                if peer_host == host:
+                if stop and peer_host == host:
                     with contextlib.suppress(OSError):
                         os.kill(int(pid), signal.SIGKILL)
-        who = ", ".join(stale) or "no peer looks stopped: a collective or the file system is stuck"
+        return stale
+
+    def _fire(self, idle: float) -> None:
+        who = ", ".join(self.stale_peers(stop=True)) or \
+            "no peer looks stopped: a collective or the file system is stuck"
         logging.getLogger(__name__).error(
             "rank %d made no progress for %.0f s (train.collective_timeout_s=%g): %s; ending the job",
             self.env.rank, idle, self.timeout, who)
@@ -284,6 +302,17 @@ def stop_watchdog() -> None:
     if _watchdog is not None:
         _watchdog.close()
         _watchdog = None
+
+
+def end_stopped_peers() -> None:
+    """This rank is failing (e.g. torch's own collective timeout fired before the Watchdog did): stop the silent
+    peers on this host now. A SIGSTOPped peer cannot honour the launcher's SIGTERM, and torchrun waits 30 s before
+    its SIGKILL, so without this a frozen rank ends the job late."""
+    if _watchdog is not None:
+        stale = _watchdog.stale_peers(stop=True)
+        if stale:
+            logging.getLogger(__name__).error("rank %d is failing; stopped its silent peers: %s",
+                                              _watchdog.env.rank, ", ".join(stale))
 
 
 def beat() -> None:

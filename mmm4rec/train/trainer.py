@@ -256,6 +256,9 @@ class Trainer:
                 log.warning("stop requested during validation at step %d: checkpoint written, exiting for requeue "
                             "(the resumed run redoes this validation)", self.progress.global_step)
                 return self._stopped(None)
+            except BaseException:
+                distributed.end_stopped_peers()
+                raise
             finally:
                 distributed.stop_watchdog()
             summary = self._finish()

@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmm4rec.distributed import DistEnv
+from mmm4rec import distributed
+from mmm4rec.distributed import DistEnv, Watchdog
 from mmm4rec.train.checkpoint import COMPLETE, Checkpointer
 from tests.conftest import REPO, kill_job, launch_command, run, subprocess_env
 
@@ -204,6 +206,40 @@ def test_a_frozen_rank_ends_the_job_within_twice_the_timeout(tiny_dataset, tmp_p
     stderr = proc.stderr.read()
     assert rc != 0 and took < 2 * timeout, (rc, took, stderr[-3000:])
     assert "made no progress" in stderr and f"rank 1 on" in stderr and f"pid {pid}" in stderr
+
+
+def test_the_watchdog_fires_before_the_default_groups_own_timeout():
+    """A frozen peer in a collective on the default group (evaluation's all_reduce): torch's group timeout, had it
+    come first, raises instead, and torchrun then waits 30 s for the SIGSTOPped peer to honour SIGTERM — the job
+    ended after 52 s with a 20 s timeout. The group's timeout leaves the Watchdog room to fire first."""
+    for timeout in (3.0, 20.0, 300.0, 3600.0):
+        assert timeout + Watchdog.period(timeout) < distributed.group_timeout_s(timeout) <= 2 * timeout
+
+
+def test_a_failing_rank_stops_its_silent_peers_on_this_host(tmp_path):
+    """Whatever ends a rank with the Watchdog armed (a collective's own timeout, an error), the silent peers on this
+    host are stopped on the way out, so torchrun does not wait 30 s for a SIGSTOPped one; live peers are left alone."""
+    frozen = subprocess.Popen(["sleep", "600"])
+    live = subprocess.Popen(["sleep", "600"])
+    folder, host = tmp_path / ".heartbeat", socket.gethostname()
+    folder.mkdir()
+    (folder / "rank-1").write_text(f"{time.time() - 30:.3f} {host} {frozen.pid}\n")
+    (folder / "rank-2").write_text(f"{time.time():.3f} {host} {live.pid}\n")
+    distributed.start_watchdog(folder, DistEnv(rank=0, world_size=3), 20.0)
+    try:
+        with pytest.raises(RuntimeError, match="the collective failed"):
+            try:
+                raise RuntimeError("the collective failed")
+            except RuntimeError:
+                distributed.end_stopped_peers()
+                raise
+        assert frozen.wait(timeout=10) == -signal.SIGKILL
+        assert live.poll() is None
+    finally:
+        distributed.stop_watchdog()
+        for p in (frozen, live):
+            p.kill()
+            p.wait()
 
 
 def test_sigterm_to_torchrun_checkpoints_every_rank_and_a_restart_resumes(tiny_dataset, tmp_path):
