@@ -25,6 +25,7 @@ import yaml
 
 from .config import ConfigError, EncoderConfig, RunConfig, load_config, named_after_dataset, presets
 from .registry import load_plugins
+from .serving.options import TIME_UNITS, UNKNOWN, UNKNOWN_USER
 
 TRAINING = ("pretrain", "finetune", "evaluate")
 
@@ -163,7 +164,7 @@ def add_recommend_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPars
     p.add_argument("--output", help='JSON lines {"user": …, "items": [[item key, score], …]} (default: stdout)')
     p.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
     p.add_argument("--keep-seen", action="store_true", help="also recommend items of the user's history")
-    p.add_argument("--unknown", choices=["error", "skip"], default="error",
+    p.add_argument("--unknown", choices=UNKNOWN, default="error",
                    help="history items not in the catalogue: an error naming the line (default) or skipped")
     p.add_argument("--batch-size", type=int, default=256, help="histories per model call")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
@@ -172,9 +173,9 @@ def add_recommend_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPars
                    help="allow --features to be another catalogue (content-only scores, ID tables dropped)")
     p.add_argument("--dataset", help='a local dataset folder: an input line {"user": key} without a history is '
                    "answered from that user's history in it")
-    p.add_argument("--unknown-user", choices=["error", "popular"], default="error",
+    p.add_argument("--unknown-user", choices=UNKNOWN_USER, default="error",
                    help="a user key the --dataset does not hold: a bad line (default) or the popular items")
-    p.add_argument("--time-unit", choices=["s", "ms"], default="s",
+    p.add_argument("--time-unit", choices=TIME_UNITS, default="s",
                    help="numeric history times: Unix seconds (default) or milliseconds; ISO-8601 strings need none")
     p.add_argument("--with-text", action="store_true", help="each item as [key, score, title]")
     p.add_argument("--strict", action="store_true",

@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------------- app
 def create_app(rec, limits: Limits = Limits()):
     """The FastAPI app serving ``rec`` (a Recommender)."""
-    from typing import Literal, Union
+    from typing import Union
 
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
@@ -139,6 +139,7 @@ def create_app(rec, limits: Limits = Limits()):
 
     from ..config import ConfigError
     from ..data.schema import DataError
+    from .options import ONE_OF, TimeUnit, Unknown, UnknownUser
 
     lock = threading.Lock()
     Entry = tuple[StrictStr, Union[StrictInt, StrictFloat, StrictStr]]
@@ -153,25 +154,25 @@ def create_app(rec, limits: Limits = Limits()):
     class ByUser(Strict):
         histories: Optional[list[History]] = Field(None, min_length=1, max_length=limits.max_batch)
         users: Optional[list[StrictStr]] = Users
-        unknown_user: Literal["error", "popular"] = "error"
+        unknown_user: UnknownUser = "error"
 
         @model_validator(mode="after")
         def one_of(self):
             if (self.histories is None) == (self.users is None):
-                raise ValueError("give exactly one of histories and users (known user keys, with --dataset)")
+                raise ValueError(f"{ONE_OF} (known user keys, with --dataset)")
             return self
 
     class RecommendBody(ByUser):
         k: StrictInt = Field(10, ge=1, le=limits.max_k)
         exclude_seen: StrictBool = True
-        unknown: Literal["error", "skip"] = "error"
-        time_unit: Literal["s", "ms"] = "s"
+        unknown: Unknown = "error"
+        time_unit: TimeUnit = "s"
         with_text: StrictBool = False
 
     class ScoreBody(ByUser):
         items: list[StrictStr] = Batch
-        unknown: Literal["error", "skip"] = "error"
-        time_unit: Literal["s", "ms"] = "s"
+        unknown: Unknown = "error"
+        time_unit: TimeUnit = "s"
 
     class SimilarBody(Strict):
         items: list[StrictStr] = Batch

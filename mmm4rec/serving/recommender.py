@@ -53,14 +53,12 @@ from .ann import ANN_MIN_ITEMS, AnnIndex, retrieve
 from .ann import available as ann_available
 from .dataset import ItemImages, UserHistories
 from .export import Export, load_export, resize_id_tables
+from .options import ONE_OF, TIME_UNITS, UNKNOWN, UNKNOWN_USER
 
 log = logging.getLogger(__name__)
 
 History = Sequence[tuple[str, int]]
-UNKNOWN = ("error", "skip")
-TIME_UNITS = ("s", "ms")
 EMPTY = "empty"  # a parsed history with no items at all: the popularity fallback
-UNKNOWN_USER = ("error", "popular")
 ANN_CACHE = "ann-cache"  # the ANN index's cache folder inside an export
 
 
@@ -313,10 +311,9 @@ class Recommender:
     def _histories_or_users(self, histories, users, unknown_user: str, labels):
         """Exactly one of ``histories`` and ``users``; user keys become their parsed histories (and labels)."""
         if histories is None and users is None:  # the old API's error, with the new alternative named
-            raise ConfigError("histories must be a list of histories, got None: give exactly one of histories and "
-                              "users (known user keys)")
+            raise ConfigError(f"histories must be a list of histories, got None: {ONE_OF} (known user keys)")
         if histories is not None and users is not None:
-            raise ConfigError("give exactly one of histories and users (known user keys)")
+            raise ConfigError(f"{ONE_OF} (known user keys)")
         if users is None:
             return histories, labels
         if not isinstance(unknown_user, str) or unknown_user not in UNKNOWN_USER:
