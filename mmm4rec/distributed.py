@@ -193,6 +193,7 @@ def on_main(fn: Callable[[], T]) -> T:
 
 
 def shutdown() -> None:
+    stop_failure_notice()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -280,6 +281,107 @@ class Watchdog:
         for handler in logging.getLogger().handlers:
             handler.flush()
         os._exit(3)
+
+
+class FailureNotice:
+    """Tells the other ranks at once that this rank is failing, and ends this rank when another one is.
+
+    A rank that fails alone (its checkpoint file cannot be written: a full or read-only disk) leaves its peers in
+    a collective: gloo notices the closed connection only when that rank's process is gone (and then with a
+    traceback instead of the error), NCCL and peers on other nodes not at all, and the SIGTERM torchrun sends the
+    survivors is a stop request, which a rank blocked in a collective never reads. So the failing rank posts its
+    one-line error in the job's rendezvous store (``announce``) — the TCP key-value store every launcher already
+    runs, reachable whatever the collectives are doing — and a thread on every rank polls it every ``POLL_S``:
+    on a peer's failure it reports the same line and exits with status 2. The failing rank waits (at most
+    ``WAIT_S``) until every rank has read it, since under srun or a plain launch the store lives in rank 0."""
+
+    POLL_S = 0.2
+    WAIT_S = 10.0
+
+    def __init__(self, env: DistEnv, on_peer_failure: Callable[[str], None]):
+        self.env, self.on_peer_failure = env, on_peer_failure
+        # a client of its own: the default group's client may be held by a blocking wait of the main thread; keys
+        # carry torchrun's run id and restart count, as its store outlives a restarted attempt
+        client = dist.TCPStore(env.master_addr, env.master_port, is_master=False,
+                               timeout=datetime.timedelta(seconds=30))
+        attempt = f"{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        self.store = dist.PrefixStore(f"mmm4rec/failure/{attempt}/", client)
+        self._failing = threading.Lock()  # held by whichever of the main thread or the poller ends this rank
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mmm4rec-failure-notice", daemon=True)
+        self._thread.start()
+
+    def announce(self, message: str) -> None:
+        """This rank is failing with ``message`` (one line naming the path): tell every rank, and return once they
+        have heard (or after WAIT_S)."""
+        if not self._failing.acquire(blocking=False):
+            return  # the poller is ending this rank for a peer's failure already
+        self._stop.set()
+        if threading.current_thread() is threading.main_thread():
+            # the launcher's SIGTERM, sent once a peer has ended, would turn this rank's exit status 2 into -15
+            for s in (signal.SIGTERM, signal.SIGUSR1):
+                signal.signal(s, signal.SIG_IGN)
+        try:
+            if self.store.add("count", 1) == 1:  # the first failure is the one every rank reports
+                self.store.set("message", f"rank {self.env.rank}: {message}")
+            self.store.add("ended", 1)
+            deadline = time.monotonic() + self.WAIT_S
+            while self.store.add("ended", 0) < self.env.world_size and time.monotonic() < deadline:
+                time.sleep(self.POLL_S / 2)
+        except Exception:  # noqa: BLE001 the store is gone (its host ended): the peers' collectives fail anyway
+            pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.POLL_S):
+            try:
+                if not self.store.check(["message"]):
+                    continue
+                message = self.store.get("message").decode()
+            except Exception:  # noqa: BLE001 the store's host has ended (the job is over): nothing to watch
+                return
+            if not self._failing.acquire(blocking=False):
+                return  # this rank is failing itself and reports its own error
+            try:
+                self.on_peer_failure(message)
+                for handler in logging.getLogger().handlers:
+                    handler.flush()
+                self.store.add("ended", 1)
+            finally:
+                os._exit(2)
+
+
+_notice: "FailureNotice | None" = None
+
+
+def start_failure_notice(env: DistEnv, on_peer_failure: Callable[[str], None]) -> None:
+    """Arm FailureNotice (N > 1 only; after ``init``). ``on_peer_failure(message)`` reports a peer's error line
+    (called on the poller thread just before this rank exits with status 2)."""
+    global _notice
+    if env.distributed and _notice is None:
+        try:
+            _notice = FailureNotice(env, on_peer_failure)
+        except Exception as e:  # noqa: BLE001 the run works without it: a peer's failure then ends it later
+            logging.getLogger(__name__).warning("cannot reach the rendezvous store at %s:%d (%s): a rank failing "
+                                                "alone ends its peers only through the collectives",
+                                                env.master_addr, env.master_port, e)
+
+
+def announce_failure(message: str) -> None:
+    """This rank is about to exit with an error: its peers end too, reporting ``message`` (a no-op in one
+    process)."""
+    if _notice is not None:
+        _notice.announce(message)
+
+
+def stop_failure_notice() -> None:
+    global _notice
+    if _notice is not None:
+        _notice.close()
+        _notice = None
 
 
 def barrier() -> None:

@@ -25,6 +25,7 @@ import torch
 
 from ..config import ConfigError
 from ..data.atomic import write_atomic
+from .. import distributed
 from ..distributed import DistEnv, barrier
 
 log = logging.getLogger(__name__)
@@ -164,11 +165,15 @@ class Checkpointer:
 
     def _failed(self, path: Path, e: OSError):
         """One line naming the checkpoint and the system's reason ("No space left on device"); the partial
-        folder is removed (it would hold the space a retry needs) and ``latest`` still names the previous one."""
-        shutil.rmtree(path, ignore_errors=True)
+        folder is removed (it would hold the space a retry needs) and ``latest`` still names the previous one. The
+        other ranks hear of it first (they end at once, see distributed.FailureNotice), so none writes into the
+        folder after it is removed."""
         where = e.filename if e.filename and Path(e.filename) != path else path
-        raise CheckpointError(f"{where}: writing the checkpoint failed ({(e.strerror or str(e)).lower()}); the "
-                              f"previous checkpoint is kept") from None
+        message = (f"{where}: writing the checkpoint failed ({(e.strerror or str(e)).lower()}); the previous "
+                   "checkpoint is kept")
+        distributed.announce_failure(message)
+        shutil.rmtree(path, ignore_errors=True)
+        raise CheckpointError(message) from None
 
     def _retain(self, newest: str) -> None:
         """Keep the ``keep`` most recent complete checkpoints by step — and always the one just written."""

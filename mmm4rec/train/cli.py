@@ -52,17 +52,25 @@ def run(task: str, args: argparse.Namespace, cfg: RunConfig) -> int:
     setup_logging(env)
     announce(env)
     try:
+        # a rank failing alone (its checkpoint file unwritable) ends its peers at once with its error line
+        distributed.start_failure_notice(env, lambda message: report_error(env, message))
         if task == "evaluate":
             return _evaluate(cfg, env, args, run_dir)
         return _train(cfg, env, args, run_dir)
     except (ConfigError, DataError, CheckpointError) as e:
         report_error(env, str(e))
+        distributed.announce_failure(str(e))
         return 2
     except OSError as e:  # a read-only, missing or full path: the path and the system's reason, in one line
         if not e.strerror:
+            distributed.announce_failure(error_line(e))
             raise
         log.error("%s", error_line(e))
+        distributed.announce_failure(error_line(e))
         return 2
+    except Exception as e:  # a bug: its traceback follows, and the peers stop waiting for this rank
+        distributed.announce_failure(f"{type(e).__name__}: {error_line(e)}")
+        raise
     finally:
         distributed.shutdown()
 

@@ -108,8 +108,11 @@ class Preemption:
         return bool(flag)
 
     def restore(self):
+        """The handlers from before, where ours is still installed (a failing rank ignores the signals by now:
+        distributed.FailureNotice.announce)."""
         for s, handler in self.previous.items():
-            signal.signal(s, handler)
+            if signal.getsignal(s) == self._handle:
+                signal.signal(s, handler)
 
 
 class Window:

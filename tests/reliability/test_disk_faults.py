@@ -1,8 +1,11 @@
 """Disks that say no: a full disk while checkpointing, a read-only run directory, a read-only dataset folder. Real
 file systems: a tmpfs whose size is cut to what is in use plus half a checkpoint (ENOSPC at the next one), and a
-tmpfs remounted read-only (EROFS). Mounting needs root (CAP_SYS_ADMIN): skipped, with the reason, elsewhere."""
+tmpfs remounted read-only (EROFS). Mounting needs root (CAP_SYS_ADMIN): skipped, with the reason, elsewhere.
+One rank alone that cannot write: the kernel's file size limit (RLIMIT_FSIZE, EFBIG) set on that rank's process."""
 import contextlib
 import os
+import re
+import resource
 import shutil
 import subprocess
 import time
@@ -11,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mmm4rec.distributed import DistEnv
+from mmm4rec.train.checkpoint import COMPLETE
 from mmm4rec.train.checkpoint import Checkpointer
 from tests.conftest import REPO, kill_job, launch_command, run, subprocess_env
 
@@ -105,3 +109,45 @@ def test_a_read_only_dataset_folder_is_one_line_naming_it(tiny_dataset, tmp_path
         errors = one_line_error(proc.stderr, proc.returncode)
         assert len(errors) == 1 and str(data) in errors[0] and "read-only file system" in errors[0].lower(), \
             proc.stderr[-3000:]
+
+
+def test_a_rank_that_cannot_write_its_checkpoint_ends_every_rank_at_once_with_the_error_naming_the_file(
+        tiny_dataset, tmp_path):
+    """Rank 1 of 2 cannot write its optimizer shard. Its peer sat in DeepSpeed's barrier: gloo raised "Connection
+    closed by peer" with a traceback once rank 1's process was gone, torchrun's SIGTERM killed it (exit -15), and
+    the error was in no log of the run; NCCL, or a peer on another node, waits for the collective timeout. Now the
+    failing rank posts its error in the rendezvous store and every rank exits 2 with it within seconds."""
+    out = tmp_path / "run"
+    cmd = launch_command("finetune.py", args(tiny_dataset, out, "--set", "train.epochs=50", "--set",
+                                             "train.checkpoint_every=20", "--set", "data.batch_size=2"),
+                         nproc=2, launcher="torchrun")
+    err = tmp_path / "stderr.txt"  # a file: a pipe nobody reads fills up and blocks rank 0's logging
+    with open(err, "w") as stderr_file:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=stderr_file,
+                                text=True, start_new_session=True)
+    try:
+        heartbeat = out / ".heartbeat" / "rank-1"  # written once training runs
+        deadline = time.time() + 180
+        while not heartbeat.exists():
+            assert proc.poll() is None, err.read_text()[-3000:]
+            assert time.time() < deadline
+            time.sleep(0.1)
+        pid = int(heartbeat.read_text().split()[2])
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (100_000, 100_000))  # its optimizer shard is ~300 KB
+        limited = time.time()
+        rc = proc.wait(timeout=120)
+        took = time.time() - limited
+    finally:
+        if proc.poll() is None:
+            kill_job(proc.pid)
+    stderr = err.read_text()
+    assert rc != 0 and took < 30, (rc, took, stderr[-3000:])
+    assert re.findall(r"^ +exitcode +: (-?\d+)", stderr, re.M) == ["2", "2"], stderr[-3000:]  # both ranks, no -15
+    assert "[rank0]: Traceback" not in stderr and "[rank1]: Traceback" not in stderr, stderr[-3000:]
+    errors = [line for line in (out / "train.log").read_text().splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"rank 1: {out}/checkpoints/step-" in errors[0], errors
+    assert "zero_pp_rank_1_mp_rank_00_optim_states.pt: writing the checkpoint failed (file too large)" in errors[0]
+    failed = errors[0].split(f"{out}/checkpoints/")[1].split("/")[0]
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    assert latest < failed and (out / "checkpoints" / latest / COMPLETE).is_file()  # the previous one is whole
+    assert not (out / "checkpoints" / failed).exists()
