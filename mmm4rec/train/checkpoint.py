@@ -223,6 +223,7 @@ class Checkpointer:
         failures = []
         for tag in reversed(tags):
             self.refuse_other(tag, model_digest)
+            error = None
             try:
                 _, client = engine.load_checkpoint(str(self.dir), tag=tag, load_module_strict=True)
                 if client is None:
@@ -231,9 +232,15 @@ class Checkpointer:
             except CheckpointError:
                 raise  # refused as unsafe: never fall back silently past a tampered file
             except Exception as e:  # a damaged file DeepSpeed cannot read: use the one before
-                failures.append(f"{tag}: {type(e).__name__}: {e}")
-                log.warning("checkpoint %s failed to load (%s: %s); trying the previous one", tag,
-                            type(e).__name__, e)
+                error = f"{type(e).__name__}: {e}"
+            # every rank resumes from the same checkpoint: a file damaged on one rank's shard alone sends all of
+            # them to the previous one (alone, that rank resumed steps behind the others, out of step for good)
+            failed = distributed.all_reduce(torch.tensor([float(error is not None)], device=engine.device), "max")
+            if failed.item():
+                why = error or "another rank could not load its part"
+                failures.append(f"{tag}: {why}")
+                if error is not None or self.env.is_main:
+                    log.warning("checkpoint %s failed to load (%s); every rank tries the previous one", tag, why)
                 continue
             log.info("resumed from %s (step %d)", self.dir / tag, client["progress"]["global_step"])
             return client

@@ -267,3 +267,31 @@ def test_sigterm_to_torchrun_checkpoints_every_rank_and_a_restart_resumes(tiny_d
     rerun = run("finetune.py", args(tiny_dataset, out, *extra), nproc=2, launcher="torchrun")
     assert f"(step {complete['step']})" in rerun.stderr
     assert json.loads((out / "summary.json").read_text())["epochs"] == 1
+
+
+def test_every_rank_resumes_from_the_same_checkpoint_when_one_ranks_shard_is_damaged(tiny_dataset, tmp_path):
+    """Rank 1's optimizer shard of the latest checkpoint is damaged (same size: only loading finds it). Rank 1 alone
+    fell back to the previous checkpoint while rank 0 resumed from the latest: the ranks were steps apart, in
+    mismatched collectives for the rest of the run. Now they agree on each candidate, and all take the previous."""
+    out = tmp_path / "run"
+    same = args(tiny_dataset, out, "--set", "train.max_steps=9", "--set", "train.checkpoint_every=3", "--set",
+                "data.batch_size=8")
+    run("finetune.py", same, nproc=2, launcher="torchrun")
+    (out / "summary.json").unlink()
+    shard = out / "checkpoints" / "step-00000009" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    shard.write_bytes(b"\0" * shard.stat().st_size)
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as stderr_file:
+        proc = subprocess.Popen(launch_command("finetune.py", same, nproc=2, launcher="torchrun"), cwd=REPO,
+                                env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=stderr_file,
+                                start_new_session=True)
+    try:
+        rc = proc.wait(timeout=150)
+    finally:
+        if proc.poll() is None:
+            kill_job(proc.pid)
+    stderr = err.read_text()
+    assert rc == 0, stderr[-3000:]
+    assert "checkpoint step-00000009 failed to load" in stderr and "step-00000006 (step 6)" in stderr, stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["global_step"] == 9 and summary["world_size"] == 2
