@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import reprlib
 import types
 import typing
@@ -555,7 +556,14 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
 def save_config(cfg: RunConfig, path: str | Path, header: Optional[dict] = None) -> None:
     """The resolved config as YAML (loadable as a preset); ``header`` (e.g. provenance) goes in as comments."""
     lines = "".join(f"# {line}\n" for line in yaml.safe_dump(header, sort_keys=False).splitlines()) if header else ""
-    Path(path).write_text(lines + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    # whole or not at all: a resumed run rewrites its config.yaml, and a kill mid-write must not truncate it
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(lines + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

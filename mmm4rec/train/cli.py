@@ -32,7 +32,7 @@ from .engine import precision_warning, step_precision
 from .evaluation import evaluate
 from .monitor import StartupClock, announce, report_error, setup_logging
 from .rundir import Claim, RunDir, export_of, model_digest
-from .trainer import Trainer
+from .trainer import StopAtStartup, Trainer, stop_requests_deferred, stop_requests_end_startup
 
 log = logging.getLogger("mmm4rec")
 
@@ -120,6 +120,17 @@ def _record(cfg: RunConfig, env, run: RunDir, claim: Claim, held: _HeldLogs) -> 
 
 
 def _train(cfg: RunConfig, env, args, run: RunDir) -> int:
+    try:
+        with stop_requests_end_startup():
+            return _start_and_train(cfg, env, args, run)
+    except StopAtStartup as e:
+        log.warning("stop requested (%s) during start-up, before training began: exiting with nothing written "
+                    "but the run's identity (run.json, config.yaml); the same command again starts or resumes the "
+                    "run", e)
+        return 0
+
+
+def _start_and_train(cfg: RunConfig, env, args, run: RunDir) -> int:
     held = _HeldLogs()
     if env.is_main:
         logging.getLogger().addHandler(held)
@@ -148,7 +159,8 @@ def _train(cfg: RunConfig, env, args, run: RunDir) -> int:
     clock.done("model")
     engine = train_engine(cfg, env, model, total_steps, target_counts(cfg, data), args.deepspeed_config, precision)
     clock.done("engine (DeepSpeed)")
-    _record(cfg, env, run, claim, held)
+    with stop_requests_deferred():  # run.json and config.yaml together
+        _record(cfg, env, run, claim, held)
     summary = Trainer(cfg, env, engine, data, stream, run, validation_stream(cfg, env, data)).fit()
     if summary is None:
         return 0  # preempted: checkpoint written; the job scheduler requeues us

@@ -115,6 +115,40 @@ class Preemption:
                 signal.signal(s, handler)
 
 
+class StopAtStartup(BaseException):
+    """A stop request (SIGTERM / SIGUSR1) before the training loop began: there is nothing to checkpoint, so the
+    start-up ends at once. A BaseException, like KeyboardInterrupt: no ``except Exception`` on the way (on_main's
+    error broadcast, a fallback) takes it for an error."""
+
+
+@contextlib.contextmanager
+def stop_requests_end_startup():
+    """While the run starts (dataset, run folder, engine, checkpoint loading), a stop request raises StopAtStartup
+    in the main thread: what was being written is discarded on the way out (temp files, temp folders), and the
+    run folder is as the last run left it. ``Preemption`` takes over in ``Trainer.fit`` once the checkpoint is
+    loaded. Without this the signal's default action killed the process (exit -15, no word in any log)."""
+    def handle(signum, frame):
+        raise StopAtStartup(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handle) for s in Preemption.SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            if signal.getsignal(s) is handle:
+                signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def stop_requests_deferred():
+    """Writing that must happen whole (run.json and config.yaml together): a stop request waits until it is done."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, Preemption.SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, Preemption.SIGNALS)
+
+
 class Window:
     """What the log line of a window of steps reports, accumulated without host reads."""
 

@@ -112,3 +112,27 @@ def test_sigterm_during_the_final_test_exits_zero_and_the_rerun_tests(many_users
     rerun = run("finetune.py", args(many_users, out, *extra), timeout=600)
     assert "resumed from" in rerun.stderr
     assert json.loads((out / "summary.json").read_text())["test"]["users"] == 400
+
+
+def test_sigterm_during_start_up_exits_zero_at_once_and_leaves_the_run_folder_as_it_was(tiny_dataset, tmp_path):
+    """A stop request before the training loop (dataset, run folder, engine, checkpoint loading) had the signal's
+    default action: exit -15 and no word in any log. Now it ends the start-up at once with exit 0 and a warning; the
+    folder of the run being resumed is untouched (its config.yaml rewritten whole or not at all), and the same
+    command again resumes."""
+    out = tmp_path / "run"
+    same = args(tiny_dataset, out, "--set", "train.max_steps=3")
+    run("finetune.py", same)
+    (out / "summary.json").unlink()  # as if stopped during the final test: the rerun resumes from step 3
+    before = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()
+              and p.name != ".lock"}
+    proc = start(same)
+    # the lock names the new holder at once: the start-up has its data, model and engine still ahead
+    wait_for(proc, lambda: f"pid {proc.pid} " in (out / ".lock").read_text(), "the run folder's lock")
+    rc, took, stderr = stop(proc, within=60)
+    assert rc == 0 and "Traceback" not in stderr, (rc, stderr[-3000:])
+    assert "stop requested (SIGTERM) during start-up" in stderr and took < 15, (took, stderr[-3000:])
+    after = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()
+             and p.name != ".lock"}
+    assert after.keys() == before.keys() and [k for k in before if after[k] != before[k]] == []
+    rerun = run("finetune.py", same)
+    assert "(step 3)" in rerun.stderr and json.loads((out / "summary.json").read_text())["global_step"] == 3
