@@ -155,6 +155,7 @@ def _start_and_train(cfg: RunConfig, env, args, run: RunDir) -> int:
     if cfg.train.init_from:
         transfer(model, cfg.train.init_from, data.store.manifest["encoder"])
     stream = train_stream(cfg, env, data)
+    _refuse_a_batch_beyond_the_epoch(cfg, env, stream)
     total_steps = cfg.train.max_steps or cfg.train.epochs * stream.steps_per_epoch
     clock.done("model")
     engine = train_engine(cfg, env, model, total_steps, target_counts(cfg, data), args.deepspeed_config, precision)
@@ -167,6 +168,18 @@ def _start_and_train(cfg: RunConfig, env, args, run: RunDir) -> int:
     if env.is_main:
         log.info("done: %s; TensorBoard: tensorboard --logdir %s", run.summary, run.tensorboard)
     return 0
+
+
+def _refuse_a_batch_beyond_the_epoch(cfg: RunConfig, env, stream) -> None:
+    """A global batch larger than an epoch's samples makes every step mostly rows of weight 0, computed all the
+    same: a mistake, said at start-up."""
+    total = stream.plan().total
+    if stream.global_batch > total:
+        per_process = cfg.train.grad_accum * env.world_size
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size}: the global batch {stream.global_batch} "
+                          f"(data.batch_size × train.grad_accum {cfg.train.grad_accum} × {env.world_size} "
+                          f"process(es)) is larger than the {total:,} {cfg.train_split} samples of an epoch of "
+                          f"{cfg.data.dataset}; use data.batch_size <= {max(total // per_process, 1)}")
 
 
 def _evaluate(cfg: RunConfig, env, args, run: RunDir) -> int:

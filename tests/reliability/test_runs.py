@@ -167,6 +167,8 @@ def test_a_full_disk_while_exporting_is_an_error_naming_the_path(monkeypatch, tm
     (["--set", "model.ssd.form=triton"], "model.ssd.form=triton needs a CUDA device and mamba-ssm"),
     (["--set", "eval.metric=ndcg@7"], "eval.metric='ndcg@7' needs 7 in eval.ks"),
     (["--set", "train.epochs=0"], "train.epochs must be >= 1"),
+    # it trained: one step of 100000 rows, 97,844 of them padding
+    (["--set", "data.batch_size=100000"], "is larger than the 2,156 train samples of an epoch"),
 ])
 def test_start_up_errors(tiny_dataset, tmp_path, extra, message):
     proc = run("finetune.py", args(tiny_dataset, tmp_path / "r", *extra), check=False)
