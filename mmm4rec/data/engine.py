@@ -277,6 +277,8 @@ def typed_seconds(column: str, kind: str) -> tuple[str, str]:
     if kind in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
                 "UBIGINT"):
         return f"CAST({c} AS HUGEINT)", raw
+    if kind.startswith("DECIMAL"):  # how Spark, Hive and databases export integers: integral values only
+        return f"CASE WHEN {c} = trunc({c}) THEN CAST({c} AS HUGEINT) END", raw
     if kind == "VARCHAR":
         return text_seconds(c), raw
     return "NULL::HUGEINT", raw  # dates, lists, booleans: not Unix seconds

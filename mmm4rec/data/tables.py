@@ -35,6 +35,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -382,9 +383,11 @@ def _id(row: Mapping[str, Any], column: str) -> str:
 
 
 def _integer(value: Any) -> int:
-    """An int, an integral float, or the text of either ("978301000", "978301000.0", "9.783e8")."""
+    """An int, an integral float or decimal, or the text of either ("978301000", "978301000.0", "9.783e8")."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        return int(value)  # a Parquet DECIMAL(p, 0) column: Spark's and databases' integers
     if isinstance(value, str):
         try:
             return int(value)  # exact, also beyond float precision
