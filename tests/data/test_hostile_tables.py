@@ -1,0 +1,61 @@
+"""The table converter (mmm4rec.data.tables, `mmm4rec prepare`) fed as a careless or hostile user feeds it: typed
+Parquet columns it must read, keys the shards cannot hold, CSV exports with a byte-order mark or a value spanning
+lines, a k-core too small for leave-one-out, inputs kept inside the output folder, a table rewritten while it
+is read. Each case: a one-line error naming the file/row/key, or a counted skip, never a late failure, a wrong
+key or a deleted input."""
+from __future__ import annotations
+
+import csv
+import decimal
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mmm4rec.data import tables
+from mmm4rec.data.schema import BadRecords, DataError
+from mmm4rec.data.shards import iter_seq_records
+from mmm4rec.data.tables import Columns, TextField
+
+T0 = 1_600_000_000
+TITLE = [TextField("title", "Title")]
+
+
+def events(users: int = 4, items: int = 6) -> list[tuple[str, str, int]]:
+    return [(f"u{u}", f"i{i}", T0 + 100 * u + i) for u in range(users) for i in range(items)]
+
+
+def write_csv(path: Path, header: list[str], rows) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def item_table(folder: Path, keys=tuple(f"i{i}" for i in range(6))) -> Path:
+    return write_csv(folder / "items.csv", ["item", "title"], ((k, f"Title of {k}") for k in keys))
+
+
+def users_of(manifest) -> dict[str, int]:
+    return {r.user: len(r.items) for _, r in iter_seq_records(manifest.seqs, BadRecords(strict=True))}
+
+
+def test_parquet_decimal_timestamps_are_unix_seconds(tmp_path):
+    """A DECIMAL(p, 0) column (Spark, Hive and database exports write integers so) holds integer seconds: every
+    row was a bad timestamp whose message called '1600000000' not integer Unix seconds."""
+    rows = events()
+    stamps = [decimal.Decimal(t) for *_, t in rows]
+    stamps[0] = decimal.Decimal("1600000000.50")  # a fraction stays a bad timestamp
+    pq.write_table(pa.table({"user": [u for u, _, _ in rows], "item": [i for _, i, _ in rows],
+                             "timestamp": pa.array(stamps, pa.decimal128(14, 2))}), tmp_path / "ev.parquet")
+    m = tables.prepare(tmp_path / "ev.parquet", item_table(tmp_path), tmp_path / "ds", text_fields=TITLE, k=1)
+    assert m.counts["interactions"] == len(rows) - 1 and m.provenance["skipped"] == {"bad_timestamps": 1}
+    ms = [decimal.Decimal(t * 1000) for *_, t in rows]
+    pq.write_table(pa.table({"user": [u for u, _, _ in rows], "item": [i for _, i, _ in rows],
+                             "timestamp": pa.array(ms, pa.decimal128(18, 0))}), tmp_path / "ms.parquet")
+    m = tables.prepare(tmp_path / "ms.parquet", item_table(tmp_path), tmp_path / "ms", text_fields=TITLE, k=1,
+                       time_format="unix_ms")
+    assert m.counts["interactions"] == len(rows) and not m.provenance["skipped"]
