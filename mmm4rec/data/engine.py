@@ -235,10 +235,19 @@ def typed_id(column: str, kind: str) -> str:
 
 
 def id_problem(value: str, column: str) -> str:
-    """SQL: the problem of an id value (from one of the functions above), NULL when it is usable."""
+    """SQL: the problem of an id value (from one of the functions above), NULL when it is usable (``usable_id``).
+    A NUL inside a key is refused here, at its line: the shards' key checks (schema.check_seq) refuse it, and
+    met there it failed the whole conversion after every table was read."""
     return (f"CASE WHEN {value} = '' THEN {quote('no ' + column)} "
             f"WHEN starts_with({value}, {quote(LIST)}) THEN {quote(column + ' holds a ')} || "
-            f"split_part({value}, ':', 2) || ', not an id' END")
+            f"split_part({value}, ':', 2) || ', not an id' "
+            f"WHEN contains({value}, chr(0)) THEN {quote(column + ' ')} || replace(pyrepr({value}), chr(0), '\\x00') "
+            f"|| ' holds a NUL character' END")
+
+
+def usable_id(value: str) -> str:
+    """SQL: true where ``id_problem`` finds none."""
+    return f"({value} <> '' AND NOT starts_with({value}, {quote(LIST)}) AND NOT contains({value}, chr(0)))"
 
 
 # Timestamps: the HUGEINT value, or NULL with a problem (tables._integer and tables._seconds).

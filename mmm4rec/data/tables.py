@@ -44,7 +44,7 @@ from .build import Build, Converted, Phases, Scale, Sequences, convert, finish, 
 from .dataset import check_output
 from .engine import (LIST, TIME_FORMATS, WHITESPACE, Engine, Problems, csv_fields, formatted_seconds, id_problem,
                      json_id, json_seconds, quote, seconds_problem, text_id, text_seconds, trimmed, typed_id,
-                     typed_seconds)
+                     typed_seconds, usable_id)
 from .schema import MAX_TIMESTAMP, BadRecords, DataError, InvalidRecord, Manifest
 from .shards import sha256_file
 from .engine import MAX_LINE_BYTES
@@ -379,6 +379,8 @@ def _id(row: Mapping[str, Any], column: str) -> str:
         text = _scalar(value)
     if not text:
         raise InvalidRecord("bad_record", f"no {column}")
+    if "\0" in text:  # engine.id_problem: the shards' key checks refuse it
+        raise InvalidRecord("bad_record", f"{column} {text!r} holds a NUL character")
     return text
 
 
@@ -523,11 +525,12 @@ def _sql_items(engine: Engine, table: Table, columns: Columns, fields: Sequence[
     where = _where_sql(table)
     ids = [(columns.domain, "domain_v")] if per_domain else []
     ids.append((columns.item, "id_v"))
-    checks = " ".join(f"WHEN {text_id(f'f[{position[c]}]')} = '' THEN {quote('no ' + c)}" for c, _ in ids)
+    cells = {c: text_id(f'f[{position[c]}]') for c, _ in ids}
+    checks = " ".join(f"WHEN NOT {usable_id(v)} THEN {id_problem(v, c)}" for c, v in cells.items())
     problems.add_query(engine, f"""SELECT n AS line, 'bad_record' AS reason, {where('n')} || ': ' ||
         CASE WHEN NOT ({shape}) THEN len(f) || {quote(' fields, the header has ' + str(len(table.columns)))}
              {checks} END AS message FROM item_fields
-        WHERE NOT ({shape}) OR {' OR '.join(f"{text_id(f'f[{position[c]}]')} = ''" for c, _ in ids)}""")
+        WHERE NOT ({shape}) OR {' OR '.join(f"NOT {usable_id(v)}" for v in cells.values())}""")
     splits = {f.column: f.split for f in fields}  # as the Python pass's dict: the last field of a column wins
     values, pieces = {}, []
     for column, separator in splits.items():
@@ -551,7 +554,7 @@ def _sql_items(engine: Engine, table: Table, columns: Columns, fields: Sequence[
         {image}
         FROM (SELECT *, {', '.join(f"{text_id(f'f[{position[c]}]')} AS {name}" for c, name in ids)}
               FROM item_fields WHERE {shape})
-        WHERE {' AND '.join(f"{name} <> ''" for _, name in ids)}""")
+        WHERE {' AND '.join(usable_id(name) for _, name in ids)}""")
     engine.execute("DROP TABLE item_fields")
     engine.drop_lines("item_lines")
     return True
@@ -781,7 +784,7 @@ def read_events(engine: Engine, table: Table, columns: Columns, domain: Optional
     shape_problem = {"jsonl": "CASE WHEN NOT valid THEN 'not JSON' ELSE 'not a JSON object' END",
                      "parquet": "NULL"}.get(table.format, f"len(f) || {quote(' fields, the header has ')} || "
                                                           f"{len(table.columns or [])}")
-    usable = [f"{v} <> '' AND NOT starts_with({v}, {quote(LIST)})" for v in ("user_v", "item_v")]
+    usable = [usable_id(v) for v in ("user_v", "item_v")]
     usable.append(f"t_v BETWEEN 0 AND {MAX_TIMESTAMP}")
     if columns.domain:
         usable.append(f"domain_v <> '' AND NOT starts_with(domain_v, {quote(LIST)}) AND NOT contains(domain_v, ':') "

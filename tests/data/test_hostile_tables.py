@@ -17,7 +17,7 @@ import pytest
 from mmm4rec.data import tables
 from mmm4rec.data.schema import BadRecords, DataError
 from mmm4rec.data.shards import iter_seq_records
-from mmm4rec.data.tables import Columns, TextField
+from mmm4rec.data.tables import TextField
 
 T0 = 1_600_000_000
 TITLE = [TextField("title", "Title")]
@@ -59,3 +59,33 @@ def test_parquet_decimal_timestamps_are_unix_seconds(tmp_path):
     m = tables.prepare(tmp_path / "ms.parquet", item_table(tmp_path), tmp_path / "ms", text_fields=TITLE, k=1,
                        time_format="unix_ms")
     assert m.counts["interactions"] == len(rows) and not m.provenance["skipped"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_key_with_a_nul_is_a_bad_record_at_its_line(tmp_path, fmt):
+    """An item key with a NUL passed the reader and failed the whole conversion in the shard writer ('item ... is
+    not a key of domain', naming the build folder); now the row is a counted bad_record at its line."""
+    rows = events()
+    rows[1] = ("u0", "i1\0x", rows[1][2])
+    rows[7] = ("u1\0y", "i1", rows[7][2])
+    if fmt == "jsonl":
+        inter = tmp_path / "ev.jsonl"
+        inter.write_text("".join(json.dumps({"user": u, "item": i, "timestamp": t}) + "\n" for u, i, t in rows))
+    else:
+        inter = write_csv(tmp_path / "ev.csv", ["user", "item", "timestamp"], rows)
+    items = item_table(tmp_path)
+    m = tables.prepare(inter, items, tmp_path / "ds", text_fields=TITLE, k=1)
+    assert m.provenance["skipped"] == {"bad_record": 2}
+    assert sorted(users_of(m)) == [f"ev:u{u}" for u in range(4)]
+    line = 3 if fmt == "csv" else 2
+    with pytest.raises(DataError, match=rf"ev\.{fmt}:{line}: item 'i1\\x00x' holds a NUL character"):
+        tables.prepare(inter, items, tmp_path / "strict", text_fields=TITLE, k=1, strict=True)
+
+
+def test_an_item_table_key_with_a_nul_is_a_bad_record(tmp_path):
+    rows = events()
+    inter = write_csv(tmp_path / "ev.csv", ["user", "item", "timestamp"], rows)
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"item": k, "title": "t"}) + "\n" for k in [f"i{i}" for i in range(6)] + ["z\0"]))
+    m = tables.prepare(inter, items, tmp_path / "ds", text_fields=TITLE, k=1)
+    assert m.provenance["skipped"] == {"bad_record": 1} and m.counts["items"] == 6
