@@ -212,14 +212,17 @@ class Table:
         return "\t" if self.format == "tsv" else ","
 
     def fields_sql(self, lines: str) -> str:
-        """SQL: (n, f) for every data row of a CSV/TSV/RecBole table read by ``Engine.read_lines`` into
-        ``lines``, f its fields as the Python readers below split them: a CSV/TSV line by csv's rules (one line
-        per row), an atomic line on tabs; blank lines skipped (whitespace-only too in an atomic file)."""
+        """SQL: (n, f, open_quote) for every data row of a CSV/TSV/RecBole table read by ``Engine.read_lines``
+        into ``lines``, f its fields as the Python readers below split them: a CSV/TSV line by csv's rules (one
+        line per row), an atomic line on tabs; blank lines skipped (whitespace-only too in an atomic file).
+        ``open_quote``: a CSV/TSV line with an odd number of quotes, one line of a quoted value that spans lines
+        (or a stray quote), which one line cannot be read as."""
         if self.format == "atomic":
-            split, keep = "string_split(line, '\t')", "trim(line, ' \t\r\n\x0b\x0c') <> ''"
+            split, keep, odd = "string_split(line, '\t')", "trim(line, ' \t\r\n\x0b\x0c') <> ''", "false"
         else:
             split, keep = csv_fields("line", self._delimiter), "true"
-        return f"SELECT n, {split} AS f FROM {lines} WHERE n > 1 AND line IS NOT NULL AND {keep}"
+            odd = "(length(line) - length(replace(line, '\"', ''))) % 2 = 1"
+        return f"SELECT n, {split} AS f, {odd} AS open_quote FROM {lines} WHERE n > 1 AND line IS NOT NULL AND {keep}"
 
     def rows(self, bad: BadRecords, columns: Optional[Sequence[str]] = None) -> Iterator[tuple[int, dict[str, Any]]]:
         """(line or row number, row); malformed lines are ``bad_record``. ``columns``: what Parquet must read."""
@@ -641,15 +644,18 @@ def _cells(engine: Engine, table: Table, needed: Sequence[str], time_format: str
     def cell(column: str) -> tuple[str, Any]:
         value = f"f[{position[column]}]"
         return text_id(value), (formatted_seconds(text_seconds(value), value, time_format), value)
-    return "rows", f"len(f) = {len(table.columns)}", cell
+    # A line with an unbalanced quote is no row: read alone, the second line of a value spanning lines
+    # (`x",i0,1600000000` after `"u0`) gave a row of a user the table does not have.
+    return "rows", f"len(f) = {len(table.columns)} AND NOT open_quote", cell
 
 
+UNBALANCED = "an unbalanced quote (a quoted value cannot span lines in an interaction table)"
 _PATHLIKE = "(contains({v}, '/') OR contains({v}, '\\') OR {v} IN ('.', '..') OR contains({v}, chr(0)))"
 
 
 def _shape_columns(table: Table) -> list[str]:
     """The columns the shape problem reads, carried to the outer query."""
-    return {"jsonl": ["valid,"], "parquet": []}.get(table.format, ["f,"])
+    return {"jsonl": ["valid,"], "parquet": []}.get(table.format, ["f, open_quote,"])
 
 
 @dataclass
@@ -782,8 +788,9 @@ def read_events(engine: Engine, table: Table, columns: Columns, domain: Optional
                       f"WHEN {_PATHLIKE.format(v='domain_v')} THEN 'domain ' || pyrepr(domain_v) || "
                       f"' is not a plain name (no /, \\, . or ..: it names a folder of images)' END")
     shape_problem = {"jsonl": "CASE WHEN NOT valid THEN 'not JSON' ELSE 'not a JSON object' END",
-                     "parquet": "NULL"}.get(table.format, f"len(f) || {quote(' fields, the header has ')} || "
-                                                          f"{len(table.columns or [])}")
+                     "parquet": "NULL"}.get(table.format, f"CASE WHEN open_quote THEN {quote(UNBALANCED)} ELSE "
+                                                          f"len(f) || {quote(' fields, the header has ')} || "
+                                                          f"{len(table.columns or [])} END")
     usable = [usable_id(v) for v in ("user_v", "item_v")]
     usable.append(f"t_v BETWEEN 0 AND {MAX_TIMESTAMP}")
     if columns.domain:

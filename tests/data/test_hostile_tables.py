@@ -89,3 +89,15 @@ def test_an_item_table_key_with_a_nul_is_a_bad_record(tmp_path):
     items.write_text("".join(json.dumps({"item": k, "title": "t"}) + "\n" for k in [f"i{i}" for i in range(6)] + ["z\0"]))
     m = tables.prepare(inter, items, tmp_path / "ds", text_fields=TITLE, k=1)
     assert m.provenance["skipped"] == {"bad_record": 1} and m.counts["items"] == 6
+
+
+def test_a_value_spanning_lines_never_leaves_a_row_with_a_wrong_key(tmp_path):
+    """A quoted user id holding a newline (`"u0<newline>x",i0,...`): its first line was a bad record and its second
+    line, `x",i0,...`, a row of user `x"`: 24 events of a user the table does not have."""
+    rows = [(f"{u}\nx", i, t) for u, i, t in events()]
+    inter = write_csv(tmp_path / "ev.csv", ["user", "item", "timestamp"], rows + events(users=3))
+    m = tables.prepare(inter, item_table(tmp_path), tmp_path / "ds", text_fields=TITLE, k=1)
+    assert sorted(users_of(m)) == ["ev:u0", "ev:u1", "ev:u2"]
+    assert m.provenance["skipped"] == {"bad_record": 2 * len(rows)}
+    with pytest.raises(DataError, match=r"ev\.csv:2: .*unbalanced quote"):
+        tables.prepare(inter, item_table(tmp_path), tmp_path / "strict", text_fields=TITLE, k=1, strict=True)
