@@ -118,9 +118,11 @@ def _reading(path: Path) -> Iterator[None]:
 
 
 def _open(path: Path) -> IO[str]:
+    """Text, UTF-8; a byte-order mark before the header (Excel's "CSV UTF-8") is not part of the first column's
+    name (the engine's reader drops it too)."""
     if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
 
 
 def _pyarrow_parquet(path: Path) -> Any:

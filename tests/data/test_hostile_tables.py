@@ -101,3 +101,20 @@ def test_a_value_spanning_lines_never_leaves_a_row_with_a_wrong_key(tmp_path):
     assert m.provenance["skipped"] == {"bad_record": 2 * len(rows)}
     with pytest.raises(DataError, match=r"ev\.csv:2: .*unbalanced quote"):
         tables.prepare(inter, item_table(tmp_path), tmp_path / "strict", text_fields=TITLE, k=1, strict=True)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_byte_order_mark_before_the_header_is_not_part_of_a_column_name(tmp_path, gz):
+    """Excel's "CSV UTF-8" starts with a byte-order mark: the error was `no user column 'user' (columns: user,
+    item, timestamp)` with the mark invisible in the first name."""
+    import gzip
+
+    body = "user,item,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, t in events())
+    inter = tmp_path / ("ev.csv.gz" if gz else "ev.csv")
+    data = b"\xef\xbb\xbf" + body.encode()
+    inter.write_bytes(gzip.compress(data) if gz else data)
+    items = tmp_path / "items.csv"
+    items.write_bytes(b"\xef\xbb\xbfitem,title\n" + "".join(f"i{i},T{i}\n" for i in range(6)).encode())
+    m = tables.prepare(inter, items, tmp_path / "ds", text_fields=TITLE, k=1)
+    assert m.counts == {"users": 4, "items": 6, "interactions": 24,
+                        "per_domain": {"ev": {"users": 4, "items": 6, "interactions": 24}}}
