@@ -118,3 +118,15 @@ def test_a_byte_order_mark_before_the_header_is_not_part_of_a_column_name(tmp_pa
     m = tables.prepare(inter, items, tmp_path / "ds", text_fields=TITLE, k=1)
     assert m.counts == {"users": 4, "items": 6, "interactions": 24,
                         "per_domain": {"ev": {"users": 4, "items": 6, "interactions": 24}}}
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_a_kcore_below_three_skips_users_too_short_for_leave_one_out(tmp_path, k):
+    """--kcore 1 or 2 keeps a user with 2 events: the conversion read and filtered everything, then the shard
+    writer refused the whole build ('leave-one-out needs at least 3', naming the build folder). Such a user is a
+    counted too_short skip, as the dataset reader counts one."""
+    rows = events() + [("short", "i0", T0), ("short", "i1", T0 + 1)]
+    inter = write_csv(tmp_path / "ev.csv", ["user", "item", "timestamp"], rows)
+    m = tables.prepare(inter, item_table(tmp_path), tmp_path / "ds", text_fields=TITLE, k=k)
+    assert sorted(users_of(m)) == [f"ev:u{u}" for u in range(4)]
+    assert m.provenance["skipped"] == {"too_short": 1} and m.counts["users"] == 4
