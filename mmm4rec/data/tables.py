@@ -856,7 +856,7 @@ def prepare(interactions: str | os.PathLike, items: str | os.PathLike, out_dir: 
     """
     if not text_fields:
         raise DataError("no text fields: name the item columns that form the item text")
-    check_output(out_dir)  # before reading the tables, not after
+    check_output(out_dir, [interactions, items, images])  # before reading the tables, not after
     inter_table, item_table = Table(interactions), Table(items)
     domain = None if columns.domain else (name or inter_table.path.name.split(".")[0])
     if domain is not None and (":" in domain or not domain or domain in (".", "..") or any(c in domain for c in "/\\\0")):
@@ -929,7 +929,7 @@ def prepare_items_for(build_dir: str | os.PathLike, items: str | os.PathLike, ou
         parts = int(spark["partitions"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"{build.path}: no readable spark_stats.json with the partition count ({e})") from None
-    check_output(out_dir)
+    check_output(out_dir, [items, images])
     item_table = Table(items)
     image_folder = Path(images) if images is not None else None
     build.lock()

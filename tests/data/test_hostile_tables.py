@@ -130,3 +130,25 @@ def test_a_kcore_below_three_skips_users_too_short_for_leave_one_out(tmp_path, k
     m = tables.prepare(inter, item_table(tmp_path), tmp_path / "ds", text_fields=TITLE, k=k)
     assert sorted(users_of(m)) == [f"ev:u{u}" for u in range(4)]
     assert m.provenance["skipped"] == {"too_short": 1} and m.counts["users"] == 4
+
+
+@pytest.mark.parametrize("where", ["inter", "items", "images"])
+def test_an_input_inside_the_output_folder_is_refused_not_deleted(tmp_path, where):
+    """Tables (or the image folder) kept inside a dataset folder this project wrote: rewriting that folder
+    replaced it whole and the input was gone."""
+    inter = write_csv(tmp_path / "ev.csv", ["user", "item", "timestamp"], events())
+    items = item_table(tmp_path)
+    out = tmp_path / "ds"
+    tables.prepare(inter, items, out, text_fields=TITLE, k=1)
+    moved = out / "raw" / {"inter": "ev.csv", "items": "items.csv", "images": "images"}[where]
+    moved.parent.mkdir()
+    if where == "images":
+        moved.mkdir()
+        images = moved
+    else:
+        moved.write_bytes((inter if where == "inter" else items).read_bytes())
+        images = None
+    args = {"inter": (moved, items), "items": (inter, moved), "images": (inter, items)}[where]
+    with pytest.raises(DataError, match=r"inside the output folder"):
+        tables.prepare(*args, out, text_fields=TITLE, k=1, images=images)
+    assert moved.exists()
