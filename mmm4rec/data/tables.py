@@ -836,6 +836,34 @@ def read_events(engine: Engine, table: Table, columns: Columns, domain: Optional
 
 
 # --------------------------------------------------------------------------------------------------------- convert
+class _Unchanged:
+    """The input files as they were before the first read (size, times, inode): a table is read several times
+    (header, time sample, sha256, the engine's pass), and one rewritten in between (an export still running) was
+    read with the old header's column positions and recorded under the old content's sha256."""
+
+    def __init__(self, *paths: str | os.PathLike):
+        self.seen = {Path(p): self._stat(Path(p)) for p in paths}
+
+    @staticmethod
+    def _stat(path: Path) -> Optional[tuple[int, ...]]:
+        try:
+            s = path.stat()
+        except OSError:  # a missing file is the table reader's error
+            return None
+        return s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino
+
+    @contextmanager
+    def check(self) -> Iterator[None]:
+        """Around the reads: a changed file is the error, also where the reads failed because of it."""
+        try:
+            yield
+        finally:
+            for path, before in self.seen.items():
+                if self._stat(path) != before:
+                    raise DataError(f"{path}: changed while it was read (size or modification time differ from "
+                                    "the start); convert it once it is complete") from None
+
+
 def _source(path: Path, role: str) -> dict[str, Any]:
     return {"role": role, "file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
@@ -857,6 +885,7 @@ def prepare(interactions: str | os.PathLike, items: str | os.PathLike, out_dir: 
     if not text_fields:
         raise DataError("no text fields: name the item columns that form the item text")
     check_output(out_dir, [interactions, items, images])  # before reading the tables, not after
+    seen = _Unchanged(interactions, items)
     inter_table, item_table = Table(interactions), Table(items)
     domain = None if columns.domain else (name or inter_table.path.name.split(".")[0])
     if domain is not None and (":" in domain or not domain or domain in (".", "..") or any(c in domain for c in "/\\\0")):
@@ -878,9 +907,10 @@ def prepare(interactions: str | os.PathLike, items: str | os.PathLike, out_dir: 
     def step2(engine: Engine) -> Converted:
         bad = BadRecords(strict)
         phases = Phases()
-        catalogue = read_items(engine, item_table, columns, text_fields, bad)
-        phases.done(f"{item_table.path}: {catalogue.items:,} items read")
-        events = read_events(engine, inter_table, columns, domain, catalogue, bad, time_format)
+        with seen.check():
+            catalogue = read_items(engine, item_table, columns, text_fields, bad)
+            phases.done(f"{item_table.path}: {catalogue.items:,} items read")
+            events = read_events(engine, inter_table, columns, domain, catalogue, bad, time_format)
         phases.done(f"{inter_table.path}: read and checked")
         sequences = Sequences(engine, k)
         stats = sequences.build("SELECT * FROM events")
@@ -930,13 +960,15 @@ def prepare_items_for(build_dir: str | os.PathLike, items: str | os.PathLike, ou
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"{build.path}: no readable spark_stats.json with the partition count ({e})") from None
     check_output(out_dir, [items, images])
+    seen = _Unchanged(items)
     item_table = Table(items)
     image_folder = Path(images) if images is not None else None
     build.lock()
     try:
         with build.engine(scale.memory_limit, scale.threads) as engine:
             bad = BadRecords(strict)
-            catalogue = read_items(engine, item_table, columns, text_fields, bad)
+            with seen.check():
+                catalogue = read_items(engine, item_table, columns, text_fields, bad)
             engine.execute(f"""CREATE OR REPLACE TABLE kept AS SELECT DISTINCT domain,
                 substr(item, length(domain) + 2) AS item FROM read_parquet({quote(str(build.path / 'seqs'))} ||
                 '/part=*/*.parquet')""")

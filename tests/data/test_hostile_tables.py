@@ -152,3 +152,21 @@ def test_an_input_inside_the_output_folder_is_refused_not_deleted(tmp_path, wher
     with pytest.raises(DataError, match=r"inside the output folder"):
         tables.prepare(*args, out, text_fields=TITLE, k=1, images=images)
     assert moved.exists()
+
+
+def test_a_table_rewritten_while_it_is_read_is_an_error(tmp_path, monkeypatch):
+    """The header and the sha256 in the provenance were taken from the file as it was at the start; a table
+    rewritten meanwhile (an export still running) was read with the old header's column positions: here user
+    and item swapped, silently."""
+    inter = write_csv(tmp_path / "ev.csv", ["user", "item", "timestamp"], events())
+    items = item_table(tmp_path)
+    read_items = tables.read_items
+
+    def rewriting(*args, **kwargs):  # the export writes the file again, columns in another order
+        write_csv(inter, ["item", "user", "timestamp"], [(i, u, t) for u, i, t in events(users=5)])
+        return read_items(*args, **kwargs)
+
+    monkeypatch.setattr(tables, "read_items", rewriting)
+    with pytest.raises(DataError, match=r"ev\.csv: changed while it was read"):
+        tables.prepare(inter, items, tmp_path / "ds", text_fields=TITLE, k=1)
+    assert not (tmp_path / "ds").exists()
