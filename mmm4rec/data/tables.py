@@ -717,6 +717,8 @@ def time_hint(value: Any, time_format: str) -> Optional[str]:
             return None if time_format == "unix_ms" else "looks like milliseconds: use --time-format unix_ms"
         if MAX_TIMESTAMP * 1000 < n <= MAX_TIMESTAMP * 10**6:
             return "looks like microseconds: convert the column to seconds or milliseconds first"
+        if MAX_TIMESTAMP * 10**6 < n <= MAX_TIMESTAMP * 10**9:
+            return "looks like nanoseconds: convert the column to seconds or milliseconds first"
         if 0 <= n <= MAX_TIMESTAMP and time_format != "unix":
             return "looks like Unix seconds: use --time-format unix"
         return None

@@ -170,3 +170,10 @@ def test_a_table_rewritten_while_it_is_read_is_an_error(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"ev\.csv: changed while it was read"):
         tables.prepare(inter, items, tmp_path / "ds", text_fields=TITLE, k=1)
     assert not (tmp_path / "ds").exists()
+
+
+def test_nanoseconds_are_named_in_the_sample(tmp_path):
+    """Timestamps in nanoseconds passed the sample (no hint beyond microseconds) and every row was skipped after
+    the whole table was read."""
+    with pytest.raises(DataError, match="looks like nanoseconds"):
+        tables.judge_time_sample((("r", 1_600_000_000_000_000_000) for _ in range(5)), "unix", "src")
