@@ -177,3 +177,16 @@ def test_nanoseconds_are_named_in_the_sample(tmp_path):
     the whole table was read."""
     with pytest.raises(DataError, match="looks like nanoseconds"):
         tables.judge_time_sample((("r", 1_600_000_000_000_000_000) for _ in range(5)), "unix", "src")
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line_from_mmm4rec_prepare(tmp_path, capsys):
+    """`mmm4rec prepare --out` below a file (or on a read-only file system): a Python traceback from mkdir;
+    tools/prepare_tables.py printed one line. Now both do, naming the path."""
+    from mmm4rec.data.prepare import main
+
+    inter = write_csv(tmp_path / "ev.csv", ["user", "item", "timestamp"], events())
+    (tmp_path / "file").write_text("not a folder")
+    rc = main(["--interactions", str(inter), "--items", str(item_table(tmp_path)), "--out",
+               str(tmp_path / "file" / "ds"), "--text-fields", "title", "--kcore", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and str(tmp_path / "file") in err[0]
