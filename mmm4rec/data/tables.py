@@ -142,6 +142,11 @@ class Table:
         self.path = Path(path)
         self.format = table_format(self.path)
         with _reading(self.path):
+            # A table is read several times (header, time sample, sha256, the engine): from a named pipe the
+            # header took the data and the next read waited for more, forever.
+            if self.path.exists() and not self.path.is_file():
+                raise DataError(f"{self.path}: not a regular file (a folder, pipe or device); a table is read more "
+                                "than once: write it to a file first")
             self.columns = self._header()
         if self.format in ("csv", "tsv") and len(self.columns) == 1:
             other = next((d for d in ";,\t|" if d != self._delimiter and d in self.columns[0]), None)

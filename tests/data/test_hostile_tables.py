@@ -190,3 +190,13 @@ def test_an_output_folder_that_cannot_be_made_is_one_line_from_mmm4rec_prepare(t
                str(tmp_path / "file" / "ds"), "--text-fields", "title", "--kcore", "1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and str(tmp_path / "file") in err[0]
+
+
+def test_a_named_pipe_is_refused_not_waited_on(tmp_path):
+    """A table is read several times (header, time sample, sha256, the engine): from a named pipe the header
+    took the data and the sha256 waited for more, forever."""
+    import os
+
+    os.mkfifo(tmp_path / "ev.csv")
+    with pytest.raises(DataError, match=r"ev\.csv: not a regular file"):
+        tables.prepare(tmp_path / "ev.csv", item_table(tmp_path), tmp_path / "ds", text_fields=TITLE, k=1)
