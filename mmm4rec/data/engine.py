@@ -155,8 +155,10 @@ class Engine:
         self.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT rowid + 1 AS n, line FROM {name}_raw")
 
     def read_parquet(self, name: str, path: Path, columns: Sequence[str]) -> dict[str, str]:
-        """View ``name``: (n, the columns) of a Parquet file, n the row from 1; returns each column's type."""
-        source = f"read_parquet({quote(str(path))}, file_row_number=true)"
+        """View ``name``: (n, the columns) of a Parquet file, n the row from 1; returns each column's type.
+        BINARY columns are read as UTF-8 text (writers that leave out the string annotation); read as bytes, a
+        non-ASCII id became escapes (`Caf\\xC3\\xA9`) that no item table names. Invalid UTF-8 is a read error."""
+        source = f"read_parquet({quote(str(path))}, file_row_number=true, binary_as_string=true)"
         try:
             types = {row[0]: row[1] for row in self.rows(f"DESCRIBE SELECT * FROM {source}")}
         except self.duckdb.Error as e:

@@ -357,6 +357,8 @@ def _scalar(value: Any) -> str:
     columns with gaps as floats)."""
     if value is None:
         return ""
+    if isinstance(value, bytes):  # a Parquet BINARY string (no UTF-8 annotation), as the engine reads it
+        value = value.decode("utf-8")
     if isinstance(value, float):
         return "" if not math.isfinite(value) else str(int(value)) if value.is_integer() else repr(value)
     return str(value).strip()
@@ -374,6 +376,8 @@ def _json_value(value: Any) -> Any:
         return [_json_value(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8").strip()
     if value is None or isinstance(value, (bool, int, float)):
         return value
     return str(value).strip()

@@ -200,3 +200,28 @@ def test_a_named_pipe_is_refused_not_waited_on(tmp_path):
     os.mkfifo(tmp_path / "ev.csv")
     with pytest.raises(DataError, match=r"ev\.csv: not a regular file"):
         tables.prepare(tmp_path / "ev.csv", item_table(tmp_path), tmp_path / "ds", text_fields=TITLE, k=1)
+
+
+def test_parquet_binary_strings_are_text(tmp_path):
+    """Strings written as Parquet BINARY (writers that leave out the UTF-8 annotation): the item table's keys
+    and texts were Python's repr of bytes (`b'i0'`, "Title: b'Caf\\xc3\\xa9'") and the interaction table's non-ASCII
+    keys DuckDB's escapes (`Caf\\xC3\\xA9`): every event an unknown item. Invalid UTF-8 is an error naming the
+    file, as in a text table."""
+    keys = ["i0", "Café", "i2", "日本"]
+    rows = [(f"u{u}", k, T0 + 10 * u + n) for u in range(3) for n, k in enumerate(keys)]
+    binary = lambda values: pa.array([v.encode() for v in values], pa.binary())  # noqa: E731
+    pq.write_table(pa.table({"user": binary([u for u, _, _ in rows]), "item": binary([i for _, i, _ in rows]),
+                             "timestamp": [t for *_, t in rows]}), tmp_path / "ev.parquet")
+    pq.write_table(pa.table({"item": binary(keys), "title": binary([f"Title {k}" for k in keys])}),
+                   tmp_path / "items.parquet")
+    m = tables.prepare(tmp_path / "ev.parquet", tmp_path / "items.parquet", tmp_path / "ds", text_fields=TITLE, k=1)
+    assert m.counts["items"] == 4 and m.counts["interactions"] == 12 and not m.provenance["skipped"]
+    from mmm4rec.data.shards import iter_item_records
+
+    texts = {r.key: r.text for _, r in iter_item_records(m.items, BadRecords(strict=True))}
+    assert texts["ev:Café"] == "Title: Title Café"
+    pq.write_table(pa.table({"user": pa.array([b"\xff"] * 3, pa.binary()), "item": binary(["i0"] * 3),
+                             "timestamp": [T0, T0 + 1, T0 + 2]}), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"bad\.parquet: cannot read: .*not valid UTF8"):
+        tables.prepare(tmp_path / "bad.parquet", tmp_path / "items.parquet", tmp_path / "bad", text_fields=TITLE,
+                       k=1)
