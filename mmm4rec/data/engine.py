@@ -313,13 +313,26 @@ def formatted_seconds(seconds: str, raw: str, time_format: str) -> str:
     raise ValueError(f"time format {time_format!r}: expected one of {', '.join(TIME_FORMATS)}")
 
 
+# Unix milliseconds before this many seconds (1973-03-03) are seconds read as milliseconds: seconds mixed into a
+# column of milliseconds became events of January 1970, first in every history, silently.
+MS_FIRST_SECOND = 100_000_000
+MS_EARLY = " read as milliseconds falls before 1973-03-04"
+
+
+def first_second(time_format: str) -> int:
+    """The earliest usable timestamp in ``time_format``, in seconds."""
+    return MS_FIRST_SECOND if time_format == "unix_ms" else 0
+
+
 def seconds_problem(seconds: str, raw: str, time_format: str = "unix") -> str:
     """SQL: the problem of a timestamp, NULL when it is usable (``raw`` NULL or '' is an empty timestamp)."""
     shown = f"'''' || {raw} || ''''"
+    early = (f"WHEN {seconds} < {MS_FIRST_SECOND} THEN 'timestamp ' || {shown} || {quote(MS_EARLY)} "
+             if time_format == "unix_ms" else "")
     return (f"CASE WHEN {raw} IS NULL OR {raw} = '' THEN 'empty timestamp' "
             f"WHEN {seconds} IS NULL THEN 'timestamp ' || {shown} || ' is not {TIME_FORMATS[time_format]}' "
             f"WHEN {seconds} < 0 OR {seconds} > {MAX_TIMESTAMP} THEN 'timestamp ' || {shown} || "
-            f"' is not between 1970 and the year 9999' END")
+            f"' is not between 1970 and the year 9999' {early}END")
 
 
 # ----------------------------------------------------------------------------------------------------- problems

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
-from .engine import TIME_FORMATS
+from .engine import TIME_FORMATS, first_second
 from .schema import MAX_TIMESTAMP, DataError
 from .tables import TIME_SAMPLE_ROWS, judge_time_sample
 
@@ -442,7 +442,7 @@ def clean_events(table: Any, domain: Optional[str] = None, *, user: str = "user"
     domain_v = _id(domain_column, types[domain_column]) if has_domain else F.lit(domain)
     # a NUL inside a key: the shards' key checks refuse it (tables: engine.id_problem)
     good_id = lambda v: v.isNotNull() & (v != "") & ~v.contains("\u0000")  # noqa: E731
-    good_t = t_v.isNotNull() & (t_v >= 0) & (t_v <= MAX_TIMESTAMP)
+    good_t = t_v.isNotNull() & (t_v >= first_second(time_format)) & (t_v <= MAX_TIMESTAMP)
     good_domain = good_id(domain_v) & ~domain_v.contains(":") if has_domain else F.lit(True)
     shaped = ~malformed if malformed is not None else F.lit(True)
     reason = (F.when(~shaped | ~good_id(user_v) | ~good_id(item_v), F.lit("bad_record"))

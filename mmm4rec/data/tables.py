@@ -42,8 +42,8 @@ from typing import IO, Any, Iterable, Iterator, Mapping, Optional, Sequence
 from .amazon import download_images
 from .build import Build, Converted, Phases, Scale, Sequences, convert, finish, write_item_partitions
 from .dataset import check_output
-from .engine import (LIST, TIME_FORMATS, WHITESPACE, Engine, Problems, csv_fields, formatted_seconds, id_problem,
-                     json_id, json_seconds, quote, seconds_problem, text_id, text_seconds, trimmed, typed_id,
+from .engine import (LIST, MS_EARLY, MS_FIRST_SECOND, TIME_FORMATS, WHITESPACE, Engine, Problems, csv_fields,
+                     first_second, formatted_seconds, id_problem, json_id, json_seconds, quote, seconds_problem, text_id, text_seconds, trimmed, typed_id,
                      typed_seconds, usable_id)
 from .schema import MAX_TIMESTAMP, BadRecords, DataError, InvalidRecord, Manifest
 from .shards import sha256_file
@@ -696,7 +696,10 @@ def seconds_as(value: Any, time_format: str) -> int:
             ms = _integer(value)
         except InvalidRecord:
             raise InvalidRecord("bad_timestamps", problem) from None
-        return _seconds(ms // 1000 if ms >= 0 else -1)
+        seconds = _seconds(ms // 1000 if ms >= 0 else -1)
+        if seconds < MS_FIRST_SECOND:
+            raise InvalidRecord("bad_timestamps", f"timestamp {value!r}{MS_EARLY}")
+        return seconds
     parsed = None
     if isinstance(value, str) and not _looks_numeric(value):
         try:
@@ -759,8 +762,9 @@ def judge_time_sample(cells: Iterable[tuple[str, Any]], time_format: str, source
     """The first ``rows`` (where, timestamp cell) of a table: when the first one that is not ``time_format`` looks
     like another format and half of them or more are not (with ``strict``: any one), a DataError naming it, with
     the hint (``looks like milliseconds: use --time-format unix_ms``). Other bad timestamps stay the reader's
-    (counted skips, or strict errors). Milliseconds all before 1973 are seconds read as milliseconds: an error
-    too. Shared by the single-machine converter and the Spark path (mmm4rec.data.spark)."""
+    (counted skips, or strict errors). Milliseconds before 1973 are seconds read as milliseconds (bad timestamps
+    with the hint ``looks like Unix seconds``). Shared by the single-machine converter and the Spark path
+    (mmm4rec.data.spark)."""
     seen, bad, first, values = 0, 0, None, []
     for where, value in cells:
         seen += 1
@@ -779,9 +783,6 @@ def judge_time_sample(cells: Iterable[tuple[str, Any]], time_format: str, source
         where, problem, hint = first
         share = f" ({bad} of the first {seen} timestamps)" if bad > 1 else ""
         raise DataError(f"{where}: {problem}{share}" + (f"; {hint}" if hint else ""))
-    if time_format == "unix_ms" and values and max(values) < 100_000_000:
-        raise DataError(f"{source}: the first {len(values)} timestamps read as milliseconds all fall before "
-                        "1973-03-04; they look like Unix seconds: use --time-format unix")
 
 
 def read_events(engine: Engine, table: Table, columns: Columns, domain: Optional[str], catalogue: Catalogue,
@@ -805,7 +806,7 @@ def read_events(engine: Engine, table: Table, columns: Columns, domain: Optional
                                                           f"len(f) || {quote(' fields, the header has ')} || "
                                                           f"{len(table.columns or [])} END")
     usable = [usable_id(v) for v in ("user_v", "item_v")]
-    usable.append(f"t_v BETWEEN 0 AND {MAX_TIMESTAMP}")
+    usable.append(f"t_v BETWEEN {first_second(time_format)} AND {MAX_TIMESTAMP}")
     if columns.domain:
         usable.append(f"domain_v <> '' AND NOT starts_with(domain_v, {quote(LIST)}) AND NOT contains(domain_v, ':') "
                       f"AND NOT {_PATHLIKE.format(v='domain_v')}")

@@ -225,3 +225,16 @@ def test_parquet_binary_strings_are_text(tmp_path):
     with pytest.raises(DataError, match=r"bad\.parquet: cannot read: .*not valid UTF8"):
         tables.prepare(tmp_path / "bad.parquet", tmp_path / "items.parquet", tmp_path / "bad", text_fields=TITLE,
                        k=1)
+
+
+def test_seconds_mixed_into_milliseconds_are_bad_timestamps(tmp_path):
+    """--time-format unix_ms on a column where some rows hold seconds: those rows became events of January 1970,
+    first in every history, silently (the sample only refused a column of seconds alone)."""
+    rows = [(u, i, t * 1000 if n % 4 else t) for n, (u, i, t) in enumerate(events())]
+    inter = write_csv(tmp_path / "ev.csv", ["user", "item", "timestamp"], rows)
+    m = tables.prepare(inter, item_table(tmp_path), tmp_path / "ds", text_fields=TITLE, k=1, time_format="unix_ms")
+    assert m.provenance["skipped"] == {"bad_timestamps": 6} and m.counts["interactions"] == 18
+    with pytest.raises(DataError, match=r"ev\.csv:2: timestamp '1600000000' read as milliseconds falls before "
+                                        r"1973-03-04; looks like Unix seconds: use --time-format unix"):
+        tables.prepare(inter, item_table(tmp_path), tmp_path / "strict", text_fields=TITLE, k=1,
+                       time_format="unix_ms", strict=True)

@@ -348,7 +348,9 @@ def test_time_formats_read_as_the_converter_reads_them(spark, tmp_path):
               for t in seconds[1:-1]]
     texts += ["2020-02-29", "2020-02-29 10:00", "2020-02-29T10:00:00.999999Z", "2020-02-29T10:00:00+0130",
               "1969-12-31T23:59:59.5Z", "2020-13-01", "2020", "1600000000", ""]
-    cases = {"unix_ms": [str(t * 1000 + 999) for t in seconds] + ["-1", "1.5", "x"], "iso8601": texts}
+    # milliseconds before 1973-03-04 are seconds read as milliseconds (bad): 59 s is, 10^8 s the first that is not
+    cases = {"unix_ms": [str(t * 1000 + 999) for t in [59, 100_000_000, *seconds[3:]]] + ["-1", "1.5", "x"],
+             "iso8601": texts}
     previous = spark.conf.get("spark.sql.session.timeZone")
     spark.conf.set("spark.sql.session.timeZone", "America/New_York")  # must not matter
     try:
