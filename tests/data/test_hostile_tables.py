@@ -5,7 +5,6 @@ is read. Each case: a one-line error naming the file/row/key, or a counted skip,
 key or a deleted input."""
 from __future__ import annotations
 
-import csv
 import decimal
 import json
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from data_helpers import write_csv
 
 from mmm4rec.data import tables
 from mmm4rec.data.schema import BadRecords, DataError
@@ -25,14 +25,6 @@ TITLE = [TextField("title", "Title")]
 
 def events(users: int = 4, items: int = 6) -> list[tuple[str, str, int]]:
     return [(f"u{u}", f"i{i}", T0 + 100 * u + i) for u in range(users) for i in range(items)]
-
-
-def write_csv(path: Path, header: list[str], rows) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def item_table(folder: Path, keys=tuple(f"i{i}" for i in range(6))) -> Path:

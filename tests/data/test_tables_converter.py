@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from data_helpers import FIXTURES, PYTHON, REPO, image_bytes, run_env
+from data_helpers import FIXTURES, PYTHON, REPO, image_bytes, run_env, write_csv
 from legacy import movielens as legacy_movielens
 
 from mmm4rec.data import movielens, tables
@@ -39,14 +39,6 @@ def read_all(manifest):
 
 def digests(manifest) -> list[str]:
     return [s.sha256 for s in manifest.items + manifest.seqs]
-
-
-def write_csv(path: Path, header: list[str], rows) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def movie_tables(folder: Path, variant: str) -> tuple[Path, Path]:
