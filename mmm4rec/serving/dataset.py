@@ -96,6 +96,11 @@ class UserHistories:
             item_parts.append(ids)
             stamp_parts.append(np.asarray(rec.timestamps, np.int64)[known])
         del seen
+        if unknown_events and not sum(lengths):
+            # not one event on an item of the export: another shop's dataset, every user a silent new visitor
+            raise DataError(f"{dataset}: none of its {unknown_events} events is on an item the export holds (e.g. "
+                            f"{sorted(unknown_items)[0]!r}; the export's are like {next(iter(item_index), None)!r}): "
+                            "the dataset of another catalogue")
         encoded = [k.encode("utf-8") for k in keys]
         user_hash, user_row = _sorted_hashes(keys)
         bare_hash, bare_row = _sorted_hashes([_bare(k) for k in keys])
@@ -134,7 +139,10 @@ class UserHistories:
         return self.key_bytes[self.key_offsets[row]:self.key_offsets[row + 1]].tobytes().decode("utf-8")
 
     def _rows(self, hashes: np.ndarray, rows: np.ndarray, value: str) -> np.ndarray:
-        h = np.uint64(user_key_hash(value))
+        try:
+            h = np.uint64(user_key_hash(value))
+        except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): no UTF-8 bytes, so no dataset key
+            return rows[:0]
         return rows[np.searchsorted(hashes, h, "left"):np.searchsorted(hashes, h, "right")]
 
     def row(self, key: str) -> Optional[int]:
@@ -171,6 +179,14 @@ def image_type(head: bytes) -> Optional[str]:
     return None
 
 
+class ShardChanged(DataError):
+    """An item shard is not the file the image index was read from (replaced, truncated or removed since)."""
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 @dataclass
 class ItemImages:
     paths: list[Path]  # the item shards
@@ -178,6 +194,8 @@ class ItemImages:
     offset: np.ndarray  # int64 [I+1]: its first byte in the shard
     size: np.ndarray  # int64 [I+1]
     max_bytes: int = MAX_IMAGE_BYTES
+    # each shard's (device, inode, size, mtime) when its offsets were read: the offsets hold for that file only
+    identity: Optional[list[tuple[int, int, int, int]]] = None
 
     @classmethod
     def read(cls, dataset: str | os.PathLike, item_index: Mapping[str, int], num_items: int,
@@ -190,10 +208,11 @@ class ItemImages:
         offset = np.zeros(num_items + 1, np.int64)
         size = np.zeros(num_items + 1, np.int64)
         paths = [Path(info.path) for info in manifest.items]
-        large = 0
+        large, identity = 0, []
         for s, path in enumerate(paths):
             try:
-                with tarfile.open(path, "r:") as tar:
+                with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+                    identity.append(_identity(os.fstat(f.fileno())))
                     for key, (where, length) in _images_of(tar):
                         item = item_index.get(key)
                         if item is None:
@@ -206,7 +225,7 @@ class ItemImages:
                 raise DataError(f"{path}: cannot read the item shard's members ({e})") from None
         if large:
             log.warning("%s: %d item image(s) larger than %d bytes are not served", dataset, large, max_bytes)
-        out = cls(paths, shard, offset, size, max_bytes)
+        out = cls(paths, shard, offset, size, max_bytes, identity)
         log.info("%d item images found in %s", out.count, dataset)
         return out
 
@@ -221,9 +240,20 @@ class ItemImages:
         """(bytes, content type) of item id ``item``'s image, None when it has none (or not a served format)."""
         if not self.has(item):
             return None
-        with open(self.paths[self.shard[item]], "rb") as f:
-            f.seek(int(self.offset[item]))
-            data = f.read(int(self.size[item]))
+        s = int(self.shard[item])
+        # Another file at that path (a dataset rebuilt or copied over) holds other bytes at these offsets: another
+        # item's image, which must never be served as this one's.
+        changed = ShardChanged(f"{self.paths[s]}: the item shard changed since its images were indexed (replaced, "
+                               "truncated or removed); restart the service to serve the dataset's images as they "
+                               "are now")
+        try:
+            with open(self.paths[s], "rb") as f:
+                if self.identity is not None and _identity(os.fstat(f.fileno())) != self.identity[s]:
+                    raise changed
+                f.seek(int(self.offset[item]))
+                data = f.read(int(self.size[item]))
+        except OSError:
+            raise changed from None
         kind = image_type(data[:12])
         return None if kind is None or len(data) != self.size[item] else (data, kind)
 

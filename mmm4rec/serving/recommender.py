@@ -137,7 +137,7 @@ class Recommender:
 
     def text(self, key: str) -> Optional[str]:
         """The item's title (else its text) as the export stores it; None when the export stores no texts."""
-        if key not in self.index:
+        if not isinstance(key, str) or key not in self.index:
             raise DataError(self._unknown(key, "text"))
         return None if self.texts is None else self.texts[self.index[key]]
 
@@ -348,7 +348,9 @@ class Recommender:
         answered with (items the export does not hold left out)."""
         if self.users is None:
             raise ConfigError(f"{self.path}: users are known by key only with a dataset (Recommender(dataset=…))")
-        row = self.users.row(user) if isinstance(user, str) else None
+        if not isinstance(user, str):
+            raise ConfigError(f"history: {short_repr(user)} is not a user key (a string)")
+        row = self.users.row(user)
         if row is None:
             raise DataError(self._unknown_user(user))
         ids, stamps = self.users.history(row)
@@ -357,12 +359,13 @@ class Recommender:
     def image(self, key: str) -> Optional[tuple[bytes, str]]:
         """(encoded bytes, content type) of the item's image in the dataset, None when it has none (or no dataset
         images were loaded)."""
-        if key not in self.index:
+        if not isinstance(key, str) or key not in self.index:
             raise DataError(self._unknown(key, "image"))
         return None if self.images is None else self.images.read_image(self.index[key])
 
     def has_image(self, key: str) -> bool:
-        return self.images is not None and key in self.index and self.images.has(self.index[key])
+        return (self.images is not None and isinstance(key, str) and key in self.index
+                and self.images.has(self.index[key]))
 
     def _user_vectors(self, histories: Iterable[History], unknown: str, batch_size: int,
                       labels: Optional[Sequence[str]], time_unit: str = "s"):

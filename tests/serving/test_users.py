@@ -89,3 +89,61 @@ def test_item_images_are_read_from_their_shard_by_offset_and_bounded(tmp_path, c
     assert 0 < small.count < len(index) and "larger than" in caplog.text
     assert image_type(b"\xff\xd8\xff\xe0rest") == "image/jpeg" and image_type(b"GIF89a..") == "image/gif"
     assert image_type(b"RIFF\0\0\0\0WEBPVP8 ") == "image/webp" and image_type(b"<svg xmlns=") is None
+
+
+# --------------------------------------------------------------------------- hostile keys and a changing dataset
+@pytest.mark.parametrize("key", ["\ud800", "syn:\udcff", "x" * 100_000, "", "ü😀"])
+def test_a_user_key_that_is_not_encodable_huge_or_empty_is_an_unknown_key(export_dir, wider, key):
+    """A lone surrogate (JSON "\\ud800" decodes to one) has no UTF-8 bytes: it was a UnicodeEncodeError (HTTP 500,
+    a traceback in `mmm4rec recommend`), now it is an unknown key like any other."""
+    rec = Recommender.from_pretrained(export_dir, dataset=wider)
+    with pytest.raises(DataError, match="unknown user key"):
+        rec.recommend(users=[key])
+    with pytest.raises(DataError, match="unknown user key"):
+        rec.history(key)
+    assert rec.recommend(users=[key], unknown_user="popular", k=3) == [rec.popular(3)]
+    assert np.isnan(rec.score(users=[key], item_keys=rec.keys[1:3], unknown_user="popular")).all()
+
+
+@pytest.mark.parametrize("call", ["history", "image", "text", "has_image"])
+@pytest.mark.parametrize("key", [3, None, ["syn:01"], {"k": 1}])
+def test_a_key_that_is_not_a_string_is_a_one_line_error(export_dir, wider, call, key):
+    """history(3) was an AttributeError, image/text([…]) a TypeError (unhashable); has_image answers False."""
+    rec = Recommender.from_pretrained(export_dir, dataset=wider)
+    if call == "has_image":
+        assert rec.has_image(key) is False
+        return
+    with pytest.raises((DataError, ConfigError), match="not a(n item| user) key|unknown (item|user) key"):
+        getattr(rec, call)(key)
+
+
+def test_an_item_shard_replaced_or_removed_after_start_is_never_served_as_another_items_image(tmp_path):
+    """The image index holds byte offsets into the shards as they were at start: a shard regenerated (other
+    content at those offsets) served another item's image silently, a removed one was a FileNotFoundError (500)."""
+    import shutil
+
+    from mmm4rec.serving.dataset import ItemImages, ShardChanged
+
+    root = tmp_path / "data"
+    generate(root, 10, 12, images="generated", seed=2, shard_size=5)
+    index = {f"syn:{i:02d}": i + 1 for i in range(12)}
+    images = ItemImages.read(root, index, 12)
+    first = images.read_image(1)
+    assert first is not None and first[1] == "image/png"
+    shards = sorted(root.glob("items-*.tar"))
+    shutil.copy(shards[1], shards[0])  # another shard's bytes: PNGs of other items at other offsets
+    with pytest.raises(ShardChanged, match=r"items-000000\.tar.*changed since"):
+        images.read_image(1)
+    shards[0].unlink()
+    with pytest.raises(ShardChanged, match=r"items-000000\.tar.*changed since"):
+        images.read_image(1)
+    assert images.read_image(12) is not None  # the other shards are still served
+    assert issubclass(ShardChanged, DataError)
+
+
+def test_a_dataset_of_another_catalogue_is_refused(export_dir, wider):
+    """Not one event on an item the export holds: every user would silently be a new visitor."""
+    from mmm4rec.serving.dataset import UserHistories
+
+    with pytest.raises(DataError, match="none of its .* events is on an item the export holds"):
+        UserHistories.read(wider, {"shop:P1": 1, "shop:P2": 2})
