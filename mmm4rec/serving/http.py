@@ -136,9 +136,11 @@ def create_app(rec, limits: Limits = Limits()):
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
     from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
 
     from ..config import ConfigError
     from ..data.schema import DataError
+    from .dataset import ShardChanged
     from .options import ONE_OF, TimeUnit, Unknown, UnknownUser
 
     lock = threading.Lock()
@@ -197,6 +199,20 @@ def create_app(rec, limits: Limits = Limits()):
         first = e.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ()))
         return error(422, f"{where}: {first.get('msg', 'invalid').removeprefix('Value error, ')}")
+
+    @app.exception_handler(HTTPException)
+    async def refused_by_the_framework(request: Request, e: HTTPException) -> Response:
+        """FastAPI's and Starlette's own refusals (404, 405, a body the JSON parser gave up on) in this service's
+        form, {"error": one line}, not theirs ({"detail": …})."""
+        if e.status_code == 400 and e.detail == "There was an error parsing the body":
+            # json.loads raised neither a JSONDecodeError (that is a 422 naming the position) nor a ValueError:
+            # a UnicodeDecodeError, or a RecursionError for [[[[… nested past the parser's depth
+            message = "body: not JSON that can be read (not UTF-8, or nested too deeply)"
+        else:
+            message = f"{request.method} {request.url.path}: {e.detail}"
+        if e.status_code == 405:
+            return error(405, message) if request.method != "HEAD" else Response(status_code=405)
+        return error(e.status_code, message)
 
     @app.middleware("http")
     async def bounded_body(request: Request, call_next):
@@ -270,6 +286,8 @@ def create_app(rec, limits: Limits = Limits()):
     async def image(key: str) -> Response:
         try:
             found = await run_in_threadpool(rec.image, key)
+        except ShardChanged as e:  # the dataset under the service changed: no image is better than a wrong one
+            return error(503, str(e))
         except DataError as e:
             return error(404, str(e))
         if found is None:
