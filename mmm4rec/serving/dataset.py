@@ -208,23 +208,29 @@ class ItemImages:
         offset = np.zeros(num_items + 1, np.int64)
         size = np.zeros(num_items + 1, np.int64)
         paths = [Path(info.path) for info in manifest.items]
-        large, identity = 0, []
+        large, foreign, identity = 0, 0, []
         for s, path in enumerate(paths):
             try:
                 with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
                     identity.append(_identity(os.fstat(f.fileno())))
-                    for key, (where, length) in _images_of(tar):
+                    for key, (where, length, kind) in _images_of(tar):
                         item = item_index.get(key)
                         if item is None:
                             continue
                         if length > max_bytes:
                             large += 1
                             continue
+                        if kind is None:  # offered (an image URL in every result) only what can be served
+                            foreign += 1
+                            continue
                         shard[item], offset[item], size[item] = s, where, length
             except (tarfile.TarError, OSError) as e:
                 raise DataError(f"{path}: cannot read the item shard's members ({e})") from None
         if large:
             log.warning("%s: %d item image(s) larger than %d bytes are not served", dataset, large, max_bytes)
+        if foreign:
+            log.warning("%s: %d item image(s) that are not PNG, JPEG, GIF or WebP (by their first bytes) are not "
+                        "served", dataset, foreign)
         out = cls(paths, shard, offset, size, max_bytes, identity)
         log.info("%d item images found in %s", out.count, dataset)
         return out
@@ -259,8 +265,9 @@ class ItemImages:
 
 
 def _images_of(tar: tarfile.TarFile):
-    """(item key, (byte offset, length) of its image) per sample of an item shard that has an image. A sample's
-    members share the name up to the first dot of the basename (webdataset's grouping); its key is in .json."""
+    """(item key, (byte offset, length, content type or None) of its image) per sample of an item shard that has an
+    image. A sample's members share the name up to the first dot of the basename (webdataset's grouping); its key
+    is the string "key" of its .json (a sample whose .json is not an object with one has no key)."""
     current, key, image = None, None, None
     for member in tar:
         if not member.isfile():
@@ -276,9 +283,13 @@ def _images_of(tar: tarfile.TarFile):
         if ext == "json":
             try:
                 key = json.loads(tar.extractfile(member).read()).get("key")
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):  # not JSON, not an object, [[[[… too deep
+                key = None
+            if not isinstance(key, str):  # a list would not even be hashable
                 key = None
         elif ext in IMAGE_MEMBERS and image is None:
-            image = (member.offset_data, member.size)
+            # its first bytes (in the block after the header tarfile has just read; it seeks back for the next)
+            tar.fileobj.seek(member.offset_data)
+            image = (member.offset_data, member.size, image_type(tar.fileobj.read(min(12, member.size))))
     if key is not None and image is not None:
         yield key, image

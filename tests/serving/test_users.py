@@ -147,3 +147,59 @@ def test_a_dataset_of_another_catalogue_is_refused(export_dir, wider):
 
     with pytest.raises(DataError, match="none of its .* events is on an item the export holds"):
         UserHistories.read(wider, {"shop:P1": 1, "shop:P2": 2})
+
+
+def rewrite_item_shard(dataset, edit) -> None:
+    """Rewrite the dataset's first item shard member by member through ``edit(name, data) -> data``, and its
+    manifest entry (bytes, sha256) to match: a dataset that passes its checks but holds what ``edit`` put there."""
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    path = sorted(dataset.glob("items-*.tar"))[0]
+    out = io.BytesIO()
+    with tarfile.open(path) as src, tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst:
+        for member in src.getmembers():
+            data = edit(member.name, src.extractfile(member).read())
+            member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+    path.write_bytes(out.getvalue())
+    manifest = json.loads((dataset / "dataset.json").read_text())
+    for shard in manifest["shards"]["items"]:
+        if shard["name"] == path.name:
+            shard["bytes"], shard["sha256"] = len(out.getvalue()), hashlib.sha256(out.getvalue()).hexdigest()
+    (dataset / "dataset.json").write_text(json.dumps(manifest))
+
+
+def test_item_records_a_hostile_dataset_holds_are_skipped_at_start_and_only_real_images_offered(tmp_path, caplog):
+    """An item's .json with a list as its key was a TypeError (unhashable) at start, one nested past the JSON
+    parser's depth a RecursionError: both tracebacks instead of a served dataset. A .png member holding HTML was
+    offered (has_image, an image URL in every result) and then answered 404; now it is counted at start and not
+    offered."""
+    import json
+
+    from mmm4rec.serving.dataset import ItemImages
+
+    root = tmp_path / "data"
+    generate(root, 10, 12, images="generated", seed=2, shard_size=5)
+    index = {f"syn:{i:02d}": i + 1 for i in range(12)}
+    damage = {"syn:00": lambda data: json.dumps({**json.loads(data), "key": ["syn:00"]}).encode(),
+              "syn:01": lambda data: b"[" * 100_000 + b"]" * 100_000}
+    samples: dict[str, str] = {}
+
+    def edit(name, data):
+        sample, ext = name.rsplit(".", 1)
+        if ext == "json":
+            samples[sample] = json.loads(data)["key"]
+            return damage.get(samples[sample], lambda d: d)(data)
+        if ext == "png" and samples.get(sample) == "syn:02":
+            return b"<html><script>alert(1)</script></html>"
+        return data
+
+    rewrite_item_shard(root, edit)
+    with caplog.at_level(logging.WARNING):
+        images = ItemImages.read(root, index, 12)
+    assert [images.has(i) for i in (1, 2, 3, 4)] == [False, False, False, True]
+    assert images.count == 9 and "1 item image(s) that are not PNG, JPEG, GIF or WebP" in caplog.text
+    assert images.read_image(4)[1] == "image/png"
