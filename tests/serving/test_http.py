@@ -65,9 +65,11 @@ def serving(export_dir, *args: str):
             proc.kill()
             pytest.fail(f"the server did not start: {proc.stdout.read()}")
         time.sleep(0.3)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        yield url
+    finally:  # also when a test fails inside `for url in serving(…)` (the generator is closed)
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +323,9 @@ def test_an_item_shard_replaced_or_removed_while_serving_is_503_never_another_it
     dataset = tmp_path / "shop"
     shutil.copytree(shop, dataset)
     images = {r.key: r.image for _, r in iter_item_records(load_manifest(dataset).items, BadRecords(), False)}
-    for url in serving(export_dir, "--dataset", str(dataset)):
+    server = serving(export_dir, "--dataset", str(dataset))
+    url = next(server)
+    try:
         with urllib.request.urlopen(url + "/items/syn:01/image", timeout=30) as r:
             assert r.read() == images["syn:01"]
         shards = sorted(dataset.glob("items-*.tar"))
@@ -333,3 +337,5 @@ def test_an_item_shard_replaced_or_removed_while_serving_is_503_never_another_it
             shards[0].unlink(missing_ok=True)
         with urllib.request.urlopen(url + "/items/syn:59/image", timeout=30) as r:  # in another shard: still served
             assert r.read() == images["syn:59"]
+    finally:
+        server.close()  # stops it (the generator's finally)
