@@ -341,14 +341,18 @@ def _number(x: float) -> Optional[float]:
 def _search(rec, query: str, limit: int) -> list[dict]:
     """Items whose key or title contains ``query`` (case-insensitive), in catalogue order; with no query, the most
     popular (or the first) items."""
-    texts = rec.texts or [""] * len(rec.keys)
+    # Not under the model lock: add_items may replace rec.texts and then rec.keys meanwhile. Read each once (keys
+    # first: texts are replaced first, so they are never the shorter) and stay within both.
+    keys = rec.keys
+    texts = rec.texts or [""] * len(keys)
     q = query.strip().lower()
     out = []
     if not q and rec.popularity is not None:
-        return [{"item": key, "text": texts[rec.index[key]]} for key, _ in rec.popular(limit)]
-    for i in range(1, len(rec.keys)):
-        if not q or q in rec.keys[i].lower() or q in texts[i].lower():
-            out.append({"item": rec.keys[i], "text": texts[i]})
+        rows = [(key, rec.index.get(key, len(texts))) for key, _ in rec.popular(limit)]
+        return [{"item": key, "text": texts[i] if i < len(texts) else ""} for key, i in rows]
+    for i in range(1, min(len(keys), len(texts))):
+        if not q or q in keys[i].lower() or q in texts[i].lower():
+            out.append({"item": keys[i], "text": texts[i]})
             if len(out) == limit:
                 break
     return out
