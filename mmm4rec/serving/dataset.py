@@ -76,6 +76,7 @@ class UserHistories:
         manifest = load_manifest(dataset)
         bad = BadRecords(strict=False)
         keys: list[str] = []
+        encoded: list[bytes] = []
         seen: set[str] = set()
         lengths, item_parts, stamp_parts = [], [], []
         unknown_events, unknown_items, duplicates = 0, set(), 0
@@ -85,6 +86,11 @@ class UserHistories:
                 duplicates += 1
                 continue
             seen.add(rec.user)
+            try:
+                key = rec.user.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate ("\ud800" in its JSON): a str, but no UTF-8 bytes
+                bad.report("bad_user_key", f"user {rec.user!r}: not UTF-8 encodable (a lone surrogate)")
+                continue
             ids = np.fromiter((get(k, 0) for k in rec.items), np.int32, len(rec.items))
             known = ids > 0
             if not known.all():
@@ -92,6 +98,7 @@ class UserHistories:
                 unknown_items.update(k for k, ok in zip(rec.items, known.tolist()) if not ok)
                 ids = ids[known]
             keys.append(rec.user)
+            encoded.append(key)
             lengths.append(len(ids))
             item_parts.append(ids)
             stamp_parts.append(np.asarray(rec.timestamps, np.int64)[known])
@@ -101,7 +108,6 @@ class UserHistories:
             raise DataError(f"{dataset}: none of its {unknown_events} events is on an item the export holds (e.g. "
                             f"{sorted(unknown_items)[0]!r}; the export's are like {next(iter(item_index), None)!r}): "
                             "the dataset of another catalogue")
-        encoded = [k.encode("utf-8") for k in keys]
         user_hash, user_row = _sorted_hashes(keys)
         bare_hash, bare_row = _sorted_hashes([_bare(k) for k in keys])
         out = cls(user_hash, user_row, bare_hash, bare_row,

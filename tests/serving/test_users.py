@@ -149,15 +149,16 @@ def test_a_dataset_of_another_catalogue_is_refused(export_dir, wider):
         UserHistories.read(wider, {"shop:P1": 1, "shop:P2": 2})
 
 
-def rewrite_item_shard(dataset, edit) -> None:
-    """Rewrite the dataset's first item shard member by member through ``edit(name, data) -> data``, and its
-    manifest entry (bytes, sha256) to match: a dataset that passes its checks but holds what ``edit`` put there."""
+def rewrite_item_shard(dataset, edit, kind: str = "items") -> None:
+    """Rewrite the dataset's first item (or ``kind="seqs"``: sequence) shard member by member through
+    ``edit(name, data) -> data``, and its manifest entry (bytes, sha256) to match: a dataset that passes its checks
+    but holds what ``edit`` put there."""
     import hashlib
     import io
     import json
     import tarfile
 
-    path = sorted(dataset.glob("items-*.tar"))[0]
+    path = sorted(dataset.glob(f"{kind}-*.tar"))[0]
     out = io.BytesIO()
     with tarfile.open(path) as src, tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst:
         for member in src.getmembers():
@@ -166,7 +167,7 @@ def rewrite_item_shard(dataset, edit) -> None:
             dst.addfile(member, io.BytesIO(data))
     path.write_bytes(out.getvalue())
     manifest = json.loads((dataset / "dataset.json").read_text())
-    for shard in manifest["shards"]["items"]:
+    for shard in manifest["shards"][kind]:
         if shard["name"] == path.name:
             shard["bytes"], shard["sha256"] = len(out.getvalue()), hashlib.sha256(out.getvalue()).hexdigest()
     (dataset / "dataset.json").write_text(json.dumps(manifest))
@@ -203,3 +204,28 @@ def test_item_records_a_hostile_dataset_holds_are_skipped_at_start_and_only_real
     assert [images.has(i) for i in (1, 2, 3, 4)] == [False, False, False, True]
     assert images.count == 9 and "1 item image(s) that are not PNG, JPEG, GIF or WebP" in caplog.text
     assert images.read_image(4)[1] == "image/png"
+
+
+def test_a_dataset_user_key_with_a_lone_surrogate_is_a_counted_skip(export_dir, tmp_path, caplog):
+    """A sequence record's "user": "\\ud800…" passes the record checks (it is a str) but has no UTF-8 bytes: the
+    user index's encode was a UnicodeEncodeError at start. That user is skipped and counted; the others load."""
+    import json
+
+    root = tmp_path / "data"
+    generate(root, 12, 60, images="none", seed=4, shard_size=6)
+    first = []
+
+    def edit(name, data):
+        record = json.loads(data)
+        if not first:
+            first.append(record["user"])
+            record["user"] = "\ud800" + record["user"]
+        return json.dumps(record).encode()
+
+    rewrite_item_shard(root, edit, kind="seqs")
+    with caplog.at_level(logging.WARNING):
+        rec = Recommender.from_pretrained(export_dir, dataset=root)
+    assert rec.users.num_users == 11 and rec.users.dropped["bad_user_key"] == 1
+    assert "1 bad record(s) skipped" in caplog.text
+    with pytest.raises(DataError, match="unknown user key"):
+        rec.history("\ud800" + first[0])
