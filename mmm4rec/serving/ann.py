@@ -124,7 +124,8 @@ class AnnIndex:
         try:
             for file in (meta_file, index_file):  # a FIFO would block the start for ever; a folder, a device …
                 if not file.is_file():
-                    raise ValueError(f"{file.name} is not a regular file")
+                    raise ValueError(f"{file.name} is " + ("missing" if not os.path.lexists(file) else
+                                                          "not a regular file"))
             meta = json.loads(meta_file.read_text())
             if meta.get("format") != CACHE_FORMAT or meta.get("key") != self.key:
                 changed = [name for name, value in self.params.items() if (meta.get("params") or {}).get(name) != value]

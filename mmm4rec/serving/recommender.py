@@ -89,7 +89,11 @@ class Recommender:
         self.ann_min_items = ann_min_items  # None: always exact
         # where the ANN index is kept between starts (mmm4rec.serving.ann): True = <export>/ann-cache
         self.ann_cache = (export.path / ANN_CACHE if ann_cache is True else
-                          None if ann_cache in (None, False) else Path(ann_cache))
+                          None if ann_cache is None or ann_cache is False else
+                          _folder("ann_cache", ann_cache, ", True or None"))
+        _flag("images", images)
+        if dataset is not None:
+            dataset = _folder("dataset", dataset)
         self.popularity = export.popularity
         self.texts = export.texts
         self.store = export.store  # the loaded catalogue's store: save() keeps its rows' content hashes
@@ -119,6 +123,8 @@ class Recommender:
         """Read every user's history of ``dataset`` (mmm4rec.serving.dataset.UserHistories: numpy arrays) and,
         with ``images``, where its items' images lie. Its items the export does not hold are counted and reported
         once, and left out of the histories."""
+        dataset = _folder("dataset", dataset)
+        _flag("images", images)
         self.users = UserHistories.read(dataset, self.index)
         self.images = None
         if images:
@@ -640,6 +646,16 @@ def _listed(name: str, value: Any, what: str) -> list:
     if value is None or isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
         raise ConfigError(f"{name} must be a list of {what}, got {type(value).__name__} {short_repr(value, 60)}")
     return list(value)
+
+
+def _folder(name: str, value: Any, also: str = "") -> Path:
+    """A folder argument as a Path: a str or os.PathLike, not empty (Path("") is the working directory)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{name} must be a folder path (str or os.PathLike){also}, got {type(value).__name__} "
+                          f"{short_repr(value, 60)}")
+    if not os.fspath(value):
+        raise ConfigError(f"{name} must be a folder path, got an empty string")
+    return Path(value)
 
 
 def _flag(name: str, value: Any) -> None:

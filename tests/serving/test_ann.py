@@ -166,3 +166,8 @@ def test_a_cache_file_that_is_not_a_regular_file_is_never_read(tmp_path, caplog)
         index = AnnIndex(vectors, cache=cache)
     assert not index.loaded_from_cache and "index.faiss is not a regular file" in caplog.text
     assert (cache / "index.faiss").is_file() and AnnIndex(vectors, cache=cache).loaded_from_cache
+    (cache / "index.json").unlink()  # half-written: a crash before the key was written
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmm4rec.serving.ann"):
+        assert not AnnIndex(vectors, cache=cache).loaded_from_cache
+    assert "is unreadable (index.json is missing); rebuilding it" in caplog.text
