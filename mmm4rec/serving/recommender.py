@@ -520,7 +520,11 @@ class Recommender:
         if self.popularity is not None:
             popularity = np.zeros(self.num_items + 1, np.int64)
             popularity[:len(self.popularity)] = self.popularity
-        store_dir = out.parent / f".{out.name}.store-{os.getpid()}"
+        import tempfile
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # a new folder of a name no one else has (mkdtemp): the clean-up below removes only what save created
+        store_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.store-", dir=out.parent))
         try:
             store = _write_store(store_dir, self.store, self.features, self.keys, self.texts)
             with replace_folder(out) as tmp:
@@ -591,7 +595,7 @@ def _write_store(folder: Path, old, features: ItemFeatures, keys: list[str], tex
     from ..data.features import HASHES, IMAGE, ITEMS, MANIFEST, MISSING, TEXT, FeatureStore
     from ..data.schema import content_hash
 
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)  # save's own, new temp folder
     np.save(folder / TEXT, features.text.float().numpy())
     if features.image is not None:
         np.save(folder / IMAGE, features.image.float().numpy())
