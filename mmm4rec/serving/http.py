@@ -6,7 +6,8 @@
   GET  /health       {"status": "ok", "items": I}
   GET  /info         catalogue size, encoder, provenance, export sha256, ANN in use, limits
   GET  /search       ?q=text&limit=20: items whose key or title contains q (case-insensitive)
-  GET  /items/{key}/image   the item's image from the --dataset's item shards (PNG, JPEG, GIF, WebP); 404 if none
+  GET  /items/{key}/image   the item's image from the --dataset's item shards (PNG, JPEG, GIF, WebP); 404 if none,
+                     503 if its shard changed since the start (never another item's bytes at the old offsets)
   POST /recommend    {"histories": [[[key, time], …], …], "k": 10, "exclude_seen": true, "unknown": "error",
                       "time_unit": "s", "with_text": false} -> {"results": [[{"item", "score"[, "text"]}, …], …]}
                      or {"users": [user key, …], "unknown_user": "error" | "popular", …} in place of histories
@@ -20,7 +21,7 @@ Everything is the Recommender's (mmm4rec.serving.recommender): the service adds 
 A bad request is one line naming the field: 422 {"error": "body.k: …"} when the JSON does not fit the schema,
 400 {"error": "history 0: entry 1 …"} when the Recommender refuses it, 413 for a body over --max-body-bytes
 (411 when its length is not declared), 503 when more than --max-concurrency requests are in flight (uvicorn's
-limit). Model calls run in a worker thread, one at a time (a lock: torch already uses every core for one call,
+limit); the framework's own refusals (a body it cannot parse, 404, 405) in the same {"error": …} form. Model calls run in a worker thread, one at a time (a lock: torch already uses every core for one call,
 and add_items replaces the model the others read).
 """
 # No `from __future__ import annotations`: FastAPI reads the request models from the endpoints' annotations, and
