@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mmm4rec.data.transfer_bench import baselines
+from mmm4rec.data.transfer_bench import RENEWALS, baselines
 from provenance import REPO, provenance
 
 PRESET = "ml100k_finetune"  # N=64, L=20, one layer, full softmax: the CPU-sized MovieLens study's model
@@ -55,22 +55,40 @@ def sets(pairs: list[str]) -> list[str]:
     return [a for s in pairs for a in ("--set", s)]
 
 
-def dataset(args, content: float) -> Path:
-    """<runs>/data/c<content>: domains a and b, generated once (data seed 0 for every training seed)."""
+def home_tag(args) -> str:
+    """The time study's request-time variant (renewal home) in folder names."""
+    return f"-home-d{args.drift:g}" if args.renewal == "home" else ""
+
+
+def generated(args, content: float, images: str) -> Path:
+    """<runs>/data/<name>: domains a and b, generated once (data seed 0 for every training seed). The name is a
+    function of the generator's arguments, so two arms share a folder exactly when they share the data."""
     from mmm4rec.data.transfer_bench import generate
 
-    home = f"-home-d{args.drift:g}" if args.renewal == "home" else ""  # the time study's request-time variant
-    pictures = "-fmnist" if args.images != "none" else ""
-    out = Path(args.runs) / "data" / f"c{content:g}-t{args.time_signal:g}{home}-{args.users}u{args.items}i{pictures}"
+    pictures = "-fmnist" if images != "none" else ""
+    name = f"c{content:g}-t{args.time_signal:g}{home_tag(args)}-{args.users}u{args.items}i{pictures}"
+    out = Path(args.runs) / "data" / name
     if not (out / "b" / "dataset.json").exists():
-        generate(out, args.users, args.items, content=content, time_signal=args.time_signal, seed=0,
-                 images=args.images, **({"renewal": "home", "drift": args.drift} if home else {}))
-    for domain in "ab":  # stage 1 once, before runs share the feature store
-        if not (out / domain / "features").exists():
-            mmm4rec("extract", ["--dataset", str(out / domain)], out / f"extract-{domain}.log")
-        if "textimage" in args.variants and not (out / domain / "features" / f"minilm+{IMAGE_TOWER}").exists():
-            mmm4rec("extract", ["--dataset", str(out / domain), "--image", IMAGE_TOWER],
-                    out / f"extract-{domain}-image.log")
+        generate(out, args.users, args.items, content=content, time_signal=args.time_signal, seed=0, images=images,
+                 renewal=args.renewal, **({"drift": args.drift} if args.renewal == "home" else {}))
+    return out
+
+
+def extracted(data: Path, domains: str, image: bool) -> None:
+    """Stage 1 once per domain and feature store, before runs share it."""
+    for domain in domains:
+        store = data / domain / "features" / (f"minilm+{IMAGE_TOWER}" if image else "")
+        if not store.exists():
+            mmm4rec("extract", ["--dataset", str(data / domain), *(["--image", IMAGE_TOWER] if image else [])],
+                    data / f"extract-{domain}{'-image' if image else ''}.log")
+
+
+def dataset(args, content: float) -> Path:
+    """The study's data: with --images, text-only and text + image feature stores."""
+    out = generated(args, content, args.images)
+    extracted(out, "ab", image=False)
+    if "textimage" in args.variants:
+        extracted(out, "ab", image=True)
     return out
 
 
@@ -78,13 +96,8 @@ def without_pictures(args, content: float) -> Path:
     """The same benchmark with no pictures (same items, users and sequences: the generator draws them apart from
     the pictures) and a text + image feature store in which every item has the blank-image features: a text +
     image model scored on it shows what its pictures are worth at test time."""
-    from mmm4rec.data.transfer_bench import generate
-
-    out = Path(args.runs) / "data" / f"c{content:g}-t{args.time_signal:g}-{args.users}u{args.items}i"
-    if not (out / "b" / "dataset.json").exists():
-        generate(out, args.users, args.items, content=content, time_signal=args.time_signal, seed=0)
-    if not (out / "b" / "features" / f"minilm+{IMAGE_TOWER}").exists():
-        mmm4rec("extract", ["--dataset", str(out / "b"), "--image", IMAGE_TOWER], out / "extract-b-image.log")
+    out = generated(args, content, "none")
+    extracted(out, "b", image=True)
     return out / "b"
 
 
@@ -217,8 +230,7 @@ def time_study(args, pool: ThreadPoolExecutor) -> dict:
     reference's initialisation and with model.time_init_std=0.5, then score each with its timestamps and with
     all of them zeroed: is the time path alive, and does it lift NDCG@10?"""
     data = dataset(args, args.contents[0])
-    home = f"-home-d{args.drift:g}" if args.renewal == "home" else ""
-    root = Path(args.runs) / f"c{args.contents[0]:g}-t{args.time_signal:g}{home}"
+    root = Path(args.runs) / f"c{args.contents[0]:g}-t{args.time_signal:g}{home_tag(args)}"
     fraction = args.fractions[-1]
 
     def one(name: str, seed: int) -> dict:
@@ -237,7 +249,7 @@ def time_study(args, pool: ThreadPoolExecutor) -> dict:
 
     runs = list(pool.map(lambda j: one(*j), [(n, s) for n in TIME_OPTIONS for s in args.seeds]))
     return {"content": args.contents[0], "time_signal": args.time_signal, "renewal": args.renewal,
-            **({"drift": args.drift} if home else {}), "set": args.set, "variant": args.variants[0],
+            **({"drift": args.drift} if args.renewal == "home" else {}), "set": args.set, "variant": args.variants[0],
             "fraction": fraction, "dataset": str(data), "runs": runs}
 
 
@@ -351,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--contents", type=float, nargs="+", default=[1.0, 0.5, 0.0])
     p.add_argument("--time-signal", type=float, default=0.0)
-    p.add_argument("--renewal", choices=("random", "home"), default="random",
+    p.add_argument("--renewal", choices=RENEWALS, default="random",
                    help="home: after a long gap the taste returns to the user's first one (transfer_bench)")
     p.add_argument("--drift", type=float, default=0.8, help="the in-session drift under --renewal home")
     p.add_argument("--users", type=int, default=1000, help="users per domain")
