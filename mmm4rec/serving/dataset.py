@@ -106,7 +106,7 @@ class UserHistories:
         if unknown_events and not sum(lengths):
             # not one event on an item of the export: another shop's dataset, every user a silent new visitor
             raise DataError(f"{dataset}: none of its {unknown_events} events is on an item the export holds (e.g. "
-                            f"{sorted(unknown_items)[0]!r}; the export's are like {next(iter(item_index), None)!r}): "
+                            f"{min(unknown_items)!r}; the export's are like {next(iter(item_index), None)!r}): "
                             "the dataset of another catalogue")
         user_hash, user_row = _sorted_hashes(keys)
         bare_hash, bare_row = _sorted_hashes([_bare(k) for k in keys])
@@ -201,7 +201,7 @@ class ItemImages:
     size: np.ndarray  # int64 [I+1]
     max_bytes: int = MAX_IMAGE_BYTES
     # each shard's (device, inode, size, mtime) when its offsets were read: the offsets hold for that file only
-    identity: Optional[list[tuple[int, int, int, int]]] = None
+    identity: list[tuple[int, int, int, int]] | None = None
 
     @classmethod
     def read(cls, dataset: str | os.PathLike, item_index: Mapping[str, int], num_items: int,

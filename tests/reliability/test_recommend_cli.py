@@ -168,7 +168,7 @@ def test_user_keys_with_lone_surrogates_are_bad_lines_or_answered_never_a_traceb
     UnicodeEncodeError, and writing it back as the line's user one too. The line is a bad one (an unknown user),
     and a history line with such a user is answered, its user written as the JSON escape it came as."""
     (tmp_path / "h.jsonl").write_text(histories(keys) + '{"user": "\\ud800"}\n'
-                                      + '{"user": "\\udcff", "history": [["%s", %d]]}\n' % (keys[3], T0))
+                                      + json.dumps({"user": "\udcff", "history": [[keys[3], T0]]}) + "\n")
     proc = recommend(export, "--input", "h.jsonl", "--output", "recs.jsonl", "--dataset", str(tiny_dataset),
                      cwd=tmp_path)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]

@@ -158,7 +158,7 @@ def rewrite_item_shard(dataset, edit, kind: str = "items") -> None:
     import json
     import tarfile
 
-    path = sorted(dataset.glob(f"{kind}-*.tar"))[0]
+    path = min(dataset.glob(f"{kind}-*.tar"))
     out = io.BytesIO()
     with tarfile.open(path) as src, tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst:
         for member in src.getmembers():
