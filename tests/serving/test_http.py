@@ -236,7 +236,7 @@ def render(url: str, profile) -> tuple[str, Page]:
                            f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--dump-dom",
                            url], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert 'data-ready="1"' in proc.stdout, proc.stdout[-3000:]
+    assert 'data-ready="1"' in proc.stdout, re.sub(r"<script>.*</script>", "", proc.stdout, flags=re.S)[-3000:]
     page = Page()
     page.feed(proc.stdout)
     return proc.stdout, page
