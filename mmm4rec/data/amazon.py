@@ -236,7 +236,7 @@ def prepare(domains: list[DomainSource], out_dir: str | Path, name: str, shard_s
     """Each domain is filtered on its own (k-core per category); users are keyed per domain."""
     if len({d.name for d in domains}) != len(domains):
         raise DataError("domain names must be unique")
-    check_output(out_dir)  # before reading the sources, not after
+    check_output(out_dir, [p for d in domains for p in (d.reviews, d.meta, d.images)])  # before reading them
     sources = [{"domain": d.name, "file": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
                for d in domains for p in (d.reviews, d.meta)]
     args = {"k_core": k, "shard_size": shard_size, "strict": strict,

@@ -315,9 +315,11 @@ class _ContractError(DataError):
     pass
 
 
-def read_sequences(folder: Path, part: int, parts: int) -> Iterator[SeqRecord]:
+def read_sequences(folder: Path, part: int, parts: int, short: Optional[BadRecords] = None) -> Iterator[SeqRecord]:
     """The user sequences of one partition folder, checked against the contract: each user in its partition,
-    users in key order, each user's events together."""
+    users in key order, each user's events together. A user with fewer events than leave-one-out needs (left
+    by a k-core below 3) is counted in ``short`` as ``too_short`` and skipped, as the dataset reader skips one;
+    without ``short`` it is a contract error."""
     import numpy as np
     import pyarrow.compute as pc
 
@@ -344,13 +346,18 @@ def read_sequences(folder: Path, part: int, parts: int) -> Iterator[SeqRecord]:
             if current is not None:
                 if user < current[0]:
                     raise _ContractError(f"{folder}: user {user!r} follows {current[0]!r}: not sorted by user")
-                yield _seq(current, part, parts, folder)
+                rec = _seq(current, part, parts, folder, short)
+                if rec is not None:
+                    yield rec
             current = (user, domain, items[a:b], stamps[a:b].tolist())
     if current is not None:
-        yield _seq(current, part, parts, folder)
+        rec = _seq(current, part, parts, folder, short)
+        if rec is not None:
+            yield rec
 
 
-def _seq(found: tuple[str, str, list[str], list[int]], part: int, parts: int, folder: Path) -> SeqRecord:
+def _seq(found: tuple[str, str, list[str], list[int]], part: int, parts: int, folder: Path,
+         short: Optional[BadRecords] = None) -> Optional[SeqRecord]:
     user, domain, items, stamps = found
     if parts > 1 and partition(user, parts) != part:
         raise _ContractError(f"{folder}: user {user!r} belongs to partition {partition(user, parts)}, not {part}")
@@ -358,6 +365,9 @@ def _seq(found: tuple[str, str, list[str], list[int]], part: int, parts: int, fo
     try:
         check_seq(rec)
     except InvalidRecord as e:
+        if e.reason == "too_short" and short is not None:
+            short.report("too_short", f"{folder}: user {user!r}: {e.problem}")
+            return None
         raise _ContractError(f"{folder}: user {user!r}: {e.problem}") from None
     return rec
 
@@ -399,6 +409,9 @@ def write_partition(build: str, kind: str, part: int, parts: int, shard_size: in
         old.unlink()
     source = root / kind / f"part={part}"
     bad = BadRecords(strict)
+    # A k-core below 3 leaves users leave-one-out cannot use: skipped and counted whatever the strictness (the
+    # option made them, not a bad row), rather than failing the build after every event was read and filtered.
+    short = BadRecords(False)
     counts = Counts()
     images = [0]
     started = time.perf_counter()
@@ -411,10 +424,10 @@ def write_partition(build: str, kind: str, part: int, parts: int, shard_size: in
     if kind == "items":
         infos = write_items(shards, counted(read_items(source, part, parts, bad, images)), shard_size, pattern, prefix)
     else:
-        infos = write_seqs(shards, counted(read_sequences(source, part, parts)), shard_size, pattern, prefix)
+        infos = write_seqs(shards, counted(read_sequences(source, part, parts, short)), shard_size, pattern, prefix)
     done.parent.mkdir(exist_ok=True)
     write_atomic(done, json.dumps({"shards": [s.to_json() for s in infos], "counts": counts.to_json(),
-                                   "skipped": bad.as_dict(), "images_with_file": images[0],
+                                   "skipped": {**bad.as_dict(), **short.as_dict()}, "images_with_file": images[0],
                                    "seconds": round(time.perf_counter() - started, 3)}) + "\n")
     return str(done)
 

@@ -9,7 +9,8 @@ import json
 import logging
 import os
 from collections import defaultdict
-from typing import Any, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -61,10 +62,21 @@ def load_manifest(dataset: DatasetLike, verify: bool = False) -> Manifest:
     return manifest
 
 
-def check_output(out_dir: str | os.PathLike) -> None:
+def check_output(out_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike | None] = ()) -> None:
     """DataError unless ``write_dataset`` may replace ``out_dir`` (absent, empty, or a dataset folder it wrote):
-    converters call it before reading their sources."""
+    converters call it before reading their sources. ``inputs`` (tables, folders of images) must lie outside
+    ``out_dir`` and its build folder (``.<name>.build`` beside it): both are replaced or removed whole, and an
+    input kept there was deleted by the next conversion into the same folder."""
     check_replaceable(out_dir, LAYOUT)
+    out = Path(out_dir).resolve()
+    for path in inputs:
+        if path is None:
+            continue
+        where = Path(path).resolve()
+        for folder in (out, out.parent / f".{out.name}.build"):
+            if where == folder or folder in where.parents:
+                raise DataError(f"{path}: inside the output folder {folder}, which a conversion replaces whole; "
+                                "move it elsewhere or choose another output folder")
 
 
 class Counts:

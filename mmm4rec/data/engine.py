@@ -155,8 +155,10 @@ class Engine:
         self.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT rowid + 1 AS n, line FROM {name}_raw")
 
     def read_parquet(self, name: str, path: Path, columns: Sequence[str]) -> dict[str, str]:
-        """View ``name``: (n, the columns) of a Parquet file, n the row from 1; returns each column's type."""
-        source = f"read_parquet({quote(str(path))}, file_row_number=true)"
+        """View ``name``: (n, the columns) of a Parquet file, n the row from 1; returns each column's type.
+        BINARY columns are read as UTF-8 text (writers that leave out the string annotation); read as bytes, a
+        non-ASCII id became escapes (`Caf\\xC3\\xA9`) that no item table names. Invalid UTF-8 is a read error."""
+        source = f"read_parquet({quote(str(path))}, file_row_number=true, binary_as_string=true)"
         try:
             types = {row[0]: row[1] for row in self.rows(f"DESCRIBE SELECT * FROM {source}")}
         except self.duckdb.Error as e:
@@ -235,10 +237,19 @@ def typed_id(column: str, kind: str) -> str:
 
 
 def id_problem(value: str, column: str) -> str:
-    """SQL: the problem of an id value (from one of the functions above), NULL when it is usable."""
+    """SQL: the problem of an id value (from one of the functions above), NULL when it is usable (``usable_id``).
+    A NUL inside a key is refused here, at its line: the shards' key checks (schema.check_seq) refuse it, and
+    met there it failed the whole conversion after every table was read."""
     return (f"CASE WHEN {value} = '' THEN {quote('no ' + column)} "
             f"WHEN starts_with({value}, {quote(LIST)}) THEN {quote(column + ' holds a ')} || "
-            f"split_part({value}, ':', 2) || ', not an id' END")
+            f"split_part({value}, ':', 2) || ', not an id' "
+            f"WHEN contains({value}, chr(0)) THEN {quote(column + ' ')} || replace(pyrepr({value}), chr(0), '\\x00') "
+            f"|| ' holds a NUL character' END")
+
+
+def usable_id(value: str) -> str:
+    """SQL: true where ``id_problem`` finds none."""
+    return f"({value} <> '' AND NOT starts_with({value}, {quote(LIST)}) AND NOT contains({value}, chr(0)))"
 
 
 # Timestamps: the HUGEINT value, or NULL with a problem (tables._integer and tables._seconds).
@@ -277,6 +288,8 @@ def typed_seconds(column: str, kind: str) -> tuple[str, str]:
     if kind in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
                 "UBIGINT"):
         return f"CAST({c} AS HUGEINT)", raw
+    if kind.startswith("DECIMAL"):  # how Spark, Hive and databases export integers: integral values only
+        return f"CASE WHEN {c} = trunc({c}) THEN CAST({c} AS HUGEINT) END", raw
     if kind == "VARCHAR":
         return text_seconds(c), raw
     return "NULL::HUGEINT", raw  # dates, lists, booleans: not Unix seconds
@@ -300,13 +313,26 @@ def formatted_seconds(seconds: str, raw: str, time_format: str) -> str:
     raise ValueError(f"time format {time_format!r}: expected one of {', '.join(TIME_FORMATS)}")
 
 
+# Unix milliseconds before this many seconds (1973-03-03) are seconds read as milliseconds: seconds mixed into a
+# column of milliseconds became events of January 1970, first in every history, silently.
+MS_FIRST_SECOND = 100_000_000
+MS_EARLY = " read as milliseconds falls before 1973-03-04"
+
+
+def first_second(time_format: str) -> int:
+    """The earliest usable timestamp in ``time_format``, in seconds."""
+    return MS_FIRST_SECOND if time_format == "unix_ms" else 0
+
+
 def seconds_problem(seconds: str, raw: str, time_format: str = "unix") -> str:
     """SQL: the problem of a timestamp, NULL when it is usable (``raw`` NULL or '' is an empty timestamp)."""
     shown = f"'''' || {raw} || ''''"
+    early = (f"WHEN {seconds} < {MS_FIRST_SECOND} THEN 'timestamp ' || {shown} || {quote(MS_EARLY)} "
+             if time_format == "unix_ms" else "")
     return (f"CASE WHEN {raw} IS NULL OR {raw} = '' THEN 'empty timestamp' "
             f"WHEN {seconds} IS NULL THEN 'timestamp ' || {shown} || ' is not {TIME_FORMATS[time_format]}' "
             f"WHEN {seconds} < 0 OR {seconds} > {MAX_TIMESTAMP} THEN 'timestamp ' || {shown} || "
-            f"' is not between 1970 and the year 9999' END")
+            f"' is not between 1970 and the year 9999' {early}END")
 
 
 # ----------------------------------------------------------------------------------------------------- problems

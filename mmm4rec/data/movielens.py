@@ -232,7 +232,7 @@ def read(raw_dir: str | Path, variant: str) -> Ratings:
 # --------------------------------------------------------------------------------------------------------- convert
 def prepare(raw_dir: str | Path, variant: str, out_dir: str | Path, shard_size: int = 1000, k: int = 5,
             scale: Scale = Scale()) -> Manifest:
-    check_output(out_dir)  # before reading the sources, not after
+    check_output(out_dir, [raw_dir])  # before reading the sources, not after
     ratings = read(raw_dir, variant)
     sources = [{"file": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in ratings.sources]
     args = {"variant": variant, "k_core": k, "shard_size": shard_size, **scale.args()}

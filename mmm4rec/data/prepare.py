@@ -74,7 +74,8 @@ def add_prepare_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def run_prepare(args: argparse.Namespace, error=None) -> int:
-    """Convert; a bad input is one line on stderr (exit 2), a bad combination of options ``error`` (argparse)."""
+    """Convert; a bad input or an I/O error is one line on stderr (exit 2), a bad combination of options
+    ``error`` (argparse)."""
     def fail(message: str) -> int:
         if error is not None:
             error(message)
@@ -117,8 +118,10 @@ def run_prepare(args: argparse.Namespace, error=None) -> int:
             manifest = prepare_items_for(args.sequences_from, args.items, args.out, **options)
         else:
             manifest = prepare(args.interactions, args.items, args.out, time_format=args.time_format, **options)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (DataError, OSError) as e:  # OSError: an output folder that cannot be made, a full disk (tool.py's rule)
+        from ..tool import error_line
+
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
     if manifest is not None:
         domains = sorted(manifest.provenance["filtering"])

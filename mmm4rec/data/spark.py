@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
-from .engine import TIME_FORMATS
+from .engine import TIME_FORMATS, first_second
 from .schema import MAX_TIMESTAMP, DataError
 from .tables import TIME_SAMPLE_ROWS, judge_time_sample
 
@@ -335,30 +335,66 @@ def read_events(spark: Any, path: str | os.PathLike, domain: Optional[str] = Non
                 fmt: Optional[str] = None, time_format: str = "unix") -> tuple[Any, dict[str, int]]:
     """A Parquet, CSV or TSV table (a file or a folder of them; CSV/TSV with a header line, plain or
     compressed) -> ``clean_events`` of it: (usable events, rows skipped by reason). A CSV/TSV line whose field
-    count differs from the header's is a ``bad_record``; blank lines are left out, as the converter does."""
-    from pyspark.sql import functions as F
+    count differs from the header's, or with an odd number of quotes, is a ``bad_record``; blank lines are left
+    out, as the converter does. A path that names no file, and Parquet files whose schemas do not merge (a
+    column of numbers in one, of text in another), are a DataError naming the path."""
+    from pyspark.errors import AnalysisException
 
     path = str(path)
     fmt = fmt or _format(path)
-    corrupt = None
-    if fmt == "parquet":
-        table = spark.read.parquet(path)
-    elif fmt in ("csv", "tsv"):
-        from pyspark.sql.types import StringType, StructField, StructType
-
-        options = {"header": True, "sep": "," if fmt == "csv" else "\t", "quote": '"', "escape": '"'}
-        header = spark.read.options(**options).csv(path).columns  # reads the first line
-        corrupt = "_corrupt_record"
-        while corrupt in header:
-            corrupt = "_" + corrupt
-        schema = StructType([StructField(c, StringType()) for c in header] + [StructField(corrupt, StringType())])
-        table = (spark.read.options(**options).schema(schema).option("mode", "PERMISSIVE")
-                 .option("columnNameOfCorruptRecord", corrupt).csv(path))
-    else:
-        raise DataError(f"{path}: format {fmt!r} is not one of parquet, csv, tsv")
+    malformed = None
+    try:
+        if fmt == "parquet":
+            # Every file's schema, merged: without it Spark takes one file's, and a file whose column has another
+            # type (a timestamp written as text) failed the job with a Java traceback at its first read
+            table = spark.read.option("mergeSchema", "true").parquet(path)
+        elif fmt in ("csv", "tsv"):
+            table, malformed = _read_csv(spark, path, fmt)
+        else:
+            raise DataError(f"{path}: format {fmt!r} is not one of parquet, csv, tsv")
+    except AnalysisException as e:  # no such file, a glob matching none, an empty folder
+        raise DataError(f"{path}: cannot read: {_first_line(e)}") from None
+    except Exception as e:  # py4j's Py4JJavaError: Spark's SparkException, such as schemas that do not merge
+        java = getattr(e, "java_exception", None)
+        if java is None or "CANNOT_MERGE_SCHEMAS" not in str(java.toString()):
+            raise
+        raise DataError(f"{path}: cannot read: {' '.join(str(java.getMessage()).split())}") from None
     return clean_events(table, domain, user=user, item=item, timestamp=timestamp, domain_column=domain_column,
-                        malformed=F.col(_quoted(corrupt)).isNotNull() if corrupt else None, where=path,
-                        time_format=time_format)
+                        malformed=malformed, where=path, time_format=time_format)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _read_csv(spark: Any, path: str, fmt: str) -> tuple[Any, Any]:
+    """A CSV/TSV table (every column a string) and the condition of a malformed row: a line whose field count
+    differs from the header's, or one with an odd number of quotes. One line is one row, as in the converter (a
+    quoted value cannot span lines): the lines are read as text and each parsed by Spark's CSV parser
+    (``from_csv``), so that the line's quotes can be counted: read alone, the second line of a value spanning
+    lines (`x",i0,...` after `"u0`) was a row of a user the table does not have."""
+    from pyspark.sql import functions as F
+
+    options = {"sep": "," if fmt == "csv" else "\t", "quote": '"', "escape": '"'}
+    header = spark.read.options(header=True, **options).csv(path).columns  # reads the first line
+    if not header:
+        raise DataError(f"{path}: empty file, expected a header line")
+    corrupt = "_corrupt_record"
+    while corrupt in header or f"{corrupt}_quotes" in header:
+        corrupt = "_" + corrupt
+    odd = f"{corrupt}_quotes"
+    schema = ", ".join(f"{_quoted(c)} STRING" for c in [*header, corrupt])
+    # every part file of a folder starts with the header line (a byte-order mark before the first one at most)
+    first = spark.read.text(path).limit(1).collect()
+    header_line = first[0][0].lstrip("\ufeff") if first else ""
+    line = F.regexp_replace(F.col("value"), "^\ufeff", "")
+    rows = (spark.read.text(path).filter((F.col("value") != "") & (line != F.lit(header_line)))
+            .select(F.from_csv(F.col("value"), schema, {**options, "mode": "PERMISSIVE",
+                                                        "columnNameOfCorruptRecord": corrupt}).alias("row"),
+                    ((F.length("value") - F.length(F.regexp_replace("value", '"', ""))) % 2 == 1).alias(odd))
+            .select("row.*", odd))
+    return rows, F.col(_quoted(corrupt)).isNotNull() | F.col(_quoted(odd))
 
 
 def clean_events(table: Any, domain: Optional[str] = None, *, user: str = "user", item: str = "item",
@@ -404,8 +440,9 @@ def clean_events(table: Any, domain: Optional[str] = None, *, user: str = "user"
     user_v, item_v = _id(user, types[user]), _id(item, types[item])
     t_v = _seconds(timestamp, types[timestamp], time_format)
     domain_v = _id(domain_column, types[domain_column]) if has_domain else F.lit(domain)
-    good_id = lambda v: v.isNotNull() & (v != "")  # noqa: E731
-    good_t = t_v.isNotNull() & (t_v >= 0) & (t_v <= MAX_TIMESTAMP)
+    # a NUL inside a key: the shards' key checks refuse it (tables: engine.id_problem)
+    good_id = lambda v: v.isNotNull() & (v != "") & ~v.contains("\u0000")  # noqa: E731
+    good_t = t_v.isNotNull() & (t_v >= first_second(time_format)) & (t_v <= MAX_TIMESTAMP)
     good_domain = good_id(domain_v) & ~domain_v.contains(":") if has_domain else F.lit(True)
     shaped = ~malformed if malformed is not None else F.lit(True)
     reason = (F.when(~shaped | ~good_id(user_v) | ~good_id(item_v), F.lit("bad_record"))

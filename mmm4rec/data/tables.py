@@ -35,15 +35,16 @@ import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from .amazon import download_images
 from .build import Build, Converted, Phases, Scale, Sequences, convert, finish, write_item_partitions
 from .dataset import check_output
-from .engine import (LIST, TIME_FORMATS, WHITESPACE, Engine, Problems, csv_fields, formatted_seconds, id_problem,
-                     json_id, json_seconds, quote, seconds_problem, text_id, text_seconds, trimmed, typed_id,
-                     typed_seconds)
+from .engine import (LIST, MS_EARLY, MS_FIRST_SECOND, TIME_FORMATS, WHITESPACE, Engine, Problems, csv_fields,
+                     first_second, formatted_seconds, id_problem, json_id, json_seconds, quote, seconds_problem, text_id, text_seconds, trimmed, typed_id,
+                     typed_seconds, usable_id)
 from .schema import MAX_TIMESTAMP, BadRecords, DataError, InvalidRecord, Manifest
 from .shards import sha256_file
 from .engine import MAX_LINE_BYTES
@@ -117,9 +118,11 @@ def _reading(path: Path) -> Iterator[None]:
 
 
 def _open(path: Path) -> IO[str]:
+    """Text, UTF-8; a byte-order mark before the header (Excel's "CSV UTF-8") is not part of the first column's
+    name (the engine's reader drops it too)."""
     if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
 
 
 def _pyarrow_parquet(path: Path) -> Any:
@@ -139,6 +142,11 @@ class Table:
         self.path = Path(path)
         self.format = table_format(self.path)
         with _reading(self.path):
+            # A table is read several times (header, time sample, sha256, the engine): from a named pipe the
+            # header took the data and the next read waited for more, forever.
+            if self.path.exists() and not self.path.is_file():
+                raise DataError(f"{self.path}: not a regular file (a folder, pipe or device); a table is read more "
+                                "than once: write it to a file first")
             self.columns = self._header()
         if self.format in ("csv", "tsv") and len(self.columns) == 1:
             other = next((d for d in ";,\t|" if d != self._delimiter and d in self.columns[0]), None)
@@ -211,14 +219,17 @@ class Table:
         return "\t" if self.format == "tsv" else ","
 
     def fields_sql(self, lines: str) -> str:
-        """SQL: (n, f) for every data row of a CSV/TSV/RecBole table read by ``Engine.read_lines`` into
-        ``lines``, f its fields as the Python readers below split them: a CSV/TSV line by csv's rules (one line
-        per row), an atomic line on tabs; blank lines skipped (whitespace-only too in an atomic file)."""
+        """SQL: (n, f, open_quote) for every data row of a CSV/TSV/RecBole table read by ``Engine.read_lines``
+        into ``lines``, f its fields as the Python readers below split them: a CSV/TSV line by csv's rules (one
+        line per row), an atomic line on tabs; blank lines skipped (whitespace-only too in an atomic file).
+        ``open_quote``: a CSV/TSV line with an odd number of quotes, one line of a quoted value that spans lines
+        (or a stray quote), which one line cannot be read as."""
         if self.format == "atomic":
-            split, keep = "string_split(line, '\t')", "trim(line, ' \t\r\n\x0b\x0c') <> ''"
+            split, keep, odd = "string_split(line, '\t')", "trim(line, ' \t\r\n\x0b\x0c') <> ''", "false"
         else:
             split, keep = csv_fields("line", self._delimiter), "true"
-        return f"SELECT n, {split} AS f FROM {lines} WHERE n > 1 AND line IS NOT NULL AND {keep}"
+            odd = "(length(line) - length(replace(line, '\"', ''))) % 2 = 1"
+        return f"SELECT n, {split} AS f, {odd} AS open_quote FROM {lines} WHERE n > 1 AND line IS NOT NULL AND {keep}"
 
     def rows(self, bad: BadRecords, columns: Optional[Sequence[str]] = None) -> Iterator[tuple[int, dict[str, Any]]]:
         """(line or row number, row); malformed lines are ``bad_record``. ``columns``: what Parquet must read."""
@@ -346,6 +357,8 @@ def _scalar(value: Any) -> str:
     columns with gaps as floats)."""
     if value is None:
         return ""
+    if isinstance(value, bytes):  # a Parquet BINARY string (no UTF-8 annotation), as the engine reads it
+        value = value.decode("utf-8")
     if isinstance(value, float):
         return "" if not math.isfinite(value) else str(int(value)) if value.is_integer() else repr(value)
     return str(value).strip()
@@ -363,6 +376,8 @@ def _json_value(value: Any) -> Any:
         return [_json_value(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8").strip()
     if value is None or isinstance(value, (bool, int, float)):
         return value
     return str(value).strip()
@@ -378,13 +393,17 @@ def _id(row: Mapping[str, Any], column: str) -> str:
         text = _scalar(value)
     if not text:
         raise InvalidRecord("bad_record", f"no {column}")
+    if "\0" in text:  # engine.id_problem: the shards' key checks refuse it
+        raise InvalidRecord("bad_record", f"{column} {text!r} holds a NUL character")
     return text
 
 
 def _integer(value: Any) -> int:
-    """An int, an integral float, or the text of either ("978301000", "978301000.0", "9.783e8")."""
+    """An int, an integral float or decimal, or the text of either ("978301000", "978301000.0", "9.783e8")."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        return int(value)  # a Parquet DECIMAL(p, 0) column: Spark's and databases' integers
     if isinstance(value, str):
         try:
             return int(value)  # exact, also beyond float precision
@@ -520,11 +539,12 @@ def _sql_items(engine: Engine, table: Table, columns: Columns, fields: Sequence[
     where = _where_sql(table)
     ids = [(columns.domain, "domain_v")] if per_domain else []
     ids.append((columns.item, "id_v"))
-    checks = " ".join(f"WHEN {text_id(f'f[{position[c]}]')} = '' THEN {quote('no ' + c)}" for c, _ in ids)
+    cells = {c: text_id(f'f[{position[c]}]') for c, _ in ids}
+    checks = " ".join(f"WHEN NOT {usable_id(v)} THEN {id_problem(v, c)}" for c, v in cells.items())
     problems.add_query(engine, f"""SELECT n AS line, 'bad_record' AS reason, {where('n')} || ': ' ||
         CASE WHEN NOT ({shape}) THEN len(f) || {quote(' fields, the header has ' + str(len(table.columns)))}
              {checks} END AS message FROM item_fields
-        WHERE NOT ({shape}) OR {' OR '.join(f"{text_id(f'f[{position[c]}]')} = ''" for c, _ in ids)}""")
+        WHERE NOT ({shape}) OR {' OR '.join(f"NOT {usable_id(v)}" for v in cells.values())}""")
     splits = {f.column: f.split for f in fields}  # as the Python pass's dict: the last field of a column wins
     values, pieces = {}, []
     for column, separator in splits.items():
@@ -548,7 +568,7 @@ def _sql_items(engine: Engine, table: Table, columns: Columns, fields: Sequence[
         {image}
         FROM (SELECT *, {', '.join(f"{text_id(f'f[{position[c]}]')} AS {name}" for c, name in ids)}
               FROM item_fields WHERE {shape})
-        WHERE {' AND '.join(f"{name} <> ''" for _, name in ids)}""")
+        WHERE {' AND '.join(usable_id(name) for _, name in ids)}""")
     engine.execute("DROP TABLE item_fields")
     engine.drop_lines("item_lines")
     return True
@@ -635,15 +655,18 @@ def _cells(engine: Engine, table: Table, needed: Sequence[str], time_format: str
     def cell(column: str) -> tuple[str, Any]:
         value = f"f[{position[column]}]"
         return text_id(value), (formatted_seconds(text_seconds(value), value, time_format), value)
-    return "rows", f"len(f) = {len(table.columns)}", cell
+    # A line with an unbalanced quote is no row: read alone, the second line of a value spanning lines
+    # (`x",i0,1600000000` after `"u0`) gave a row of a user the table does not have.
+    return "rows", f"len(f) = {len(table.columns)} AND NOT open_quote", cell
 
 
+UNBALANCED = "an unbalanced quote (a quoted value cannot span lines in an interaction table)"
 _PATHLIKE = "(contains({v}, '/') OR contains({v}, '\\') OR {v} IN ('.', '..') OR contains({v}, chr(0)))"
 
 
 def _shape_columns(table: Table) -> list[str]:
     """The columns the shape problem reads, carried to the outer query."""
-    return {"jsonl": ["valid,"], "parquet": []}.get(table.format, ["f,"])
+    return {"jsonl": ["valid,"], "parquet": []}.get(table.format, ["f, open_quote,"])
 
 
 @dataclass
@@ -673,7 +696,10 @@ def seconds_as(value: Any, time_format: str) -> int:
             ms = _integer(value)
         except InvalidRecord:
             raise InvalidRecord("bad_timestamps", problem) from None
-        return _seconds(ms // 1000 if ms >= 0 else -1)
+        seconds = _seconds(ms // 1000 if ms >= 0 else -1)
+        if seconds < MS_FIRST_SECOND:
+            raise InvalidRecord("bad_timestamps", f"timestamp {value!r}{MS_EARLY}")
+        return seconds
     parsed = None
     if isinstance(value, str) and not _looks_numeric(value):
         try:
@@ -703,6 +729,8 @@ def time_hint(value: Any, time_format: str) -> Optional[str]:
             return None if time_format == "unix_ms" else "looks like milliseconds: use --time-format unix_ms"
         if MAX_TIMESTAMP * 1000 < n <= MAX_TIMESTAMP * 10**6:
             return "looks like microseconds: convert the column to seconds or milliseconds first"
+        if MAX_TIMESTAMP * 10**6 < n <= MAX_TIMESTAMP * 10**9:
+            return "looks like nanoseconds: convert the column to seconds or milliseconds first"
         if 0 <= n <= MAX_TIMESTAMP and time_format != "unix":
             return "looks like Unix seconds: use --time-format unix"
         return None
@@ -734,8 +762,9 @@ def judge_time_sample(cells: Iterable[tuple[str, Any]], time_format: str, source
     """The first ``rows`` (where, timestamp cell) of a table: when the first one that is not ``time_format`` looks
     like another format and half of them or more are not (with ``strict``: any one), a DataError naming it, with
     the hint (``looks like milliseconds: use --time-format unix_ms``). Other bad timestamps stay the reader's
-    (counted skips, or strict errors). Milliseconds all before 1973 are seconds read as milliseconds: an error
-    too. Shared by the single-machine converter and the Spark path (mmm4rec.data.spark)."""
+    (counted skips, or strict errors). Milliseconds before 1973 are seconds read as milliseconds (bad timestamps
+    with the hint ``looks like Unix seconds``). Shared by the single-machine converter and the Spark path
+    (mmm4rec.data.spark)."""
     seen, bad, first, values = 0, 0, None, []
     for where, value in cells:
         seen += 1
@@ -754,9 +783,6 @@ def judge_time_sample(cells: Iterable[tuple[str, Any]], time_format: str, source
         where, problem, hint = first
         share = f" ({bad} of the first {seen} timestamps)" if bad > 1 else ""
         raise DataError(f"{where}: {problem}{share}" + (f"; {hint}" if hint else ""))
-    if time_format == "unix_ms" and values and max(values) < 100_000_000:
-        raise DataError(f"{source}: the first {len(values)} timestamps read as milliseconds all fall before "
-                        "1973-03-04; they look like Unix seconds: use --time-format unix")
 
 
 def read_events(engine: Engine, table: Table, columns: Columns, domain: Optional[str], catalogue: Catalogue,
@@ -776,10 +802,11 @@ def read_events(engine: Engine, table: Table, columns: Columns, domain: Optional
                       f"WHEN {_PATHLIKE.format(v='domain_v')} THEN 'domain ' || pyrepr(domain_v) || "
                       f"' is not a plain name (no /, \\, . or ..: it names a folder of images)' END")
     shape_problem = {"jsonl": "CASE WHEN NOT valid THEN 'not JSON' ELSE 'not a JSON object' END",
-                     "parquet": "NULL"}.get(table.format, f"len(f) || {quote(' fields, the header has ')} || "
-                                                          f"{len(table.columns or [])}")
-    usable = [f"{v} <> '' AND NOT starts_with({v}, {quote(LIST)})" for v in ("user_v", "item_v")]
-    usable.append(f"t_v BETWEEN 0 AND {MAX_TIMESTAMP}")
+                     "parquet": "NULL"}.get(table.format, f"CASE WHEN open_quote THEN {quote(UNBALANCED)} ELSE "
+                                                          f"len(f) || {quote(' fields, the header has ')} || "
+                                                          f"{len(table.columns or [])} END")
+    usable = [usable_id(v) for v in ("user_v", "item_v")]
+    usable.append(f"t_v BETWEEN {first_second(time_format)} AND {MAX_TIMESTAMP}")
     if columns.domain:
         usable.append(f"domain_v <> '' AND NOT starts_with(domain_v, {quote(LIST)}) AND NOT contains(domain_v, ':') "
                       f"AND NOT {_PATHLIKE.format(v='domain_v')}")
@@ -821,6 +848,34 @@ def read_events(engine: Engine, table: Table, columns: Columns, domain: Optional
 
 
 # --------------------------------------------------------------------------------------------------------- convert
+class _Unchanged:
+    """The input files as they were before the first read (size, times, inode): a table is read several times
+    (header, time sample, sha256, the engine's pass), and one rewritten in between (an export still running) was
+    read with the old header's column positions and recorded under the old content's sha256."""
+
+    def __init__(self, *paths: str | os.PathLike):
+        self.seen = {Path(p): self._stat(Path(p)) for p in paths}
+
+    @staticmethod
+    def _stat(path: Path) -> Optional[tuple[int, ...]]:
+        try:
+            s = path.stat()
+        except OSError:  # a missing file is the table reader's error
+            return None
+        return s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino
+
+    @contextmanager
+    def check(self) -> Iterator[None]:
+        """Around the reads: a changed file is the error, also where the reads failed because of it."""
+        try:
+            yield
+        finally:
+            for path, before in self.seen.items():
+                if self._stat(path) != before:
+                    raise DataError(f"{path}: changed while it was read (size or modification time differ from "
+                                    "the start); convert it once it is complete") from None
+
+
 def _source(path: Path, role: str) -> dict[str, Any]:
     return {"role": role, "file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
@@ -841,7 +896,8 @@ def prepare(interactions: str | os.PathLike, items: str | os.PathLike, out_dir: 
     """
     if not text_fields:
         raise DataError("no text fields: name the item columns that form the item text")
-    check_output(out_dir)  # before reading the tables, not after
+    check_output(out_dir, [interactions, items, images])  # before reading the tables, not after
+    seen = _Unchanged(interactions, items)
     inter_table, item_table = Table(interactions), Table(items)
     domain = None if columns.domain else (name or inter_table.path.name.split(".")[0])
     if domain is not None and (":" in domain or not domain or domain in (".", "..") or any(c in domain for c in "/\\\0")):
@@ -863,9 +919,10 @@ def prepare(interactions: str | os.PathLike, items: str | os.PathLike, out_dir: 
     def step2(engine: Engine) -> Converted:
         bad = BadRecords(strict)
         phases = Phases()
-        catalogue = read_items(engine, item_table, columns, text_fields, bad)
-        phases.done(f"{item_table.path}: {catalogue.items:,} items read")
-        events = read_events(engine, inter_table, columns, domain, catalogue, bad, time_format)
+        with seen.check():
+            catalogue = read_items(engine, item_table, columns, text_fields, bad)
+            phases.done(f"{item_table.path}: {catalogue.items:,} items read")
+            events = read_events(engine, inter_table, columns, domain, catalogue, bad, time_format)
         phases.done(f"{inter_table.path}: read and checked")
         sequences = Sequences(engine, k)
         stats = sequences.build("SELECT * FROM events")
@@ -914,14 +971,16 @@ def prepare_items_for(build_dir: str | os.PathLike, items: str | os.PathLike, ou
         parts = int(spark["partitions"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"{build.path}: no readable spark_stats.json with the partition count ({e})") from None
-    check_output(out_dir)
+    check_output(out_dir, [items, images])
+    seen = _Unchanged(items)
     item_table = Table(items)
     image_folder = Path(images) if images is not None else None
     build.lock()
     try:
         with build.engine(scale.memory_limit, scale.threads) as engine:
             bad = BadRecords(strict)
-            catalogue = read_items(engine, item_table, columns, text_fields, bad)
+            with seen.check():
+                catalogue = read_items(engine, item_table, columns, text_fields, bad)
             engine.execute(f"""CREATE OR REPLACE TABLE kept AS SELECT DISTINCT domain,
                 substr(item, length(domain) + 2) AS item FROM read_parquet({quote(str(build.path / 'seqs'))} ||
                 '/part=*/*.parquet')""")

@@ -1,6 +1,7 @@
 """Helpers for the data-pipeline tests: toy records and datasets, subprocess environment."""
 from __future__ import annotations
 
+import csv
 import http.server
 import io
 import json
@@ -21,6 +22,15 @@ from mmm4rec.data.schema import ItemRecord, Manifest, SeqRecord
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 T0 = 1_600_000_000
+
+
+def write_csv(path: Path, header: list[str], rows) -> Path:
+    """A CSV table as users export one (csv module quoting, UTF-8)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
 
 
 def image_bytes(color: tuple[int, int, int] = (200, 30, 30), fmt: str = "PNG", size: int = 16) -> bytes:

@@ -390,7 +390,8 @@ def test_rank_from_env():
 def test_a_stray_quote_costs_its_own_row_only(tmp_path):
     """An interactions CSV whose line 151 of 241 reads `u18,"i0,1000001805`: Python's csv module swallowed lines
     151-241 into one field (19 of 30 users written, one bad_record "at line 241", rc 0); one physical line per
-    row makes it one counted skip at line 151, and --strict names line 151."""
+    row makes it one counted skip at line 151 (a line with an unbalanced quote is no row), and --strict names
+    line 151."""
     rows = [f"u{u},i{(u * 7 + j) % 12},{1_000_000_000 + 100 * j}" for u in range(30) for j in range(8)]
     rows[149] = 'u18,"i0,1000001805'
     inter = tmp_path / "events.csv"
@@ -398,9 +399,9 @@ def test_a_stray_quote_costs_its_own_row_only(tmp_path):
     items = tmp_path / "items.csv"
     items.write_text("item,title\n" + "".join(f"i{i},Item {i}\n" for i in range(12)))
     m = tables.prepare(inter, items, tmp_path / "ds", text_fields=[TextField.parse("title")], k=3)
-    assert m.provenance["skipped"] == {"unknown_item": 1}
+    assert m.provenance["skipped"] == {"bad_record": 1}
     assert m.provenance["filtering"]["events"]["rows"] == 239 and m.counts["users"] == 30
-    with pytest.raises(DataError, match=r"events\.csv:151: item '\"i0' is not in"):
+    with pytest.raises(DataError, match=r"events\.csv:151: an unbalanced quote"):
         tables.prepare(inter, items, tmp_path / "strict", text_fields=[TextField.parse("title")], k=3, strict=True)
 
 

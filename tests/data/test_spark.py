@@ -348,7 +348,9 @@ def test_time_formats_read_as_the_converter_reads_them(spark, tmp_path):
               for t in seconds[1:-1]]
     texts += ["2020-02-29", "2020-02-29 10:00", "2020-02-29T10:00:00.999999Z", "2020-02-29T10:00:00+0130",
               "1969-12-31T23:59:59.5Z", "2020-13-01", "2020", "1600000000", ""]
-    cases = {"unix_ms": [str(t * 1000 + 999) for t in seconds] + ["-1", "1.5", "x"], "iso8601": texts}
+    # milliseconds before 1973-03-04 are seconds read as milliseconds (bad): 59 s is, 10^8 s the first that is not
+    cases = {"unix_ms": [str(t * 1000 + 999) for t in [59, 100_000_000, *seconds[3:]]] + ["-1", "1.5", "x"],
+             "iso8601": texts}
     previous = spark.conf.get("spark.sql.session.timeZone")
     spark.conf.set("spark.sql.session.timeZone", "America/New_York")  # must not matter
     try:
@@ -381,3 +383,26 @@ def test_time_formats_read_as_the_converter_reads_them(spark, tmp_path):
     report = json.loads((build / "spark_stats.json").read_text())
     assert report["time_format"] == "unix_ms" and report["skipped"] == {}
     assert {r[3] for r in _partition_rows(build / "seqs" / "part=0")} == {1_600_000_000}
+
+
+def test_hostile_inputs_are_skips_or_one_line_errors(spark, tmp_path):
+    """As the converter reads them (tests/data/test_hostile_tables.py): a quoted id spanning lines costs its lines
+    (its second line was a row of user `x"`), a key with a NUL is a bad_record (it failed the shard writer), and a
+    folder of Parquet files whose timestamp column is a number in one file and text in another, a glob matching
+    no file and an empty CSV are one-line DataErrors naming the path (a Java traceback before)."""
+    csv = tmp_path / "events.csv"
+    csv.write_text('user,item,timestamp\n"u0\nx",i0,10\nu1,i1,11\n"u""2",i2,12\na\0b,i3,13\nu4,i4\0,14\n')
+    events, skipped = read_events(spark, csv, "web")
+    assert skipped == {"bad_record": 4}
+    assert sorted(tuple(r) for r in events.collect()) == [("web", 'u"2', "i2", 12), ("web", "u1", "i1", 11)]
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    pq.write_table(pa.table({"user": ["a"], "item": ["i"], "timestamp": [10]}), parts / "a.parquet")
+    pq.write_table(pa.table({"user": ["b"], "item": ["i"], "timestamp": ["10"]}), parts / "b.parquet")
+    with pytest.raises(DataError, match=r"parts: cannot read: \[CANNOT_MERGE_SCHEMAS\]"):
+        read_events(spark, parts, "web")
+    with pytest.raises(DataError, match=r"\*\.parquet: cannot read: \[PATH_NOT_FOUND\]"):
+        read_events(spark, tmp_path / "*.parquet", "web")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match=r"empty\.csv: empty file"):
+        read_events(spark, tmp_path / "empty.csv", "web")
