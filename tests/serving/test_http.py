@@ -231,9 +231,11 @@ class Page(HTMLParser):
 @pytest.mark.skipif(shutil.which("chromium") is None,
                     reason="Debian's chromium is not installed (bash tools/setup.sh dev installs it as root)")
 def render(url: str, profile) -> tuple[str, Page]:
-    """The page's DOM once its script is done (data-ready), from headless Chromium, and its lists."""
+    """The page's DOM once its script is done (data-ready), from headless Chromium, and its lists. The page has no
+    timers, so the virtual-time budget costs nothing when things go well; it is generous because a loaded machine
+    (its fetches and thumbnail decodes slow) once ran out of 15 s."""
     proc = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                           f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--dump-dom",
+                           f"--user-data-dir={profile}", "--virtual-time-budget=60000", "--dump-dom",
                            url], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'data-ready="1"' in proc.stdout, re.sub(r"<script>.*</script>", "", proc.stdout, flags=re.S)[-3000:]
