@@ -122,6 +122,10 @@ class AnnIndex:
         if not meta_file.exists() and not index_file.exists():
             return None
         try:
+            for file in (meta_file, index_file):  # a FIFO would block the start for ever; a folder, a device …
+                if not file.is_file():
+                    raise ValueError(f"{file.name} is " + ("missing" if not os.path.lexists(file) else
+                                                          "not a regular file"))
             meta = json.loads(meta_file.read_text())
             if meta.get("format") != CACHE_FORMAT or meta.get("key") != self.key:
                 changed = [name for name, value in self.params.items() if (meta.get("params") or {}).get(name) != value]
@@ -146,6 +150,10 @@ class AnnIndex:
 
         try:
             check_replaceable(self.cache)
+            foreign = _not_cache_files(self.cache)
+            if foreign:  # the marker alone lets the export, a dataset or a run through: not their files' place
+                raise ValueError(f"{self.cache}: not an ANN cache (it holds {foreign[0]!r}{' …' * (len(foreign) > 1)}"
+                                 "); give --ann-cache a folder of its own")
             self.cache.mkdir(parents=True, exist_ok=True)
             if not (self.cache / MARKER).exists():
                 write_atomic(self.cache / MARKER, MARKER_TEXT)
@@ -172,6 +180,17 @@ class AnnIndex:
         """int64 [b, n]: per query the columns of the ``n`` best items by quantised score (-1: not found)."""
         _, cols = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), int(n))
         return cols
+
+
+def _not_cache_files(folder: Path) -> list[str]:
+    """The names in ``folder`` that no cache write leaves there (the marker, the two files, their temp files)."""
+    from ..data.atomic import MARKER
+
+    if not folder.is_dir():
+        return []
+    own = {MARKER, CACHE_INDEX, CACHE_META}
+    return sorted(name for name in os.listdir(folder)
+                  if name not in own and not any(name.startswith(f".{o}.tmp-") for o in own))
 
 
 def _key(vectors: np.ndarray, params: dict) -> str:

@@ -131,8 +131,13 @@ def recommend(args: argparse.Namespace) -> int:
                     ranked = _one_by_one(rec, chunk, labels, options, bad)
                 for (_, user, _), items in zip(chunk, ranked):
                     if items is not None:
-                        out.write(json.dumps({"user": user, "items": [list(item) for item in items]},
-                                             ensure_ascii=False) + "\n")
+                        answer = {"user": user, "items": [list(item) for item in items]}
+                        text = json.dumps(answer, ensure_ascii=False)
+                        try:
+                            text.encode("utf-8")
+                        except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the input) has no UTF-8 bytes
+                            text = json.dumps(answer)  # (stdout may write it as a raw byte): its JSON escape
+                        out.write(text + "\n")
                         users += 1
     print(json.dumps({"users": users, "bad_lines": bad["count"], "k": args.k, "output": args.output or "stdout",
                       "skipped": rec.skipped.as_dict()}), file=sys.stderr)
@@ -247,6 +252,8 @@ def _record(raw: bytes, number: int, name: str, by_user: bool = False) -> Option
         record = json.loads(line)
     except ValueError as e:
         raise _BadLine(f"{name}:{number}: not valid JSON: {e}") from None
+    except RecursionError:  # json's decoder recurses per nesting level: [[[[… a thousand deep
+        raise _BadLine(f"{name}:{number}: not valid JSON: nested too deeply") from None
     if not isinstance(record, dict) or "user" not in record or not (
             isinstance(record.get("history"), list) or (by_user and "history" not in record)):
         alone = ' or {"user": key} (with --dataset)' if by_user else ""

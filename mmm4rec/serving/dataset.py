@@ -76,6 +76,7 @@ class UserHistories:
         manifest = load_manifest(dataset)
         bad = BadRecords(strict=False)
         keys: list[str] = []
+        encoded: list[bytes] = []
         seen: set[str] = set()
         lengths, item_parts, stamp_parts = [], [], []
         unknown_events, unknown_items, duplicates = 0, set(), 0
@@ -85,6 +86,11 @@ class UserHistories:
                 duplicates += 1
                 continue
             seen.add(rec.user)
+            try:
+                key = rec.user.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate ("\ud800" in its JSON): a str, but no UTF-8 bytes
+                bad.report("bad_user_key", f"user {rec.user!r}: not UTF-8 encodable (a lone surrogate)")
+                continue
             ids = np.fromiter((get(k, 0) for k in rec.items), np.int32, len(rec.items))
             known = ids > 0
             if not known.all():
@@ -92,11 +98,16 @@ class UserHistories:
                 unknown_items.update(k for k, ok in zip(rec.items, known.tolist()) if not ok)
                 ids = ids[known]
             keys.append(rec.user)
+            encoded.append(key)
             lengths.append(len(ids))
             item_parts.append(ids)
             stamp_parts.append(np.asarray(rec.timestamps, np.int64)[known])
         del seen
-        encoded = [k.encode("utf-8") for k in keys]
+        if unknown_events and not sum(lengths):
+            # not one event on an item of the export: another shop's dataset, every user a silent new visitor
+            raise DataError(f"{dataset}: none of its {unknown_events} events is on an item the export holds (e.g. "
+                            f"{min(unknown_items)!r}; the export's are like {next(iter(item_index), None)!r}): "
+                            "the dataset of another catalogue")
         user_hash, user_row = _sorted_hashes(keys)
         bare_hash, bare_row = _sorted_hashes([_bare(k) for k in keys])
         out = cls(user_hash, user_row, bare_hash, bare_row,
@@ -134,7 +145,10 @@ class UserHistories:
         return self.key_bytes[self.key_offsets[row]:self.key_offsets[row + 1]].tobytes().decode("utf-8")
 
     def _rows(self, hashes: np.ndarray, rows: np.ndarray, value: str) -> np.ndarray:
-        h = np.uint64(user_key_hash(value))
+        try:
+            h = np.uint64(user_key_hash(value))
+        except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): no UTF-8 bytes, so no dataset key
+            return rows[:0]
         return rows[np.searchsorted(hashes, h, "left"):np.searchsorted(hashes, h, "right")]
 
     def row(self, key: str) -> Optional[int]:
@@ -171,6 +185,14 @@ def image_type(head: bytes) -> Optional[str]:
     return None
 
 
+class ShardChanged(DataError):
+    """An item shard is not the file the image index was read from (replaced, truncated or removed since)."""
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 @dataclass
 class ItemImages:
     paths: list[Path]  # the item shards
@@ -178,6 +200,8 @@ class ItemImages:
     offset: np.ndarray  # int64 [I+1]: its first byte in the shard
     size: np.ndarray  # int64 [I+1]
     max_bytes: int = MAX_IMAGE_BYTES
+    # each shard's (device, inode, size, mtime) when its offsets were read: the offsets hold for that file only
+    identity: list[tuple[int, int, int, int]] | None = None
 
     @classmethod
     def read(cls, dataset: str | os.PathLike, item_index: Mapping[str, int], num_items: int,
@@ -190,23 +214,30 @@ class ItemImages:
         offset = np.zeros(num_items + 1, np.int64)
         size = np.zeros(num_items + 1, np.int64)
         paths = [Path(info.path) for info in manifest.items]
-        large = 0
+        large, foreign, identity = 0, 0, []
         for s, path in enumerate(paths):
             try:
-                with tarfile.open(path, "r:") as tar:
-                    for key, (where, length) in _images_of(tar):
+                with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+                    identity.append(_identity(os.fstat(f.fileno())))
+                    for key, (where, length, kind) in _images_of(tar):
                         item = item_index.get(key)
                         if item is None:
                             continue
                         if length > max_bytes:
                             large += 1
                             continue
+                        if kind is None:  # offered (an image URL in every result) only what can be served
+                            foreign += 1
+                            continue
                         shard[item], offset[item], size[item] = s, where, length
             except (tarfile.TarError, OSError) as e:
                 raise DataError(f"{path}: cannot read the item shard's members ({e})") from None
         if large:
             log.warning("%s: %d item image(s) larger than %d bytes are not served", dataset, large, max_bytes)
-        out = cls(paths, shard, offset, size, max_bytes)
+        if foreign:
+            log.warning("%s: %d item image(s) that are not PNG, JPEG, GIF or WebP (by their first bytes) are not "
+                        "served", dataset, foreign)
+        out = cls(paths, shard, offset, size, max_bytes, identity)
         log.info("%d item images found in %s", out.count, dataset)
         return out
 
@@ -221,16 +252,28 @@ class ItemImages:
         """(bytes, content type) of item id ``item``'s image, None when it has none (or not a served format)."""
         if not self.has(item):
             return None
-        with open(self.paths[self.shard[item]], "rb") as f:
-            f.seek(int(self.offset[item]))
-            data = f.read(int(self.size[item]))
+        s = int(self.shard[item])
+        # Another file at that path (a dataset rebuilt or copied over) holds other bytes at these offsets: another
+        # item's image, which must never be served as this one's.
+        changed = ShardChanged(f"{self.paths[s]}: the item shard changed since its images were indexed (replaced, "
+                               "truncated or removed); restart the service to serve the dataset's images as they "
+                               "are now")
+        try:
+            with open(self.paths[s], "rb") as f:
+                if self.identity is not None and _identity(os.fstat(f.fileno())) != self.identity[s]:
+                    raise changed
+                f.seek(int(self.offset[item]))
+                data = f.read(int(self.size[item]))
+        except OSError:
+            raise changed from None
         kind = image_type(data[:12])
         return None if kind is None or len(data) != self.size[item] else (data, kind)
 
 
 def _images_of(tar: tarfile.TarFile):
-    """(item key, (byte offset, length) of its image) per sample of an item shard that has an image. A sample's
-    members share the name up to the first dot of the basename (webdataset's grouping); its key is in .json."""
+    """(item key, (byte offset, length, content type or None) of its image) per sample of an item shard that has an
+    image. A sample's members share the name up to the first dot of the basename (webdataset's grouping); its key
+    is the string "key" of its .json (a sample whose .json is not an object with one has no key)."""
     current, key, image = None, None, None
     for member in tar:
         if not member.isfile():
@@ -246,9 +289,13 @@ def _images_of(tar: tarfile.TarFile):
         if ext == "json":
             try:
                 key = json.loads(tar.extractfile(member).read()).get("key")
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):  # not JSON, not an object, [[[[… too deep
+                key = None
+            if not isinstance(key, str):  # a list would not even be hashable
                 key = None
         elif ext in IMAGE_MEMBERS and image is None:
-            image = (member.offset_data, member.size)
+            # its first bytes (in the block after the header tarfile has just read; it seeks back for the next)
+            tar.fileobj.seek(member.offset_data)
+            image = (member.offset_data, member.size, image_type(tar.fileobj.read(min(12, member.size))))
     if key is not None and image is not None:
         yield key, image

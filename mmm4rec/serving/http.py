@@ -6,7 +6,8 @@
   GET  /health       {"status": "ok", "items": I}
   GET  /info         catalogue size, encoder, provenance, export sha256, ANN in use, limits
   GET  /search       ?q=text&limit=20: items whose key or title contains q (case-insensitive)
-  GET  /items/{key}/image   the item's image from the --dataset's item shards (PNG, JPEG, GIF, WebP); 404 if none
+  GET  /items/{key}/image   the item's image from the --dataset's item shards (PNG, JPEG, GIF, WebP); 404 if none,
+                     503 if its shard changed since the start (never another item's bytes at the old offsets)
   POST /recommend    {"histories": [[[key, time], …], …], "k": 10, "exclude_seen": true, "unknown": "error",
                       "time_unit": "s", "with_text": false} -> {"results": [[{"item", "score"[, "text"]}, …], …]}
                      or {"users": [user key, …], "unknown_user": "error" | "popular", …} in place of histories
@@ -20,7 +21,7 @@ Everything is the Recommender's (mmm4rec.serving.recommender): the service adds 
 A bad request is one line naming the field: 422 {"error": "body.k: …"} when the JSON does not fit the schema,
 400 {"error": "history 0: entry 1 …"} when the Recommender refuses it, 413 for a body over --max-body-bytes
 (411 when its length is not declared), 503 when more than --max-concurrency requests are in flight (uvicorn's
-limit). Model calls run in a worker thread, one at a time (a lock: torch already uses every core for one call,
+limit); the framework's own refusals (a body it cannot parse, 404, 405) in the same {"error": …} form. Model calls run in a worker thread, one at a time (a lock: torch already uses every core for one call,
 and add_items replaces the model the others read).
 """
 # No `from __future__ import annotations`: FastAPI reads the request models from the endpoints' annotations, and
@@ -136,9 +137,11 @@ def create_app(rec, limits: Limits = Limits()):
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
     from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
 
     from ..config import ConfigError
     from ..data.schema import DataError
+    from .dataset import ShardChanged
     from .options import ONE_OF, TimeUnit, Unknown, UnknownUser
 
     lock = threading.Lock()
@@ -197,6 +200,20 @@ def create_app(rec, limits: Limits = Limits()):
         first = e.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ()))
         return error(422, f"{where}: {first.get('msg', 'invalid').removeprefix('Value error, ')}")
+
+    @app.exception_handler(HTTPException)
+    async def refused_by_the_framework(request: Request, e: HTTPException) -> Response:
+        """FastAPI's and Starlette's own refusals (404, 405, a body the JSON parser gave up on) in this service's
+        form, {"error": one line}, not theirs ({"detail": …})."""
+        if e.status_code == 400 and e.detail == "There was an error parsing the body":
+            # json.loads raised neither a JSONDecodeError (that is a 422 naming the position) nor a ValueError:
+            # a UnicodeDecodeError, or a RecursionError for [[[[… nested past the parser's depth
+            message = "body: not JSON that can be read (not UTF-8, or nested too deeply)"
+        else:
+            message = f"{request.method} {request.url.path}: {e.detail}"
+        if e.status_code == 405:
+            return error(405, message) if request.method != "HEAD" else Response(status_code=405)
+        return error(e.status_code, message)
 
     @app.middleware("http")
     async def bounded_body(request: Request, call_next):
@@ -270,6 +287,8 @@ def create_app(rec, limits: Limits = Limits()):
     async def image(key: str) -> Response:
         try:
             found = await run_in_threadpool(rec.image, key)
+        except ShardChanged as e:  # the dataset under the service changed: no image is better than a wrong one
+            return error(503, str(e))
         except DataError as e:
             return error(404, str(e))
         if found is None:
@@ -323,14 +342,18 @@ def _number(x: float) -> Optional[float]:
 def _search(rec, query: str, limit: int) -> list[dict]:
     """Items whose key or title contains ``query`` (case-insensitive), in catalogue order; with no query, the most
     popular (or the first) items."""
-    texts = rec.texts or [""] * len(rec.keys)
+    # Not under the model lock: add_items may replace rec.texts and then rec.keys meanwhile. Read each once (keys
+    # first: texts are replaced first, so they are never the shorter) and stay within both.
+    keys = rec.keys
+    texts = rec.texts or [""] * len(keys)
     q = query.strip().lower()
     out = []
     if not q and rec.popularity is not None:
-        return [{"item": key, "text": texts[rec.index[key]]} for key, _ in rec.popular(limit)]
-    for i in range(1, len(rec.keys)):
-        if not q or q in rec.keys[i].lower() or q in texts[i].lower():
-            out.append({"item": rec.keys[i], "text": texts[i]})
+        rows = [(key, rec.index.get(key, len(texts))) for key, _ in rec.popular(limit)]
+        return [{"item": key, "text": texts[i] if i < len(texts) else ""} for key, i in rows]
+    for i in range(1, min(len(keys), len(texts))):
+        if not q or q in keys[i].lower() or q in texts[i].lower():
+            out.append({"item": keys[i], "text": texts[i]})
             if len(out) == limit:
                 break
     return out

@@ -89,7 +89,11 @@ class Recommender:
         self.ann_min_items = ann_min_items  # None: always exact
         # where the ANN index is kept between starts (mmm4rec.serving.ann): True = <export>/ann-cache
         self.ann_cache = (export.path / ANN_CACHE if ann_cache is True else
-                          None if ann_cache in (None, False) else Path(ann_cache))
+                          None if ann_cache is None or ann_cache is False else
+                          _folder("ann_cache", ann_cache, ", True or None"))
+        _flag("images", images)
+        if dataset is not None:
+            dataset = _folder("dataset", dataset)
         self.popularity = export.popularity
         self.texts = export.texts
         self.store = export.store  # the loaded catalogue's store: save() keeps its rows' content hashes
@@ -119,6 +123,8 @@ class Recommender:
         """Read every user's history of ``dataset`` (mmm4rec.serving.dataset.UserHistories: numpy arrays) and,
         with ``images``, where its items' images lie. Its items the export does not hold are counted and reported
         once, and left out of the histories."""
+        dataset = _folder("dataset", dataset)
+        _flag("images", images)
         self.users = UserHistories.read(dataset, self.index)
         self.images = None
         if images:
@@ -137,7 +143,7 @@ class Recommender:
 
     def text(self, key: str) -> Optional[str]:
         """The item's title (else its text) as the export stores it; None when the export stores no texts."""
-        if key not in self.index:
+        if not isinstance(key, str) or key not in self.index:
             raise DataError(self._unknown(key, "text"))
         return None if self.texts is None else self.texts[self.index[key]]
 
@@ -348,7 +354,9 @@ class Recommender:
         answered with (items the export does not hold left out)."""
         if self.users is None:
             raise ConfigError(f"{self.path}: users are known by key only with a dataset (Recommender(dataset=…))")
-        row = self.users.row(user) if isinstance(user, str) else None
+        if not isinstance(user, str):
+            raise ConfigError(f"history: {short_repr(user)} is not a user key (a string)")
+        row = self.users.row(user)
         if row is None:
             raise DataError(self._unknown_user(user))
         ids, stamps = self.users.history(row)
@@ -357,12 +365,13 @@ class Recommender:
     def image(self, key: str) -> Optional[tuple[bytes, str]]:
         """(encoded bytes, content type) of the item's image in the dataset, None when it has none (or no dataset
         images were loaded)."""
-        if key not in self.index:
+        if not isinstance(key, str) or key not in self.index:
             raise DataError(self._unknown(key, "image"))
         return None if self.images is None else self.images.read_image(self.index[key])
 
     def has_image(self, key: str) -> bool:
-        return self.images is not None and key in self.index and self.images.has(self.index[key])
+        return (self.images is not None and isinstance(key, str) and key in self.index
+                and self.images.has(self.index[key]))
 
     def _user_vectors(self, histories: Iterable[History], unknown: str, batch_size: int,
                       labels: Optional[Sequence[str]], time_unit: str = "s"):
@@ -511,7 +520,11 @@ class Recommender:
         if self.popularity is not None:
             popularity = np.zeros(self.num_items + 1, np.int64)
             popularity[:len(self.popularity)] = self.popularity
-        store_dir = out.parent / f".{out.name}.store-{os.getpid()}"
+        import tempfile
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # a new folder of a name no one else has (mkdtemp): the clean-up below removes only what save created
+        store_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.store-", dir=out.parent))
         try:
             store = _write_store(store_dir, self.store, self.features, self.keys, self.texts)
             with replace_folder(out) as tmp:
@@ -582,7 +595,7 @@ def _write_store(folder: Path, old, features: ItemFeatures, keys: list[str], tex
     from ..data.features import HASHES, IMAGE, ITEMS, MANIFEST, MISSING, TEXT, FeatureStore
     from ..data.schema import content_hash
 
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)  # save's own, new temp folder
     np.save(folder / TEXT, features.text.float().numpy())
     if features.image is not None:
         np.save(folder / IMAGE, features.image.float().numpy())
@@ -637,6 +650,16 @@ def _listed(name: str, value: Any, what: str) -> list:
     if value is None or isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
         raise ConfigError(f"{name} must be a list of {what}, got {type(value).__name__} {short_repr(value, 60)}")
     return list(value)
+
+
+def _folder(name: str, value: Any, also: str = "") -> Path:
+    """A folder argument as a Path: a str or os.PathLike, not empty (Path("") is the working directory)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{name} must be a folder path (str or os.PathLike){also}, got {type(value).__name__} "
+                          f"{short_repr(value, 60)}")
+    if not os.fspath(value):
+        raise ConfigError(f"{name} must be a folder path, got an empty string")
+    return Path(value)
 
 
 def _flag(name: str, value: Any) -> None:

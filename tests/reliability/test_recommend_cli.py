@@ -147,3 +147,31 @@ def test_a_latin_1_byte_in_the_input_is_a_one_line_error_naming_the_line(export,
     err = one_line_error(recommend(export, "--input", "h.jsonl", "--output", "recs.jsonl", cwd=tmp_path))
     assert "h.jsonl:3: not valid UTF-8" in err
     assert listing(tmp_path) == ["h.jsonl"]
+
+
+# ------------------------------------------------------------------------------------------ hostile lines
+def test_a_deeply_nested_line_is_a_bad_line_not_a_traceback(export, keys, tmp_path):
+    """json.loads raises RecursionError (not a ValueError) past ~1000 levels: it ended the run with a traceback."""
+    (tmp_path / "h.jsonl").write_text(histories(keys) + "[" * 100_000 + "]" * 100_000 + "\n")
+    proc = recommend(export, "--input", "h.jsonl", "--output", "recs.jsonl", cwd=tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "bad line: h.jsonl:3: not valid JSON: nested too deeply" in proc.stderr
+    assert json.loads(proc.stderr.splitlines()[-1])["bad_lines"] == 1
+    assert [json.loads(line)["user"] for line in (tmp_path / "recs.jsonl").read_text().splitlines()] == ["u1", "u2"]
+    err = one_line_error(recommend(export, "--input", "h.jsonl", "--output", "recs.jsonl", "--strict", cwd=tmp_path))
+    assert "h.jsonl:3: not valid JSON: nested too deeply" in err
+
+
+def test_user_keys_with_lone_surrogates_are_bad_lines_or_answered_never_a_traceback(export, keys, tiny_dataset,
+                                                                                     tmp_path):
+    """JSON's "\\ud800" decodes to a lone surrogate, which has no UTF-8 bytes: looking it up in the dataset was a
+    UnicodeEncodeError, and writing it back as the line's user one too. The line is a bad one (an unknown user),
+    and a history line with such a user is answered, its user written as the JSON escape it came as."""
+    (tmp_path / "h.jsonl").write_text(histories(keys) + '{"user": "\\ud800"}\n'
+                                      + json.dumps({"user": "\udcff", "history": [[keys[3], T0]]}) + "\n")
+    proc = recommend(export, "--input", "h.jsonl", "--output", "recs.jsonl", "--dataset", str(tiny_dataset),
+                     cwd=tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "bad line: h.jsonl:3: unknown user key '\\ud800'" in proc.stderr
+    lines = (tmp_path / "recs.jsonl").read_bytes().decode("utf-8").splitlines()
+    assert [json.loads(line)["user"] for line in lines] == ["u1", "u2", "\udcff"] and '"\\udcff"' in lines[2]

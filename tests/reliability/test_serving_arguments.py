@@ -140,6 +140,24 @@ def test_an_export_path_that_is_a_file_or_missing_is_a_one_line_error(shared, tm
     one_line(lambda: Recommender.from_pretrained(tmp_path / "nope"), "nope: no such export folder")
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"dataset": 5}, "dataset must be a folder path (str or os.PathLike), got int 5"),
+    ({"dataset": ["data/shop"]}, "dataset must be a folder path (str or os.PathLike), got list"),
+    ({"dataset": ""}, "dataset must be a folder path, got an empty string"),
+    ({"ann_cache": 5}, "ann_cache must be a folder path (str or os.PathLike), True or None, got int 5"),
+    ({"ann_cache": ""}, "ann_cache must be a folder path, got an empty string"),  # was the working directory
+    ({"dataset": "d", "images": "no"}, "images must be True or False, got 'no'"),  # was truthy: images read
+])
+def test_dataset_ann_cache_and_images_are_checked(shared, kwargs, message):
+    """A TypeError from deep inside the path handling before; "" quietly meant the current working directory (the
+    ANN cache written there) or its dataset.json."""
+    one_line(lambda: Recommender.from_pretrained(shared, **kwargs), message)
+
+
+def test_load_dataset_needs_a_dataset(rec):
+    one_line(lambda: rec.load_dataset(None), "dataset must be a folder path (str or os.PathLike), got NoneType")
+
+
 def test_a_device_that_does_not_exist_is_a_one_line_error(shared):
     one_line(lambda: Recommender.from_pretrained(shared, device="gpu"), "device 'gpu'")
 

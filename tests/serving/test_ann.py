@@ -133,3 +133,41 @@ def test_the_recommender_keeps_its_index_in_the_export_and_reads_it_at_the_next_
     assert Recommender.from_pretrained(export, ann_min_items=None).prepare_ann() is None  # exact: nothing built
     third = Recommender.from_pretrained(export, ann_min_items=1, ann_cache=None)
     assert not third.prepare_ann().loaded_from_cache
+
+
+def test_a_project_folder_that_is_not_an_ann_cache_is_not_written(export_dir, tmp_path, caplog):
+    """--ann-cache pointed at the export itself, a dataset or a run: each has the project's marker, which let the
+    cache write index.faiss and index.json among its files. A folder is used as the cache only when it holds
+    nothing but a cache's files."""
+    import shutil
+
+    from mmm4rec.data.atomic import MARKER, MARKER_TEXT
+
+    export = tmp_path / "export"
+    shutil.copytree(export_dir, export, ignore=shutil.ignore_patterns("ann-cache"))
+    (export / MARKER).write_text(MARKER_TEXT)  # as `mmm4rec export` leaves it
+    before = sorted(p.name for p in export.iterdir())
+    with caplog.at_level("WARNING", logger="mmm4rec.serving.ann"):
+        index = Recommender.from_pretrained(export, ann_min_items=1, ann_cache=export).prepare_ann()
+    assert index.size == 60 and sorted(p.name for p in export.iterdir()) == before
+    assert "ANN index not cached in" in caplog.text and "not an ANN cache" in caplog.text
+
+
+def test_a_cache_file_that_is_not_a_regular_file_is_never_read(tmp_path, caplog):
+    """A FIFO named index.faiss blocked the start for ever (read_bytes waits for a writer); a folder there was read
+    as an error only by luck. Either is a warning and a rebuild that puts a real file in its place."""
+    import os
+
+    cache, vectors = tmp_path / "ann-cache", clustered(500)
+    AnnIndex(vectors, cache=cache)
+    (cache / "index.faiss").unlink()
+    os.mkfifo(cache / "index.faiss")
+    with caplog.at_level("WARNING", logger="mmm4rec.serving.ann"):
+        index = AnnIndex(vectors, cache=cache)
+    assert not index.loaded_from_cache and "index.faiss is not a regular file" in caplog.text
+    assert (cache / "index.faiss").is_file() and AnnIndex(vectors, cache=cache).loaded_from_cache
+    (cache / "index.json").unlink()  # half-written: a crash before the key was written
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmm4rec.serving.ann"):
+        assert not AnnIndex(vectors, cache=cache).loaded_from_cache
+    assert "is unreadable (index.json is missing); rebuilding it" in caplog.text

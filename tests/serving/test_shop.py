@@ -106,3 +106,20 @@ def test_added_items_are_saved_as_a_new_hashed_export(export_dir, tmp_path):
     with pytest.raises(DataError, match="texts.json: sha256 does not match export.json"):
         Recommender.from_pretrained(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grown"]  # no temp folder left beside it
+
+
+def test_save_never_removes_a_folder_it_did_not_create(export_dir, tmp_path):
+    """save's feature store is built in a temp folder beside the new export and removed at the end; its name was
+    fixed per process (.NAME.store-PID), so a folder already there by that name (a killed save's, or anyone's)
+    made save fail with FileExistsError and then be deleted, contents and all, by its clean-up."""
+    import os
+
+    rec = Recommender.from_pretrained(export_dir)
+    rec.add_items(["new:lamp"], ["Title: brass desk lamp"])
+    theirs = tmp_path / f".grown.store-{os.getpid()}"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("not mmm4rec's")
+    out = rec.save(tmp_path / "grown")
+    assert Recommender.from_pretrained(out).num_items == 61
+    assert (theirs / "notes.txt").read_text() == "not mmm4rec's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [theirs.name, "grown"]
