@@ -23,6 +23,8 @@ from typing import Callable, TypeVar
 import torch
 import torch.distributed as dist
 
+from .data.atomic import write_atomic
+
 T = TypeVar("T")
 
 @dataclass(frozen=True)
@@ -246,8 +248,8 @@ class Watchdog:
     def _run(self) -> None:
         while not self._stop.wait(self.period(self.timeout)):
             idle = time.monotonic() - self.last
-            try:
-                self._file(self.env.rank).write_text(f"{time.time():.3f} {socket.gethostname()} {os.getpid()}\n")
+            try:  # whole or not at all: a peer (or a test) reading it mid-write must not see an empty file
+                write_atomic(self._file(self.env.rank), f"{time.time():.3f} {socket.gethostname()} {os.getpid()}\n")
             except OSError:
                 pass
             if not self.paused and idle > self.timeout:
