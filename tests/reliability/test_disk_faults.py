@@ -127,8 +127,9 @@ def test_a_rank_that_cannot_write_its_checkpoint_ends_every_rank_at_once_with_th
                                 text=True, start_new_session=True)
     try:
         heartbeat = out / ".heartbeat" / "rank-1"  # written once training runs
+        latest = out / "checkpoints" / "latest"  # a whole checkpoint to fall back on, before the limit
         deadline = time.time() + 180
-        while not heartbeat.exists():
+        while not (heartbeat.exists() and latest.exists()):
             assert proc.poll() is None, err.read_text()[-3000:]
             assert time.time() < deadline
             time.sleep(0.1)
@@ -148,6 +149,6 @@ def test_a_rank_that_cannot_write_its_checkpoint_ends_every_rank_at_once_with_th
     assert len(errors) == 1 and f"rank 1: {out}/checkpoints/step-" in errors[0], errors
     assert "zero_pp_rank_1_mp_rank_00_optim_states.pt: writing the checkpoint failed (file too large)" in errors[0]
     failed = errors[0].split(f"{out}/checkpoints/")[1].split("/")[0]
-    latest = (out / "checkpoints" / "latest").read_text().strip()
-    assert latest < failed and (out / "checkpoints" / latest / COMPLETE).is_file()  # the previous one is whole
+    kept = latest.read_text().strip()
+    assert kept < failed and (out / "checkpoints" / kept / COMPLETE).is_file()  # the previous one is whole
     assert not (out / "checkpoints" / failed).exists()
