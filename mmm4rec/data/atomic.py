@@ -87,6 +87,13 @@ def replace_folder(path: str | os.PathLike, keep: tuple[str, ...] = (), layout: 
     shutil.rmtree(old, ignore_errors=True)
 
 
+def file_version(st: os.stat_result, ctime: bool = True) -> tuple[int, ...]:
+    """Which version of a file ``st`` describes: (device, inode, size, mtime_ns[, ctime_ns]). A rewrite in place
+    changes the size or mtime, a replacement the inode. ctime also changes on a chmod or a new hard link: a reader
+    that must not mind those (a service reading shards a user may hard-link) leaves it out."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) + ((st.st_ctime_ns,) if ctime else ())
+
+
 def temp_beside(path: Path) -> Path:
     """The one temp-name scheme of every atomic write: hidden, beside ``path``, unique per writer (processes and
     ranks may write the same file at once; the last rename wins, whole)."""

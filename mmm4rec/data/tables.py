@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from .amazon import download_images
+from .atomic import file_version
 from .build import Build, Converted, Phases, Scale, Sequences, convert, finish, write_item_partitions
 from .dataset import check_output
 from .engine import (LIST, MS_EARLY, MS_FIRST_SECOND, TIME_FORMATS, WHITESPACE, Engine, Problems, csv_fields,
@@ -859,10 +860,9 @@ class _Unchanged:
     @staticmethod
     def _stat(path: Path) -> Optional[tuple[int, ...]]:
         try:
-            s = path.stat()
+            return file_version(path.stat())
         except OSError:  # a missing file is the table reader's error
             return None
-        return s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino
 
     @contextmanager
     def check(self) -> Iterator[None]:

@@ -33,6 +33,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from ..data.atomic import file_version
 from ..data.dataset import load_manifest
 from ..data.schema import BadRecords, DataError
 from ..data.shards import IMAGE_EXTS, iter_seq_records
@@ -189,10 +190,6 @@ class ShardChanged(DataError):
     """An item shard is not the file the image index was read from (replaced, truncated or removed since)."""
 
 
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
 @dataclass
 class ItemImages:
     paths: list[Path]  # the item shards
@@ -218,7 +215,7 @@ class ItemImages:
         for s, path in enumerate(paths):
             try:
                 with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-                    identity.append(_identity(os.fstat(f.fileno())))
+                    identity.append(file_version(os.fstat(f.fileno()), ctime=False))
                     for key, (where, length, kind) in _images_of(tar):
                         item = item_index.get(key)
                         if item is None:
@@ -260,7 +257,7 @@ class ItemImages:
                                "are now")
         try:
             with open(self.paths[s], "rb") as f:
-                if self.identity is not None and _identity(os.fstat(f.fileno())) != self.identity[s]:
+                if self.identity is not None and file_version(os.fstat(f.fileno()), ctime=False) != self.identity[s]:
                     raise changed
                 f.seek(int(self.offset[item]))
                 data = f.read(int(self.size[item]))
